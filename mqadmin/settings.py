@@ -1,0 +1,212 @@
+"""Settings for mqadmin, read from the environment (12-factor).
+
+Every knob is optional; the defaults give the embedded setup: SQLite in
+``db.sqlite3`` and an in-memory channel layer. Bad values fail loudly at start
+with ``ImproperlyConfigured`` instead of being half-understood.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def env_str(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ImproperlyConfigured(f"{name} must be on/off (or true/false, 1/0), not {raw!r}")
+
+
+def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise ImproperlyConfigured(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+# Test runs in parallel (several developers, CI) must not share a test
+# database: each run gets its own, named after its process.
+_TEST_DB_SUFFIX = os.environ.get("MQ_TEST_DB_SUFFIX") or str(os.getpid())
+
+
+def database_from_url(url: str) -> dict:
+    """Turn ``DATABASE_URL`` into a Django database dict tuned for a queue."""
+    if not url.startswith(("sqlite:", "postgres:", "postgresql:", "pgsql:")):
+        raise ImproperlyConfigured(
+            f"DATABASE_URL must be sqlite:///path or postgres://..., not {url!r}"
+        )
+    config = dj_database_url.parse(url)
+    if config["ENGINE"] == "django.db.backends.sqlite3":
+        config["OPTIONS"] = {
+            # Writers take the lock at BEGIN, so two claims never both read the
+            # same ready row and then fight to upgrade their locks (SQLITE_BUSY).
+            "transaction_mode": "IMMEDIATE",
+            # Seconds a writer waits for the lock before "database is locked".
+            "timeout": 20,
+            # WAL lets readers run beside the single writer; NORMAL sync is
+            # durable across process crashes (fsync at checkpoints).
+            "init_command": (
+                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=20000;"
+            ),
+        }
+        # The test database must be a file: threads in concurrency tests each
+        # open their own connection, which an in-memory database cannot share.
+        config["TEST"] = {"NAME": str(BASE_DIR / f"test-db-{_TEST_DB_SUFFIX}.sqlite3")}
+    else:
+        config["ENGINE"] = "django.db.backends.postgresql"
+        config["TEST"] = {"NAME": f"test_mqadmin_{_TEST_DB_SUFFIX}"}
+        config["CONN_MAX_AGE"] = 0
+        options = config.setdefault("OPTIONS", {})
+        if env_bool("MQ_DB_POOL", True):
+            # psycopg's pool: a request borrows a warm connection instead of
+            # paying a new backend process (several ms) per request.
+            options["pool"] = {
+                "min_size": env_int("MQ_DB_POOL_MIN", 2, minimum=0),
+                "max_size": env_int("MQ_DB_POOL_MAX", 20, minimum=1),
+                "timeout": 10,
+            }
+    return config
+
+
+SECRET_KEY_DEFAULT = "mqadmin-insecure-development-key-change-me"
+SECRET_KEY = env_str("SECRET_KEY", SECRET_KEY_DEFAULT)
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+HOST = env_str("HOST", "127.0.0.1")
+PORT = env_int("PORT", 8000, minimum=1)
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "queues",
+    "dashboard",
+]
+
+# Every middleware here is async-capable, so async views (long polling) run
+# on the event loop without a thread held per waiting request.
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "queues.metrics.RequestTimer",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mqadmin.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "mqadmin.wsgi.application"
+ASGI_APPLICATION = "mqadmin.asgi.application"
+
+DATABASE_URL = env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+DATABASES = {"default": database_from_url(DATABASE_URL)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+CHANNEL_LAYER_URL = env_str("CHANNEL_LAYER_URL", "")
+if CHANNEL_LAYER_URL:
+    if not CHANNEL_LAYER_URL.startswith(("redis://", "rediss://", "unix://")):
+        raise ImproperlyConfigured(
+            f"CHANNEL_LAYER_URL must be redis://host:port/db, not {CHANNEL_LAYER_URL!r}"
+        )
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [CHANNEL_LAYER_URL]},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+LOGIN_URL = "/admin/login/"
+
+# Bounds every request body: a batch of 1000 messages must fit, a runaway
+# client must not exhaust memory. Oversized requests get 413.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MQ_MAX_REQUEST_BYTES", 10 * 1024 * 1024, minimum=1024)
+
+# --- mqadmin options (read lazily through queues.conf so tests can override) ---
+MQ_MONITOR = env_bool("MQ_MONITOR", True)
+MQ_DEDUP_WINDOW_SECONDS = env_int("MQ_DEDUP_WINDOW_SECONDS", 300, minimum=1)
+MQ_HEARTBEAT_TIMEOUT_SECONDS = env_int("MQ_HEARTBEAT_TIMEOUT_SECONDS", 15, minimum=2)
+MQ_MAX_WAIT_SECONDS = 20
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "mqadmin": {"handlers": ["console"], "level": env_str("MQ_LOG_LEVEL", "INFO")},
+        "queues": {"handlers": ["console"], "level": env_str("MQ_LOG_LEVEL", "INFO")},
+    },
+}

@@ -1,0 +1,54 @@
+"""The JSON API: one NinjaAPI, mounted at /api/v1/."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from django.http import HttpRequest
+from ninja import NinjaAPI
+from ninja.parser import Parser
+from ninja.renderers import BaseRenderer
+
+from . import errors
+from .auth import BearerAuth
+
+
+class ORJSONParser(Parser):
+    def parse_body(self, request: HttpRequest) -> Any:
+        return orjson.loads(request.body)
+
+
+class ORJSONRenderer(BaseRenderer):
+    media_type = "application/json"
+
+    def render(self, request: HttpRequest, data: Any, *, response_status: int) -> bytes:
+        return orjson.dumps(data)
+
+
+def build_api() -> NinjaAPI:
+    from .consumers import router as consumers_router
+    from .views import router as queues_router
+
+    api = NinjaAPI(
+        title="mqadmin",
+        version="1",
+        description=(
+            "A message queue inside Django. Authenticate with `Authorization: Bearer <key id>.<secret>` "
+            "(create one with `python manage.py mq token create NAME --scope produce,consume,admin`). "
+            'Every error is `{"error": {"code": ..., "message": ...}}`.'
+        ),
+        auth=BearerAuth(),
+        parser=ORJSONParser(),
+        renderer=ORJSONRenderer(),
+        urls_namespace="api",
+        docs_url="/docs",
+        openapi_url="/openapi.json",
+    )
+    errors.install(api)
+    api.add_router("/", queues_router, tags=["queues"])
+    api.add_router("/", consumers_router, tags=["consumers"])
+    return api
+
+
+api = build_api()

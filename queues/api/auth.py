@@ -1,0 +1,78 @@
+"""Bearer-token authentication and scope checks for the JSON API."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from django.http import HttpRequest
+from django.utils import timezone
+from ninja.security import HttpBearer
+
+from ..exceptions import Forbidden, Unauthorized
+from ..models import Token
+
+# A verified token is trusted this long without a query; revocation reaches
+# other processes within this time (the revoking process forgets at once).
+TOKEN_CACHE_SECONDS = 5.0
+# last_used_at is written at most this often per token (not on every request).
+LAST_USED_RESOLUTION_SECONDS = 60.0
+
+_cache: dict[str, tuple[Token, str, float]] = {}
+_cache_lock = threading.Lock()
+
+
+def forget(key_id: str | None = None) -> None:
+    with _cache_lock:
+        if key_id is None:
+            _cache.clear()
+        else:
+            _cache.pop(key_id, None)
+
+
+def verify(raw: str) -> Token:
+    """The active token for ``<key id>.<secret>``; raises Unauthorized."""
+    key_id, sep, secret = raw.strip().partition(".")
+    if not sep or not key_id or not secret or len(raw) > 200:
+        raise Unauthorized("Malformed API token: expected <key id>.<secret>.")
+    now = time.monotonic()
+    with _cache_lock:
+        cached = _cache.get(key_id)
+    if cached and cached[2] > now and cached[1] == secret:
+        return cached[0]
+    token = Token.objects.filter(key_id=key_id, revoked_at__isnull=True).first()
+    # Compare in constant time even when the key id is unknown.
+    if token is None:
+        Token(secret_hash="0" * 64).check_secret(secret)
+        raise Unauthorized("Unknown or revoked API token.")
+    if not token.check_secret(secret):
+        raise Unauthorized("Unknown or revoked API token.")
+    with _cache_lock:
+        _cache[key_id] = (token, secret, now + TOKEN_CACHE_SECONDS)
+    last = token.last_used_at
+    if last is None or (timezone.now() - last).total_seconds() > LAST_USED_RESOLUTION_SECONDS:
+        Token.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    return token
+
+
+class BearerAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str) -> Token:
+        return verify(token)
+
+    def __call__(self, request: HttpRequest) -> Token:
+        header = request.headers.get("Authorization", "")
+        scheme, _, value = header.partition(" ")
+        if not header:
+            raise Unauthorized("Missing Authorization header: send Authorization: Bearer <token>.")
+        if scheme.lower() != "bearer" or not value:
+            raise Unauthorized("Authorization must be 'Bearer <token>'.")
+        return self.authenticate(request, value)
+
+
+def require(request: HttpRequest, scope: str, queue_name: str | None = None) -> Token:
+    token: Token = request.auth  # type: ignore[attr-defined]
+    if not token.allows(scope, queue_name):
+        if scope not in token.scope_set and "admin" not in token.scope_set:
+            raise Forbidden(f"This token lacks the {scope!r} scope.")
+        raise Forbidden(f"This token may not use queue {queue_name!r}.")
+    return token

@@ -1,0 +1,90 @@
+"""Consumer registration, heartbeats and graceful leave (contract: Consumers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+from ninja import Router, Schema
+from pydantic import Field
+
+from .. import broker
+from ..models import Consumer, Scope, epoch_to_iso
+from .auth import require
+from .schemas import ErrorOut, Strict
+from .views import json_response
+
+router = Router()
+
+
+class ConsumerIn(Strict):
+    name: str = Field(..., min_length=1, max_length=200)
+    queues: list[str] = Field(default_factory=list, max_length=100)
+    meta: dict[str, Any] = Field(default_factory=dict)
+    heartbeat_timeout: int | None = Field(None, ge=2, le=3600)
+
+
+class RegisteredOut(Schema):
+    id: str
+    heartbeat_interval: float
+    heartbeat_timeout: int
+
+
+class ConsumerOut(Schema):
+    id: str
+    name: str
+    queues: list[str]
+    status: str
+    last_heartbeat: str | None
+    heartbeat_timeout: int
+    in_flight: int
+    meta: dict[str, Any]
+
+
+ERRORS: dict[int | str, Any] = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 410: ErrorOut, 422: ErrorOut}
+
+
+def consumer_dict(c: Consumer, in_flight: int) -> dict[str, Any]:
+    return {
+        "id": c.pk,
+        "name": c.name,
+        "queues": c.queues,
+        "status": c.status,
+        "last_heartbeat": epoch_to_iso(c.last_heartbeat),
+        "heartbeat_timeout": c.heartbeat_timeout,
+        "in_flight": in_flight,
+        "meta": c.meta,
+    }
+
+
+@router.post("/consumers", response={201: RegisteredOut, **ERRORS}, summary="Register a consumer")
+def register(request: HttpRequest, payload: ConsumerIn) -> HttpResponse:
+    for name in payload.queues:
+        require(request, Scope.CONSUME, name)
+    require(request, Scope.CONSUME)
+    c = broker.register_consumer(payload.name, payload.queues, payload.meta, payload.heartbeat_timeout)
+    return json_response(
+        {"id": c.pk, "heartbeat_interval": broker.heartbeat_interval(c.heartbeat_timeout), "heartbeat_timeout": c.heartbeat_timeout},
+        201,
+    )
+
+
+@router.post("/consumers/{consumer_id}/heartbeat", response={200: ConsumerOut, **ERRORS}, summary="Heartbeat")
+def heartbeat(request: HttpRequest, consumer_id: str) -> HttpResponse:
+    require(request, Scope.CONSUME)
+    c = broker.heartbeat(consumer_id)
+    return json_response(consumer_dict(c, broker.consumer_in_flight([c.pk]).get(c.pk, 0)))
+
+
+@router.delete("/consumers/{consumer_id}", response={200: dict, **ERRORS}, summary="Leave: release leases now")
+def leave(request: HttpRequest, consumer_id: str) -> HttpResponse:
+    require(request, Scope.CONSUME)
+    released = broker.leave(consumer_id)
+    return json_response({"released": released})
+
+
+@router.get("/consumers", response={200: dict[str, list[ConsumerOut]], **ERRORS}, summary="List consumers")
+def list_consumers(request: HttpRequest) -> HttpResponse:
+    consumers = list(Consumer.objects.order_by("-last_heartbeat")[:1000])
+    counts = broker.consumer_in_flight([c.pk for c in consumers])
+    return json_response({"consumers": [consumer_dict(c, counts.get(c.pk, 0)) for c in consumers]})

@@ -1,0 +1,104 @@
+"""The HTTP edge's one translation of errors into the contract's JSON:
+``{"error": {"code": ..., "message": ...}}``. Nothing here ever answers HTML,
+and no bad input reaches a 500."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+
+from ..exceptions import BadRequest, InvalidValue, MQError, RequestTooLarge, Unauthorized, Unavailable
+
+log = logging.getLogger("queues.api")
+
+
+def error_response(code: str, message: str, status: int, **extra: Any) -> HttpResponse:
+    body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
+    response = HttpResponse(orjson.dumps(body), status=status, content_type="application/json")
+    if status == 429 and "retry_after" in extra:
+        response["Retry-After"] = str(extra["retry_after"])
+    if status == 401:
+        response["WWW-Authenticate"] = 'Bearer realm="mqadmin"'
+    return response
+
+
+def from_mq_error(exc: MQError) -> HttpResponse:
+    return error_response(exc.code, exc.message, exc.status, **exc.extra)
+
+
+def _where(loc: Any) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "payload", "query", "q", "batch", "single")]
+    return ".".join(parts)
+
+
+# pydantic error types that mean "not the JSON shape asked for" (400) rather
+# than "the right shape with a value we do not accept" (422).
+def _is_type_error(kind: str) -> bool:
+    return kind.endswith("_type") or kind in {"json_invalid", "union_tag_invalid"} or kind.endswith("_parsing")
+
+
+def from_validation_error(exc: ValidationError) -> HttpResponse:
+    first = exc.errors[0] if exc.errors else {"type": "value_error", "loc": (), "msg": "Invalid request"}
+    kind = str(first.get("type", ""))
+    where = _where(first.get("loc", ()))
+    msg = str(first.get("msg", "invalid"))
+    if kind == "extra_forbidden":
+        msg = "Unknown field"
+    elif kind == "missing":
+        msg = "Field required"
+    text = f"{where}: {msg}" if where else msg
+    error = BadRequest(text) if _is_type_error(kind) else InvalidValue(text)
+    return from_mq_error(error)
+
+
+def install(api: NinjaAPI) -> None:
+    @api.exception_handler(MQError)
+    def _mq(request: HttpRequest, exc: MQError) -> HttpResponse:
+        return from_mq_error(exc)
+
+    @api.exception_handler(ValidationError)
+    def _validation(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+        return from_validation_error(exc)
+
+    @api.exception_handler(AuthenticationError)
+    def _auth(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+        return from_mq_error(Unauthorized())
+
+    @api.exception_handler(HttpError)
+    def _http(request: HttpRequest, exc: HttpError) -> HttpResponse:
+        cause = exc.__cause__
+        if isinstance(cause, RequestDataTooBig):
+            return from_mq_error(RequestTooLarge())
+        if exc.status_code == 400:
+            return from_mq_error(BadRequest("The request body is not valid JSON."))
+        return error_response("error", exc.message, exc.status_code)
+
+    @api.exception_handler(RequestDataTooBig)
+    def _too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+        return from_mq_error(RequestTooLarge())
+
+    @api.exception_handler(DjangoValidationError)
+    def _model_validation(request: HttpRequest, exc: DjangoValidationError) -> HttpResponse:
+        if hasattr(exc, "message_dict"):
+            field, messages = next(iter(exc.message_dict.items()))
+            return from_mq_error(InvalidValue(f"{field}: {messages[0]}"))
+        return from_mq_error(InvalidValue(exc.messages[0]))
+
+    @api.exception_handler(Exception)
+    def _anything(request: HttpRequest, exc: Exception) -> HttpResponse:
+        if isinstance(exc, (OperationalError, InterfaceError)) or type(exc).__name__ == "PoolTimeout":
+            log.warning("database unavailable: %s", exc)
+            return from_mq_error(Unavailable())
+        if isinstance(exc, DatabaseError):
+            log.exception("database error on %s", request.path)
+            return from_mq_error(Unavailable("The database refused the operation; retry shortly."))
+        log.exception("unhandled error on %s", request.path)
+        return error_response("internal_error", "Something went wrong on our side; it was logged.", 500)

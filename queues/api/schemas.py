@@ -1,0 +1,170 @@
+"""Request and response shapes of the JSON API. Validation, and the OpenAPI
+document, come from these; views never check types by hand."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from ninja import Schema
+from pydantic import ConfigDict, Discriminator, Field, Tag
+
+MAX_SECONDS = 12 * 3600  # longest lease or delay, as SQS
+MAX_DELAY = 14 * 24 * 3600
+Receipts = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(min_length=1, max_length=1000)]
+
+
+class Strict(Schema):
+    # Strict: "5" is not 5 and 1.0 is not a bool; unknown keys are typos.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class QueueIn(Strict):
+    visibility_timeout: int | None = Field(None, ge=0, le=MAX_SECONDS)
+    max_deliveries: int | None = Field(None, ge=0, le=1000)
+    dead_letter_queue: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,80}$")
+    retention: int | None = Field(None, ge=1, le=10 * 365 * 24 * 3600)
+    delay: int | None = Field(None, ge=0, le=MAX_DELAY)
+    fifo: bool | None = None
+    paused: bool | None = None
+    max_message_bytes: int | None = Field(None, ge=1, le=16 * 1024 * 1024)
+    max_depth: int | None = Field(None, ge=1)
+
+
+class QueueOut(Schema):
+    name: str
+    visibility_timeout: int
+    max_deliveries: int
+    dead_letter_queue: str | None
+    retention: int | None
+    delay: int
+    fifo: bool
+    paused: bool
+    max_message_bytes: int
+    max_depth: int | None
+    created_at: str
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+    oldest_ready_age: float | None
+
+
+class QueueListOut(Schema):
+    queues: list[QueueOut]
+
+
+class MessageIn(Strict):
+    body: Any = Field(..., description="Any JSON value.")
+    priority: int = Field(0, ge=0, le=9, description="Higher is delivered first.")
+    delay: int | None = Field(None, ge=0, le=MAX_DELAY, description="Seconds before it can be received.")
+    group: str | None = Field(None, min_length=1, max_length=128, description="Ordering key (FIFO queues).")
+    dedup_id: str | None = Field(None, min_length=1, max_length=128)
+    headers: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=dict, max_length=64
+    )
+
+
+class BatchIn(Strict):
+    messages: list[MessageIn] = Field(..., min_length=1, max_length=1000)
+
+
+def _send_kind(value: Any) -> str:
+    return "batch" if isinstance(value, dict) and "messages" in value else "single"
+
+
+SendIn = Annotated[
+    Annotated[BatchIn, Tag("batch")] | Annotated[MessageIn, Tag("single")],
+    Discriminator(_send_kind),
+]
+
+
+class SentOut(Schema):
+    id: str
+    duplicate: bool
+
+
+class SendOut(Schema):
+    messages: list[SentOut]
+
+
+class ReceiveIn(Strict):
+    max: int = Field(1, ge=1, le=100)
+    visibility_timeout: int | None = Field(None, ge=0, le=MAX_SECONDS)
+    wait: float = Field(0, ge=0, le=20)
+    consumer: str | None = Field(None, min_length=1, max_length=40)
+
+
+class DeliveryOut(Schema):
+    id: str
+    body: Any
+    headers: dict[str, str]
+    priority: int
+    group: str | None
+    delivery_count: int
+    enqueued_at: str
+    receipt: str
+    lease_expires_at: str
+
+
+class ReceiveOut(Schema):
+    messages: list[DeliveryOut]
+
+
+class AckIn(Strict):
+    receipts: Receipts
+
+
+class AckOut(Schema):
+    acked: list[str]
+    stale: list[str]
+
+
+class NackIn(Strict):
+    receipts: Receipts
+    delay: int = Field(0, ge=0, le=MAX_DELAY)
+    reason: str = Field("", max_length=2000)
+
+
+class NackOut(Schema):
+    nacked: list[str]
+    stale: list[str]
+
+
+class ExtendIn(Strict):
+    receipts: Receipts
+    visibility_timeout: int = Field(..., ge=0, le=MAX_SECONDS)
+
+
+class ExtendOut(Schema):
+    extended: list[str]
+    stale: list[str]
+    lease_expires_at: str
+
+
+class RedriveIn(Strict):
+    max: int | None = Field(None, ge=1)
+
+
+class CountOut(Schema):
+    moved: int
+
+
+class PurgedOut(Schema):
+    purged: int
+
+
+class BrowseOut(Schema):
+    messages: list[dict[str, Any]]
+    next: str | None = Field(None, description="Pass as `after` for the next page.")
+
+
+class ErrorBody(Schema):
+    code: str
+    message: str
+
+
+class ErrorOut(Schema):
+    error: ErrorBody
+
+
+BrowseState = Literal["ready", "delayed", "in_flight", "dead"]

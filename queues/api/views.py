@@ -1,0 +1,194 @@
+"""The JSON API (``/api/v1/``): thin views that authenticate, call the broker
+and shape its results. Errors become the contract's JSON in ``errors.py``."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.http import HttpRequest, HttpResponse
+from ninja import Body, Query, Router
+
+from .. import broker, notify
+from ..exceptions import InvalidValue
+from ..models import Consumer, Scope, epoch_to_iso
+from . import schemas as s
+from .auth import require
+
+router = Router()
+
+# A waiting receive re-checks the queue at least this often even without a
+# wake-up: covers delays coming due, lease expiries, a lost NOTIFY.
+POLL_RECHECK_SECONDS = 1.0
+
+
+def json_response(data: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
+
+
+ERRORS: dict[int | str, Any] = {
+    400: s.ErrorOut,
+    401: s.ErrorOut,
+    403: s.ErrorOut,
+    404: s.ErrorOut,
+    409: s.ErrorOut,
+    413: s.ErrorOut,
+    422: s.ErrorOut,
+}
+
+
+# ------------------------------------------------------------------ queues --
+
+
+@router.get("/queues", response={200: s.QueueListOut, **ERRORS}, summary="List queues with live counts")
+def list_queues(request: HttpRequest) -> HttpResponse:
+    token = request.auth  # type: ignore[attr-defined]
+    rows = broker.list_queues()
+    return json_response({"queues": [q.to_dict(c) for q, c in rows if token.sees(q.name)]})
+
+
+@router.get("/queues/{name}", response={200: s.QueueOut, **ERRORS}, summary="One queue with live counts")
+def get_queue(request: HttpRequest, name: str) -> HttpResponse:
+    token = request.auth  # type: ignore[attr-defined]
+    if not token.sees(name):
+        require(request, Scope.ADMIN, name)
+    queue = broker.get_queue(name)
+    return json_response(queue.to_dict(broker.queue_counts([queue.id])[queue.id]))
+
+
+@router.put("/queues/{name}", response={200: s.QueueOut, 201: s.QueueOut, **ERRORS}, summary="Create or update a queue")
+def put_queue(request: HttpRequest, name: str, payload: s.QueueIn | None = None) -> HttpResponse:
+    require(request, Scope.ADMIN, name)
+    _check_name(name)
+    config = payload.model_dump(exclude_unset=True) if payload else {}
+    queue, created = broker.put_queue(name, config)
+    queue = broker.get_queue(name)
+    return json_response(queue.to_dict(broker.queue_counts([queue.id])[queue.id]), 201 if created else 200)
+
+
+@router.delete("/queues/{name}", response={204: None, **ERRORS}, summary="Delete a queue and its messages")
+def delete_queue(request: HttpRequest, name: str) -> HttpResponse:
+    require(request, Scope.ADMIN, name)
+    broker.delete_queue(broker.get_queue(name))
+    return HttpResponse(status=204)
+
+
+@router.post("/queues/{name}/purge", response={200: s.PurgedOut, **ERRORS}, summary="Delete every message")
+def purge(request: HttpRequest, name: str) -> HttpResponse:
+    require(request, Scope.ADMIN, name)
+    return json_response({"purged": broker.purge(broker.get_queue(name))})
+
+
+@router.post("/queues/{name}/redrive", response={200: s.CountOut, **ERRORS}, summary="Move dead messages back")
+def redrive(request: HttpRequest, name: str, payload: s.RedriveIn | None = None) -> HttpResponse:
+    require(request, Scope.ADMIN, name)
+    moved = broker.redrive(broker.get_queue(name), max_messages=payload.max if payload else None)
+    return json_response({"moved": moved})
+
+
+def _check_name(name: str) -> None:
+    import re
+
+    from ..models import QUEUE_NAME_PATTERN
+
+    if not re.match(QUEUE_NAME_PATTERN, name):
+        raise InvalidValue("Queue names are 1-80 characters of A-Z a-z 0-9 _ . -")
+
+
+# ---------------------------------------------------------------- messages --
+
+
+@router.post("/queues/{name}/messages", response={201: s.SendOut, **ERRORS, 429: s.ErrorOut}, summary="Send messages")
+def send(request: HttpRequest, name: str, payload: Body[s.SendIn]) -> HttpResponse:
+    require(request, Scope.PRODUCE, name)
+    queue = broker.get_queue(name)
+    items = payload.messages if isinstance(payload, s.BatchIn) else [payload]
+    new = [
+        broker.NewMessage(
+            body=orjson.dumps(m.body),
+            priority=m.priority,
+            delay=m.delay,
+            group=m.group,
+            dedup_id=m.dedup_id,
+            headers=m.headers,
+        )
+        for m in items
+    ]
+    results = broker.publish(queue, new)
+    return json_response({"messages": [r.to_dict() for r in results]}, 201)
+
+
+@router.post("/queues/{name}/receive", response={200: s.ReceiveOut, **ERRORS}, summary="Lease messages (long poll with wait)")
+async def receive(request: HttpRequest, name: str, payload: s.ReceiveIn | None = None) -> HttpResponse:
+    p = payload or s.ReceiveIn()
+    require(request, Scope.CONSUME, name)
+    queue = await broker.aget_queue(name)
+    if p.consumer is not None:
+        await _acheck_consumer(p.consumer)
+    deadline = time.monotonic() + p.wait
+    while True:
+        # Register before looking, so a send between the look and the wait
+        # still wakes us.
+        with notify.waiter(queue.id) as waiter:
+            deliveries = await broker.areceive(
+                queue, max_messages=p.max, visibility_timeout=p.visibility_timeout, consumer_id=p.consumer
+            )
+            remaining = deadline - time.monotonic()
+            if deliveries or remaining <= 0:
+                return json_response({"messages": [d.to_dict() for d in deliveries]})
+            await waiter.wait(min(remaining, POLL_RECHECK_SECONDS))
+        # Pick up pause/resume and config changes made while we waited.
+        queue = await broker.aget_queue(name)
+
+
+def _check_consumer(consumer_id: str) -> None:
+    from ..exceptions import ConsumerDead, ConsumerNotFound
+    from ..models import ConsumerStatus
+
+    status = Consumer.objects.filter(pk=consumer_id).values_list("status", flat=True).first()
+    if status is None:
+        raise ConsumerNotFound(f"No consumer with id {consumer_id!r}; register first.")
+    if status == ConsumerStatus.DEAD:
+        raise ConsumerDead()
+
+
+_acheck_consumer = sync_to_async(_check_consumer)
+
+
+@router.post("/queues/{name}/ack", response={200: s.AckOut, **ERRORS}, summary="Acknowledge (delete) messages")
+def ack(request: HttpRequest, name: str, payload: s.AckIn) -> HttpResponse:
+    require(request, Scope.CONSUME, name)
+    result = broker.ack(broker.get_queue(name), payload.receipts)
+    return json_response({"acked": result.done, "stale": result.stale})
+
+
+@router.post("/queues/{name}/nack", response={200: s.NackOut, **ERRORS}, summary="Give messages back as failed")
+def nack(request: HttpRequest, name: str, payload: s.NackIn) -> HttpResponse:
+    require(request, Scope.CONSUME, name)
+    result = broker.nack(broker.get_queue(name), payload.receipts, delay=payload.delay, reason=payload.reason)
+    return json_response({"nacked": result.done, "stale": result.stale})
+
+
+@router.post("/queues/{name}/extend", response={200: s.ExtendOut, **ERRORS}, summary="Extend leases")
+def extend(request: HttpRequest, name: str, payload: s.ExtendIn) -> HttpResponse:
+    require(request, Scope.CONSUME, name)
+    result, expires = broker.extend(broker.get_queue(name), payload.receipts, payload.visibility_timeout)
+    return json_response(
+        {"extended": result.done, "stale": result.stale, "lease_expires_at": epoch_to_iso(expires)}
+    )
+
+
+class BrowseQuery(s.Schema):
+    state: s.BrowseState = "ready"
+    limit: int = s.Field(50, ge=1, le=500)
+    after: int | None = s.Field(None, ge=0)
+
+
+@router.get("/queues/{name}/messages", response={200: s.BrowseOut, **ERRORS}, summary="Browse without leasing")
+def browse(request: HttpRequest, name: str, q: Query[BrowseQuery]) -> HttpResponse:
+    require(request, Scope.ADMIN, name)
+    messages = broker.browse(broker.get_queue(name), state=q.state, limit=q.limit, after=q.after)
+    nxt = str(messages[-1].pk) if len(messages) == q.limit else None
+    return json_response({"messages": [m.to_dict() for m in messages], "next": nxt})

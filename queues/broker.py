@@ -1,0 +1,1011 @@
+"""Every multi-row operation on queues and messages.
+
+Views, admin actions, commands and the monitor call these functions; nothing
+else writes messages. Each public function runs in one transaction, keeps the
+queue counters exact (by appending a delta in the same transaction), announces
+events after commit, and wakes long-polling receivers when messages become
+ready. Each has an ``a``-prefixed async twin for async views.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import Sum
+
+from . import events, notify
+from .backends import NOTIFY_CHANNEL, dialect, placeholders
+from .exceptions import (
+    ConsumerDead,
+    ConsumerNotFound,
+    InvalidValue,
+    MessageTooLarge,
+    QueueExists,
+    QueueFull,
+    QueueInUse,
+    QueueNotFound,
+)
+from .models import (
+    COUNTER_FIELDS,
+    Consumer,
+    ConsumerStatus,
+    Message,
+    Queue,
+    QueueCounts,
+    QueueStats,
+    QueueStatsDelta,
+    epoch_to_iso,
+)
+from .states import MessageState as S
+
+MESSAGE_TABLE = Message._meta.db_table
+DEDUP_TABLE = "queues_dedupkey"
+DELTA_TABLE = QueueStatsDelta._meta.db_table
+
+# Rows one sweep of expired leases takes at most, so one tick stays short.
+SWEEP_BATCH = 1000
+MAX_RECEIVE = 100
+
+STATE_COUNTER = {S.READY: "ready", S.DELAYED: "delayed", S.IN_FLIGHT: "in_flight", S.DEAD: "dead_state"}
+
+
+# --------------------------------------------------------------------------- #
+# Counters
+# --------------------------------------------------------------------------- #
+
+
+class Tally:
+    """Counter changes made by one transaction, saved as one delta row per queue."""
+
+    def __init__(self) -> None:
+        self.deltas: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.ready_queues: set[int] = set()
+
+    def add(self, queue_id: int, counter: str, n: int = 1) -> None:
+        if n:
+            self.deltas[queue_id][counter] += n
+
+    def move(self, queue_id: int, source: str | None, target: str | None, n: int = 1) -> None:
+        if source is not None:
+            self.add(queue_id, STATE_COUNTER[S(source)], -n)
+        if target is not None:
+            self.add(queue_id, STATE_COUNTER[S(target)], n)
+            if target == S.READY:
+                self.ready_queues.add(queue_id)
+
+    def save(self) -> None:
+        """Write the deltas and arrange wake-ups; call inside the transaction."""
+        rows = [
+            QueueStatsDelta(queue_id=qid, **{k: v for k, v in d.items() if v})
+            for qid, d in self.deltas.items()
+            if any(d.values())
+        ]
+        if rows:
+            QueueStatsDelta.objects.bulk_create(rows)
+        if self.ready_queues:
+            ready = sorted(self.ready_queues)
+            if dialect().postgres:
+                # Delivered at commit to every process's listener.
+                with connection.cursor() as cur:
+                    cur.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, ",".join(map(str, ready))])
+            # Same process: wake at once, without a round trip through the server.
+            transaction.on_commit(lambda: notify.wake(ready))
+
+
+def queue_counts(queue_ids: Sequence[int] | None = None, *, now: float | None = None) -> dict[int, QueueCounts]:
+    """Live counts per queue: folded counters plus pending deltas, and the age
+    of the oldest ready message. Costs a few indexed queries whatever the
+    number of stored messages."""
+    now = time.time() if now is None else now
+    base = QueueStats.objects.all()
+    deltas = QueueStatsDelta.objects.values("queue_id")
+    if queue_ids is not None:
+        base = base.filter(queue_id__in=queue_ids)
+        deltas = deltas.filter(queue_id__in=queue_ids)
+    totals: dict[int, dict[str, int]] = {
+        row["queue_id"]: {f: row[f] for f in COUNTER_FIELDS}
+        for row in base.values("queue_id", *COUNTER_FIELDS)
+    }
+    for row in deltas.annotate(**{f"d_{f}": Sum(f) for f in COUNTER_FIELDS}):
+        acc = totals.setdefault(row["queue_id"], dict.fromkeys(COUNTER_FIELDS, 0))
+        for f in COUNTER_FIELDS:
+            acc[f] += row[f"d_{f}"] or 0
+    oldest = _oldest_ready(list(totals) if queue_ids is None else list(queue_ids))
+    result = {}
+    for qid, t in totals.items():
+        enqueued = oldest.get(qid)
+        result[qid] = QueueCounts(
+            ready=t["ready"],
+            delayed=t["delayed"],
+            in_flight=t["in_flight"],
+            dead=t["dead_state"] + t["dead_out"],
+            oldest_ready_age=round(max(0.0, now - enqueued), 3) if enqueued is not None else None,
+            totals=t,
+        )
+    return result
+
+
+def _oldest_ready(queue_ids: list[int]) -> dict[int, float]:
+    if not queue_ids:
+        return {}
+    # One correlated, index-served lookup per queue (mq_msg_state), in one
+    # statement: the oldest ready row is the lowest id among ready rows.
+    sql = (
+        f"SELECT q.id, (SELECT m.enqueued_at FROM {MESSAGE_TABLE} m "
+        f"WHERE m.queue_id = q.id AND m.state = 'ready' ORDER BY m.id LIMIT 1) "
+        f"FROM {Queue._meta.db_table} q WHERE q.id IN ({placeholders(len(queue_ids))})"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, queue_ids)
+        return {qid: enq for qid, enq in cur.fetchall() if enq is not None}
+
+
+def fold_stats() -> int:
+    """Fold pending counter deltas into ``QueueStats``; returns rows folded."""
+    fields = ", ".join(COUNTER_FIELDS)
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            # Only rows visible to this statement are deleted and summed, so a
+            # delta committed meanwhile stays for the next fold: none is lost
+            # or counted twice.
+            cur.execute(f"DELETE FROM {DELTA_TABLE} RETURNING queue_id, {fields}")
+            rows = cur.fetchall()
+        sums: dict[int, list[int]] = {}
+        for qid, *values in rows:
+            acc = sums.setdefault(qid, [0] * len(COUNTER_FIELDS))
+            for i, v in enumerate(values):
+                acc[i] += v
+        existing = set(QueueStats.objects.filter(queue_id__in=sums).values_list("queue_id", flat=True))
+        sets = ", ".join(f"{f} = {f} + %s" for f in COUNTER_FIELDS)
+        with connection.cursor() as cur:
+            for qid, values in sums.items():
+                if qid in existing:
+                    cur.execute(f"UPDATE {QueueStats._meta.db_table} SET {sets} WHERE queue_id = %s", [*values, qid])
+    return len(rows)
+
+
+def recount(queue: Queue) -> QueueCounts:
+    """Rebuild a queue's depth counters from the messages themselves (an exact,
+    scanning count: for repair, not for every request)."""
+    with transaction.atomic():
+        # Lock the stats row so no fold runs between our count and our write.
+        stats = QueueStats.objects.select_for_update().get(queue=queue)
+        fold_stats()
+        stats.refresh_from_db()
+        by_state = dict(_count_by(Message.objects.filter(queue=queue), "state"))
+        stats.ready = by_state.get(S.READY, 0)
+        stats.delayed = by_state.get(S.DELAYED, 0)
+        stats.in_flight = by_state.get(S.IN_FLIGHT, 0)
+        stats.dead_state = by_state.get(S.DEAD, 0)
+        stats.dead_out = Message.objects.filter(origin_queue=queue).count()
+        stats.save()
+    return queue_counts([queue.id])[queue.id]
+
+
+# --------------------------------------------------------------------------- #
+# Queues
+# --------------------------------------------------------------------------- #
+
+QUEUE_FIELDS = (
+    "visibility_timeout",
+    "max_deliveries",
+    "dead_letter_queue",
+    "retention",
+    "delay",
+    "fifo",
+    "paused",
+    "max_message_bytes",
+    "max_depth",
+)
+
+
+def get_queue(name: str) -> Queue:
+    """The queue called ``name``; raises QueueNotFound."""
+    try:
+        return Queue.objects.select_related("dead_letter_queue").get(name=name)
+    except Queue.DoesNotExist:
+        raise QueueNotFound(f"No queue named {name!r}.") from None
+
+
+def put_queue(name: str, config: dict[str, Any], *, create_only: bool = False) -> tuple[Queue, bool]:
+    """Create the queue or update the given settings. Returns (queue, created).
+    Raises QueueExists with ``create_only``, InvalidValue for a bad setting."""
+    unknown = set(config) - set(QUEUE_FIELDS)
+    if unknown:
+        raise InvalidValue(f"Unknown queue setting {sorted(unknown)[0]!r}.")
+    values = dict(config)
+    if "dead_letter_queue" in values and values["dead_letter_queue"] is not None:
+        dlq_name = values["dead_letter_queue"]
+        if dlq_name == name:
+            raise InvalidValue("A queue cannot be its own dead-letter queue.")
+        try:
+            values["dead_letter_queue"] = Queue.objects.get(name=dlq_name)
+        except Queue.DoesNotExist:
+            raise InvalidValue(f"Dead-letter queue {dlq_name!r} does not exist; create it first.") from None
+    with transaction.atomic():
+        queue = Queue.objects.select_for_update().filter(name=name).first()
+        created = queue is None
+        if queue is None:
+            queue = Queue(name=name)
+        elif create_only:
+            raise QueueExists(f"Queue {name!r} already exists.")
+        for key, value in values.items():
+            setattr(queue, key, value)
+        queue.full_clean()
+        queue.save()
+        if created:
+            QueueStats.objects.create(queue=queue)
+        elif values.get("paused") is False:
+            tally = Tally()
+            tally.ready_queues.add(queue.id)
+            tally.save()
+    return queue, created
+
+
+def list_queues(names: Iterable[str] | None = None) -> list[tuple[Queue, QueueCounts]]:
+    qs = Queue.objects.select_related("dead_letter_queue").order_by("name")
+    if names is not None:
+        qs = qs.filter(name__in=list(names))
+    queues = list(qs)
+    counts = queue_counts([q.id for q in queues])
+    return [(q, counts.get(q.id, QueueCounts())) for q in queues]
+
+
+def delete_queue(queue: Queue) -> None:
+    """Delete a queue and every message in it. Raises QueueInUse when other
+    queues dead-letter into it."""
+    with transaction.atomic():
+        users = list(Queue.objects.filter(dead_letter_queue=queue).values_list("name", flat=True))
+        if users:
+            raise QueueInUse(f"Queue {queue.name!r} is the dead-letter queue of {', '.join(users)}.")
+        # Messages that were dead-lettered into it leave their origin's count.
+        tally = Tally()
+        for origin_id, n in _count_by(Message.objects.filter(queue=queue, origin_queue__isnull=False), "origin_queue_id"):
+            tally.add(origin_id, "dead_out", -n)
+        tally.deltas.pop(queue.id, None)
+        tally.save()
+        Message.objects.filter(queue=queue).delete()
+        queue.delete()
+        events.emit("queue_deleted", queue.name)
+
+
+def _count_by(qs: Any, column: str) -> list[tuple[Any, int]]:
+    from django.db.models import Count
+
+    return [(row[column], row["n"]) for row in qs.values(column).annotate(n=Count("id")).order_by()]
+
+
+# --------------------------------------------------------------------------- #
+# Publish
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class NewMessage:
+    """One message to publish; ``body`` is already-encoded JSON."""
+
+    body: bytes
+    priority: int = 0
+    delay: int | None = None
+    group: str | None = None
+    dedup_id: str | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Published:
+    id: str
+    duplicate: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "duplicate": self.duplicate}
+
+
+def publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None = None) -> list[Published]:
+    """Enqueue a batch, all or nothing. Returns one result per input, in order.
+
+    Raises MessageTooLarge, QueueFull (when ``max_depth`` would be exceeded).
+    A ``dedup_id`` seen on this queue within the dedup window returns the
+    first message's id as a duplicate and enqueues nothing for it.
+    """
+    now = time.time() if now is None else now
+    for i, m in enumerate(messages):
+        if len(m.body) > queue.max_message_bytes:
+            raise MessageTooLarge(
+                f"Message {i} body is {len(m.body)} bytes; queue {queue.name!r} accepts at most "
+                f"{queue.max_message_bytes}."
+            )
+    if queue.max_depth is not None:
+        c = queue_counts([queue.id], now=now).get(queue.id, QueueCounts())
+        waiting = c.ready + c.delayed + c.in_flight
+        if waiting + len(messages) > queue.max_depth:
+            raise QueueFull(
+                f"Queue {queue.name!r} holds {waiting} of at most {queue.max_depth} messages.",
+                retry_after=1,
+            )
+    window = settings.MQ_DEDUP_WINDOW_SECONDS
+    results: list[Published | None] = [None] * len(messages)
+    with transaction.atomic():
+        first_of: dict[str, int] = {}  # dedup id -> index of its first use in this batch
+        fresh_keys: set[str] = set()
+        for i, m in enumerate(messages):
+            if m.dedup_id is not None and m.dedup_id not in first_of:
+                first_of[m.dedup_id] = i
+        if first_of:
+            fresh_keys = _claim_dedup_keys(queue.id, list(first_of), now, now + window)
+            taken = {k: v for k, v in first_of.items() if k not in fresh_keys}
+            if taken:
+                seen = dict(_dedup_message_ids(queue.id, list(taken)))
+                for key, i in taken.items():
+                    results[i] = Published(str(seen.get(key) or ""), True)
+        rows: list[Message] = []
+        row_index: list[int] = []
+        for i, m in enumerate(messages):
+            if results[i] is not None:
+                continue
+            if m.dedup_id is not None and first_of[m.dedup_id] != i:
+                continue  # a repeat within the batch: resolved below
+            delay = queue.delay if m.delay is None else m.delay
+            state = S.DELAYED if delay > 0 else S.READY
+            rows.append(
+                Message(
+                    queue_id=queue.id,
+                    state=state,
+                    priority=m.priority,
+                    body=m.body.decode(),
+                    headers=orjson.dumps(m.headers).decode(),
+                    group_key=m.group or "",
+                    dedup_id=m.dedup_id,
+                    enqueued_at=now,
+                    visible_at=now + delay,
+                )
+            )
+            row_index.append(i)
+        if rows:
+            Message.objects.bulk_create(rows)
+        tally = Tally()
+        for i, row in zip(row_index, rows, strict=True):
+            results[i] = Published(str(row.pk), False)
+            tally.move(queue.id, None, row.state)
+        tally.add(queue.id, "sent_total", len(rows))
+        bind = {
+            key: row.pk
+            for i, row in zip(row_index, rows, strict=True)
+            if (key := messages[i].dedup_id) is not None and key in fresh_keys
+        }
+        _bind_dedup_keys(queue.id, bind)
+        for i, m in enumerate(messages):
+            if results[i] is None:  # repeat of a dedup id earlier in this batch
+                first = results[first_of[m.dedup_id]]  # type: ignore[index]
+                assert first is not None
+                results[i] = Published(first.id, True)
+        tally.save()
+    return [r for r in results if r is not None]
+
+
+def _claim_dedup_keys(queue_id: int, keys: list[str], now: float, expires_at: float) -> set[str]:
+    """Insert dedup keys; returns those this transaction now owns (new, or
+    expired and taken over). A key inserted by a concurrent transaction makes
+    this statement wait for it to commit, then counts as taken."""
+    values = ", ".join(["(%s, %s, NULL, %s)"] * len(keys))
+    params: list[Any] = []
+    for key in keys:
+        params += [queue_id, key, expires_at]
+    sql = (
+        f"INSERT INTO {DEDUP_TABLE} (queue_id, dedup_id, message_id, expires_at) VALUES {values} "
+        f"ON CONFLICT (queue_id, dedup_id) DO UPDATE SET message_id = NULL, expires_at = excluded.expires_at "
+        f"WHERE {DEDUP_TABLE}.expires_at <= %s RETURNING dedup_id"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, [*params, now])
+        return {row[0] for row in cur.fetchall()}
+
+
+def _dedup_message_ids(queue_id: int, keys: list[str]) -> list[tuple[str, int | None]]:
+    with connection.cursor() as cur:
+        cur.execute(
+            f"SELECT dedup_id, message_id FROM {DEDUP_TABLE} WHERE queue_id = %s AND dedup_id IN ({placeholders(len(keys))})",
+            [queue_id, *keys],
+        )
+        return cur.fetchall()
+
+
+def _bind_dedup_keys(queue_id: int, ids: dict[str, int]) -> None:
+    if not ids:
+        return
+    cases = " ".join(["WHEN %s THEN %s"] * len(ids))
+    params: list[Any] = []
+    for key, mid in ids.items():
+        params += [key, mid]
+    with connection.cursor() as cur:
+        cur.execute(
+            f"UPDATE {DEDUP_TABLE} SET message_id = CASE dedup_id {cases} END "
+            f"WHERE queue_id = %s AND dedup_id IN ({placeholders(len(ids))})",
+            [*params, queue_id, *ids],
+        )
+
+
+# --------------------------------------------------------------------------- #
+# Receive
+# --------------------------------------------------------------------------- #
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: int
+    body: str
+    headers: str
+    priority: int
+    group: str
+    delivery_count: int
+    enqueued_at: float
+    lease_token: str
+    lease_expires_at: float
+
+    @property
+    def receipt(self) -> str:
+        return f"{self.id}.{self.lease_token}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "body": orjson.Fragment(self.body),
+            "headers": orjson.Fragment(self.headers),
+            "priority": self.priority,
+            "group": self.group or None,
+            "delivery_count": self.delivery_count,
+            "enqueued_at": epoch_to_iso(self.enqueued_at),
+            "receipt": self.receipt,
+            "lease_expires_at": epoch_to_iso(self.lease_expires_at),
+        }
+
+
+# A ready message is claimable when it is not in a FIFO group, or when it is
+# its group's head: no other message of the group is in flight and none older
+# is still waiting. So a group has at most one message in flight, in order.
+FIFO_HEAD = (
+    f"(m.group_key = '' OR NOT EXISTS (SELECT 1 FROM {MESSAGE_TABLE} g WHERE g.queue_id = m.queue_id "
+    "AND g.group_key = m.group_key AND g.id <> m.id AND (g.state = 'in_flight' "
+    "OR (g.id < m.id AND g.state IN ('ready', 'delayed')))))"
+)
+
+
+def receive(
+    queue: Queue,
+    *,
+    max_messages: int = 1,
+    visibility_timeout: int | None = None,
+    consumer_id: str | None = None,
+    now: float | None = None,
+) -> list[Delivery]:
+    """Lease up to ``max_messages`` ready messages: highest priority first,
+    then oldest. One claiming statement, whatever the batch size. Returns the
+    deliveries (empty when nothing is ready or the queue is paused)."""
+    if queue.paused:
+        return []
+    now = time.time() if now is None else now
+    vt = queue.visibility_timeout if visibility_timeout is None else visibility_timeout
+    d = dialect()
+    with transaction.atomic():
+        tally = Tally()
+        _promote_due(tally, now, queue_id=queue.id)
+        head = f" AND {FIFO_HEAD}" if queue.fifo else ""
+        # SKIP LOCKED closes the race of two receivers claiming one row: each
+        # takes rows nobody else holds, without waiting for other claimers.
+        sql = (
+            f"UPDATE {MESSAGE_TABLE} SET state = 'in_flight', delivery_count = delivery_count + 1, "
+            f"lease_token = {d.random_token}, lease_expires_at = %s, consumer_id = %s "
+            f"WHERE id IN (SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready'"
+            f"{head} ORDER BY m.priority DESC, m.id LIMIT %s{d.skip_locked}) "
+            f"RETURNING id, body, headers, priority, group_key, delivery_count, enqueued_at, lease_token"
+        )
+        expires = now + vt
+        with connection.cursor() as cur:
+            cur.execute(sql, [expires, consumer_id, queue.id, max_messages])
+            rows = cur.fetchall()
+        if queue.fifo and len(rows) > 1:
+            rows = _one_per_group(rows)
+        if rows:
+            tally.move(queue.id, S.READY, S.IN_FLIGHT, len(rows))
+            tally.add(queue.id, "received_total", len(rows))
+        tally.save()
+    deliveries = [
+        Delivery(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], expires)
+        for r in rows
+    ]
+    deliveries.sort(key=lambda x: (-x.priority, x.id))
+    return deliveries
+
+
+def _one_per_group(rows: list[tuple]) -> list[tuple]:
+    # The head test runs against the statement's snapshot, where every member
+    # of a group is still ready, so the group's head is the only candidate;
+    # this is a belt to those braces.
+    seen: set[str] = set()
+    out = []
+    for r in sorted(rows, key=lambda r: r[0]):
+        if r[4] and r[4] in seen:
+            raise AssertionError("FIFO claim returned two messages of one group")
+        seen.add(r[4])
+        out.append(r)
+    return out
+
+
+def _promote_due(tally: Tally, now: float, *, queue_id: int | None = None) -> int:
+    """Delayed messages whose time has come become ready."""
+    where = "state = 'delayed' AND visible_at <= %s"
+    params: list[Any] = [now]
+    if queue_id is not None:
+        where += " AND queue_id = %s"
+        params.append(queue_id)
+    with connection.cursor() as cur:
+        cur.execute(f"UPDATE {MESSAGE_TABLE} SET state = 'ready' WHERE {where} RETURNING queue_id", params)
+        rows = cur.fetchall()
+    per_queue: dict[int, int] = defaultdict(int)
+    for (qid,) in rows:
+        per_queue[qid] += 1
+    for qid, n in per_queue.items():
+        tally.move(qid, S.DELAYED, S.READY, n)
+    return len(rows)
+
+
+# --------------------------------------------------------------------------- #
+# Ack, nack, extend
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class ReceiptResult:
+    done: list[str] = field(default_factory=list)  # message ids
+    stale: list[str] = field(default_factory=list)  # receipts
+
+
+def parse_receipts(receipts: Sequence[str]) -> list[tuple[int, str, str]]:
+    """(message id, lease token, receipt) per receipt; raises InvalidValue."""
+    parsed = []
+    for receipt in receipts:
+        mid, sep, token = receipt.partition(".")
+        if not sep or not mid.isdigit() or len(mid) > 19 or not token or len(token) > 32:
+            raise InvalidValue(f"{receipt[:80]!r} is not a receipt from this queue.")
+        parsed.append((int(mid), token, receipt))
+    return parsed
+
+
+def _match_receipts(parsed: list[tuple[int, str, str]], found: Iterable[tuple[int, str]]) -> ReceiptResult:
+    found_set = set(found)
+    result = ReceiptResult()
+    done: set[int] = set()
+    for mid, token, receipt in parsed:
+        if (mid, token) in found_set and mid not in done:
+            result.done.append(str(mid))
+            done.add(mid)
+        else:
+            result.stale.append(receipt)
+    return result
+
+
+def ack(queue: Queue, receipts: Sequence[str]) -> ReceiptResult:
+    """Delete the messages whose receipts are current. A receipt is stale when
+    its lease was fenced by a newer delivery, a requeue or an earlier ack; a
+    stale ack changes nothing."""
+    parsed = parse_receipts(receipts)
+    ids = sorted({p[0] for p in parsed})
+    tokens = sorted({p[1] for p in parsed})
+    with transaction.atomic():
+        # The token check makes the fence: a newer lease wrote a new token, so
+        # the old holder's delete matches nothing. A lease that expired but was
+        # not taken again still carries its token and may be acked (as SQS).
+        sql = (
+            f"DELETE FROM {MESSAGE_TABLE} WHERE queue_id = %s AND id IN ({placeholders(len(ids))}) "
+            f"AND lease_token IN ({placeholders(len(tokens))}) "
+            f"AND state IN ('in_flight', 'ready', 'delayed') "
+            f"RETURNING id, lease_token, state, origin_queue_id"
+        )
+        with connection.cursor() as cur:
+            cur.execute(sql, [queue.id, *ids, *tokens])
+            rows = cur.fetchall()
+        pairs = {(r[0], r[1]) for r in rows}
+        wanted = {(p[0], p[1]) for p in parsed}
+        if pairs - wanted:
+            # An id matched with another receipt's token: impossible with
+            # 128-bit random tokens, but never delete what was not asked for.
+            raise AssertionError("ack matched a receipt it was not given")
+        tally = Tally()
+        for _mid, _tok, state, origin in rows:
+            tally.move(queue.id, state, None)
+            if origin is not None:
+                tally.add(origin, "dead_out", -1)
+        tally.add(queue.id, "acked_total", len(rows))
+        tally.save()
+    return _match_receipts(parsed, pairs)
+
+
+def extend(queue: Queue, receipts: Sequence[str], visibility_timeout: int, *, now: float | None = None) -> tuple[ReceiptResult, float]:
+    """Push the leases of current receipts to now + ``visibility_timeout``."""
+    parsed = parse_receipts(receipts)
+    now = time.time() if now is None else now
+    expires = now + visibility_timeout
+    ids = sorted({p[0] for p in parsed})
+    tokens = sorted({p[1] for p in parsed})
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(
+            f"UPDATE {MESSAGE_TABLE} SET lease_expires_at = %s WHERE queue_id = %s "
+            f"AND id IN ({placeholders(len(ids))}) AND lease_token IN ({placeholders(len(tokens))}) "
+            f"AND state = 'in_flight' RETURNING id, lease_token",
+            [expires, queue.id, *ids, *tokens],
+        )
+        found = cur.fetchall()
+    return _match_receipts(parsed, [(r[0], r[1]) for r in found]), expires
+
+
+def nack(
+    queue: Queue, receipts: Sequence[str], *, delay: int = 0, reason: str = "", now: float | None = None
+) -> ReceiptResult:
+    """Give messages back as failed deliveries: ready again after ``delay``, or
+    dead-lettered once they reached the queue's ``max_deliveries``."""
+    parsed = parse_receipts(receipts)
+    now = time.time() if now is None else now
+    ids = sorted({p[0] for p in parsed})
+    tokens = sorted({p[1] for p in parsed})
+    d = dialect()
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute(
+                f"SELECT id, lease_token, delivery_count, consumer_id, origin_queue_id FROM {MESSAGE_TABLE} "
+                f"WHERE queue_id = %s AND id IN ({placeholders(len(ids))}) "
+                f"AND lease_token IN ({placeholders(len(tokens))}) AND state = 'in_flight' ORDER BY id{d.for_update}",
+                [queue.id, *ids, *tokens],
+            )
+            rows = cur.fetchall()
+        tally = Tally()
+        _release(queue, [(r[0], r[2], r[3], r[4]) for r in rows], tally, now=now, delay=delay, reason=reason, kind="nack")
+        tally.add(queue.id, "nacked_total", len(rows))
+        tally.save()
+    return _match_receipts(parsed, [(r[0], r[1]) for r in rows])
+
+
+def _release(
+    queue: Queue,
+    rows: list[tuple[int, int, str | None, int | None]],
+    tally: Tally,
+    *,
+    now: float,
+    delay: int = 0,
+    reason: str = "",
+    kind: str,
+) -> None:
+    """Return locked in-flight rows (id, delivery_count, consumer, origin) to
+    ready (or delayed), dead-lettering those that used up their deliveries.
+    The lease token is cleared: the old holder's receipt is stale from now."""
+    if not rows:
+        return
+    limit = queue.max_deliveries
+    spent = [r for r in rows if limit and r[1] >= limit]
+    retry = [r for r in rows if not (limit and r[1] >= limit)]
+    if retry:
+        target = S.DELAYED if delay > 0 else S.READY
+        ids = [r[0] for r in retry]
+        with connection.cursor() as cur:
+            cur.execute(
+                f"UPDATE {MESSAGE_TABLE} SET state = %s, visible_at = %s, lease_token = NULL, "
+                f"lease_expires_at = NULL, consumer_id = NULL, last_error = %s "
+                f"WHERE id IN ({placeholders(len(ids))})",
+                [target.value, now + delay, reason[:2000], *ids],
+            )
+        tally.move(queue.id, S.IN_FLIGHT, target, len(retry))
+        if kind == "redelivery":
+            tally.add(queue.id, "redelivered_total", len(retry))
+            for mid, count, consumer, _origin in retry:
+                events.emit("redelivery", queue.name, message=str(mid), consumer=consumer, delivery_count=count, reason=reason)
+    if spent:
+        _dead_letter(queue, spent, tally, now=now, reason=reason or f"delivered {limit} times without an ack")
+
+
+def _dead_letter(
+    queue: Queue,
+    rows: list[tuple[int, int, str | None, int | None]],
+    tally: Tally,
+    *,
+    now: float,
+    reason: str,
+    source_state: S = S.IN_FLIGHT,
+) -> None:
+    """Move rows (id, delivery_count, consumer, origin) out of play: into the
+    dead-letter queue as ready messages, or into state dead in place."""
+    ids = [r[0] for r in rows]
+    dlq = queue.dead_letter_queue
+    with connection.cursor() as cur:
+        if dlq is not None:
+            # The origin stays the first queue it died in, so a redrive from a
+            # chain of dead-letter queues sends it home.
+            cur.execute(
+                f"UPDATE {MESSAGE_TABLE} SET queue_id = %s, state = 'ready', origin_queue_id = "
+                f"COALESCE(origin_queue_id, %s), delivery_count = 0, lease_token = NULL, "
+                f"lease_expires_at = NULL, consumer_id = NULL, visible_at = %s, dead_at = %s, last_error = %s "
+                f"WHERE id IN ({placeholders(len(ids))})",
+                [dlq.id, queue.id, now, now, reason[:2000], *ids],
+            )
+        else:
+            cur.execute(
+                f"UPDATE {MESSAGE_TABLE} SET state = 'dead', lease_token = NULL, lease_expires_at = NULL, "
+                f"consumer_id = NULL, dead_at = %s, last_error = %s WHERE id IN ({placeholders(len(ids))})",
+                [now, reason[:2000], *ids],
+            )
+    tally.add(queue.id, STATE_COUNTER[source_state], -len(rows))
+    tally.add(queue.id, "dead_lettered_total", len(rows))
+    if dlq is not None:
+        tally.move(dlq.id, None, S.READY, len(rows))
+        # Counted once, against the queue it first died in.
+        tally.add(queue.id, "dead_out", sum(1 for r in rows if r[3] is None))
+    else:
+        tally.add(queue.id, "dead_state", len(rows))
+    for mid, count, consumer, _origin in rows:
+        events.emit(
+            "dead_letter",
+            queue.name,
+            message=str(mid),
+            dead_letter_queue=dlq.name if dlq else None,
+            delivery_count=count,
+            consumer=consumer,
+            reason=reason,
+        )
+
+
+# --------------------------------------------------------------------------- #
+# The monitor's sweeps
+# --------------------------------------------------------------------------- #
+
+
+def promote_due(*, now: float | None = None) -> int:
+    """Make every delayed message whose time has come ready (all queues)."""
+    now = time.time() if now is None else now
+    with transaction.atomic():
+        tally = Tally()
+        n = _promote_due(tally, now)
+        tally.save()
+    return n
+
+
+def expire_leases(*, now: float | None = None, limit: int = SWEEP_BATCH) -> int:
+    """Return messages whose lease ran out to ready (a redelivery each), or
+    dead-letter them when they used up their deliveries. Returns how many.
+
+    Rows are locked with SKIP LOCKED, so two monitors, or a monitor and a
+    late ack, never both act on one expiry: the second simply skips it."""
+    now = time.time() if now is None else now
+    d = dialect()
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute(
+                f"SELECT id, queue_id, delivery_count, consumer_id, origin_queue_id FROM {MESSAGE_TABLE} "
+                f"WHERE state = 'in_flight' AND lease_expires_at <= %s ORDER BY lease_expires_at "
+                f"LIMIT %s{d.skip_locked}",
+                [now, limit],
+            )
+            rows = cur.fetchall()
+        return _release_rows(rows, now=now, reason="lease expired")
+
+
+def _release_rows(rows: list[tuple], *, now: float, reason: str) -> int:
+    """(id, queue_id, delivery_count, consumer, origin) in-flight rows, locked
+    by the caller, back to ready as redeliveries."""
+    if not rows:
+        return 0
+    by_queue: dict[int, list[tuple[int, int, str | None, int | None]]] = defaultdict(list)
+    for mid, qid, count, consumer, origin in rows:
+        by_queue[qid].append((mid, count, consumer, origin))
+    queues = Queue.objects.select_related("dead_letter_queue").in_bulk(list(by_queue))
+    tally = Tally()
+    for qid, items in by_queue.items():
+        _release(queues[qid], items, tally, now=now, reason=reason, kind="redelivery")
+    tally.save()
+    return len(rows)
+
+
+def release_consumer(consumer_id: str, *, reason: str = "consumer left", now: float | None = None) -> int:
+    """Return every message leased to a consumer to ready at once (a
+    redelivery each). Returns how many."""
+    now = time.time() if now is None else now
+    d = dialect()
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute(
+                f"SELECT id, queue_id, delivery_count, consumer_id, origin_queue_id FROM {MESSAGE_TABLE} "
+                f"WHERE state = 'in_flight' AND consumer_id = %s ORDER BY id{d.for_update}",
+                [consumer_id],
+            )
+            rows = cur.fetchall()
+        return _release_rows(rows, now=now, reason=reason)
+
+
+def prune_dedup(*, now: float | None = None) -> int:
+    """Forget dedup ids older than the window."""
+    now = time.time() if now is None else now
+    from .models import DedupKey
+
+    deleted, _ = DedupKey.objects.filter(expires_at__lte=now).delete()
+    return deleted
+
+
+def enforce_retention(*, now: float | None = None) -> int:
+    """Delete waiting messages older than their queue's ``retention``, as the
+    queue's owner asked. Counted (``expired_total``) and announced."""
+    now = time.time() if now is None else now
+    removed = 0
+    for queue in Queue.objects.filter(retention__isnull=False):
+        with transaction.atomic():
+            qs = Message.objects.filter(
+                queue=queue, state__in=[S.READY, S.DELAYED, S.DEAD], enqueued_at__lte=now - queue.retention
+            )
+            n = _delete_counted(queue, qs, "expired_total")
+            if n:
+                events.emit("retention", queue.name, count=n)
+            removed += n
+    return removed
+
+
+# --------------------------------------------------------------------------- #
+# Operator actions: purge, redrive, browse
+# --------------------------------------------------------------------------- #
+
+
+def _delete_counted(queue: Queue, qs: Any, total_counter: str) -> int:
+    """Delete the messages of ``qs`` (all in ``queue``), keeping counters right.
+    Call inside a transaction."""
+    tally = Tally()
+    ids_and_states = list(qs.values_list("id", "state", "origin_queue_id"))
+    if not ids_and_states:
+        return 0
+    for _mid, state, origin in ids_and_states:
+        tally.move(queue.id, state, None)
+        if origin is not None:
+            tally.add(origin, "dead_out", -1)
+    tally.add(queue.id, total_counter, len(ids_and_states))
+    ids = [r[0] for r in ids_and_states]
+    for start in range(0, len(ids), 5000):
+        Message.objects.filter(id__in=ids[start : start + 5000]).delete()
+    tally.save()
+    return len(ids)
+
+
+def purge(queue: Queue) -> int:
+    """Delete every message in the queue, leased ones too (their acks become
+    stale). Returns how many were deleted."""
+    with transaction.atomic():
+        Queue.objects.select_for_update().filter(pk=queue.pk).first()
+        n = _delete_counted(queue, Message.objects.filter(queue=queue), "purged_total")
+        events.emit("purge", queue.name, count=n)
+    return n
+
+
+def redrive(queue: Queue, *, max_messages: int | None = None, now: float | None = None) -> int:
+    """Give dead messages another life: those dead in this queue go back to
+    ready here; those dead-lettered into this queue go back to the queue they
+    came from. Leased messages are left alone. Returns how many moved."""
+    now = time.time() if now is None else now
+    d = dialect()
+    limit = f" LIMIT {int(max_messages)}" if max_messages else ""
+    with transaction.atomic():
+        with connection.cursor() as cur:
+            cur.execute(
+                f"SELECT id, state, origin_queue_id FROM {MESSAGE_TABLE} WHERE queue_id = %s AND "
+                f"(state = 'dead' OR (origin_queue_id IS NOT NULL AND state IN ('ready', 'delayed'))) "
+                f"ORDER BY id{limit}{d.for_update}",
+                [queue.id],
+            )
+            rows = cur.fetchall()
+        if not rows:
+            return 0
+        tally = Tally()
+        by_target: dict[int, list[int]] = defaultdict(list)
+        for mid, state, origin in rows:
+            target_queue = origin if origin is not None else queue.id
+            by_target[target_queue].append(mid)
+            tally.move(queue.id, state, None)
+            tally.move(target_queue, None, S.READY)
+            if origin is not None:
+                tally.add(origin, "dead_out", -1)
+        with connection.cursor() as cur:
+            for target_queue, ids in by_target.items():
+                cur.execute(
+                    f"UPDATE {MESSAGE_TABLE} SET queue_id = %s, state = 'ready', origin_queue_id = NULL, "
+                    f"delivery_count = 0, visible_at = %s, lease_token = NULL, consumer_id = NULL, "
+                    f"dead_at = NULL WHERE id IN ({placeholders(len(ids))})",
+                    [target_queue, now, *ids],
+                )
+        tally.save()
+        events.emit("redrive", queue.name, count=len(rows))
+    return len(rows)
+
+
+def browse(queue: Queue, *, state: str, limit: int = 100, after: int | None = None) -> list[Message]:
+    """Messages in one state, oldest first, without leasing them; ``after`` is
+    the last id of the previous page. State ``dead`` includes messages
+    dead-lettered out of this queue into its dead-letter queue."""
+    if state == S.DEAD:
+        from django.db.models import Q
+
+        qs = Message.objects.filter(Q(queue=queue, state=S.DEAD) | Q(origin_queue=queue))
+    else:
+        qs = Message.objects.filter(queue=queue, state=state)
+    if after is not None:
+        qs = qs.filter(id__gt=after)
+    return list(qs.select_related("queue", "origin_queue").order_by("id")[:limit])
+
+
+# --------------------------------------------------------------------------- #
+# Async twins for async views
+# --------------------------------------------------------------------------- #
+
+aget_queue = sync_to_async(get_queue)
+areceive = sync_to_async(receive)
+
+
+# --------------------------------------------------------------------------- #
+# Consumers
+# --------------------------------------------------------------------------- #
+
+
+def heartbeat_interval(timeout: int) -> float:
+    """How often a consumer should beat: three chances before it is dead."""
+    return max(1.0, timeout / 3)
+
+
+def register_consumer(name: str, queues: list[str], meta: dict[str, Any], heartbeat_timeout: int | None) -> Consumer:
+    """Register a live consumer of ``queues`` (which must exist)."""
+    known = set(Queue.objects.filter(name__in=queues).values_list("name", flat=True))
+    missing = [q for q in queues if q not in known]
+    if missing:
+        raise QueueNotFound(f"No queue named {missing[0]!r}.")
+    now = time.time()
+    return Consumer.objects.create(
+        name=name,
+        queues=list(dict.fromkeys(queues)),
+        meta=meta,
+        heartbeat_timeout=heartbeat_timeout or settings.MQ_HEARTBEAT_TIMEOUT_SECONDS,
+        registered_at=now,
+        last_heartbeat=now,
+    )
+
+
+def get_consumer(consumer_id: str) -> Consumer:
+    consumer = Consumer.objects.filter(pk=consumer_id).first()
+    if consumer is None:
+        raise ConsumerNotFound(f"No consumer with id {consumer_id!r}.")
+    return consumer
+
+
+def heartbeat(consumer_id: str, *, now: float | None = None) -> Consumer:
+    """Record a heartbeat. Raises ConsumerDead once the monitor declared the
+    consumer dead: its leases were handed to others, it must register again."""
+    now = time.time() if now is None else now
+    # Conditional update: a beat racing the monitor's death sentence either
+    # lands first (and the consumer lives) or finds it dead, never both.
+    updated = Consumer.objects.filter(pk=consumer_id).exclude(status=ConsumerStatus.DEAD).update(
+        last_heartbeat=now, status=ConsumerStatus.ALIVE
+    )
+    if not updated:
+        consumer = get_consumer(consumer_id)
+        raise ConsumerDead(f"Consumer {consumer.name!r} was declared dead; register again.")
+    return get_consumer(consumer_id)
+
+
+def leave(consumer_id: str) -> int:
+    """Graceful leave: the consumer is gone and its leases are released at
+    once. Returns how many messages went back to ready."""
+    with transaction.atomic():
+        consumer = get_consumer(consumer_id)
+        Consumer.objects.filter(pk=consumer.pk).update(status=ConsumerStatus.DEAD, dead_at=time.time())
+        return release_consumer(consumer.pk, reason=f"consumer {consumer.name} left")
+
+
+def consumer_in_flight(consumer_ids: Sequence[str]) -> dict[str, int]:
+    return dict(_count_by(Message.objects.filter(state=S.IN_FLIGHT, consumer_id__in=list(consumer_ids)), "consumer_id"))

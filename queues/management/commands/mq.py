@@ -1,0 +1,181 @@
+"""``python manage.py mq <verb>``: the one entry point for operators.
+
+Thin on purpose: parse, then delegate to the broker, the monitor or daphne.
+"""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import sys
+from argparse import ArgumentParser, Namespace
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+
+from queues import broker
+from queues.exceptions import MQError
+from queues.models import Scope, Token
+
+SCOPES = {s.value for s in Scope}
+
+
+class Command(BaseCommand):
+    help = "mqadmin: serve, monitor, tokens and queues."
+
+    def add_arguments(self, parser: ArgumentParser) -> None:
+        verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+        serve = verbs.add_parser("serve", help="Serve API, dashboard and admin with daphne (+ the monitor).")
+        serve.add_argument("--host", default=None, help="Default: $HOST or 127.0.0.1.")
+        serve.add_argument("--port", type=int, default=None, help="Default: $PORT or 8000.")
+        serve.add_argument("--no-monitor", action="store_true", help="Do not run the monitor here.")
+
+        verbs.add_parser("monitor", help="Run the monitor alone (leader-elected; run one per node).")
+
+        verbs.add_parser("operator", help="Create an operator (staff superuser) account if none exists.")
+
+        token = verbs.add_parser("token", help="API tokens.").add_subparsers(dest="action", required=True)
+        create = token.add_parser("create", help="Create a token; prints it once, on the last line.")
+        create.add_argument("name")
+        create.add_argument("--scope", required=True, help="Comma-separated: produce,consume,admin.")
+        create.add_argument("--queues", default="*", help="Glob of queue names (default: all).")
+        token.add_parser("list", help="List tokens (never their secrets).")
+        revoke = token.add_parser("revoke", help="Revoke a token by name.")
+        revoke.add_argument("name")
+
+        queue = verbs.add_parser("queue", help="Queues.").add_subparsers(dest="action", required=True)
+        qcreate = queue.add_parser("create", help="Create a queue.")
+        qcreate.add_argument("name")
+        qcreate.add_argument("--visibility-timeout", type=int)
+        qcreate.add_argument("--max-deliveries", type=int)
+        qcreate.add_argument("--dead-letter", dest="dead_letter_queue")
+        qcreate.add_argument("--retention", type=int)
+        qcreate.add_argument("--delay", type=int)
+        qcreate.add_argument("--fifo", action="store_true", default=None)
+        qcreate.add_argument("--max-message-bytes", type=int)
+        qcreate.add_argument("--max-depth", type=int)
+        queue.add_parser("list", help="List queues with live counts.")
+        purge = queue.add_parser("purge", help="Delete every message in a queue.")
+        purge.add_argument("name")
+        redrive = queue.add_parser("redrive", help="Move a dead-letter queue's messages back.")
+        redrive.add_argument("name")
+        redrive.add_argument("--max", type=int, default=None)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        opts = Namespace(**options)
+        try:
+            getattr(self, f"do_{opts.verb}")(opts)
+        except MQError as exc:
+            raise CommandError(exc.message) from exc
+
+    # -- serve / monitor -------------------------------------------------
+
+    def do_serve(self, opts: Namespace) -> None:
+        from daphne.cli import CommandLineInterface
+
+        host = opts.host or settings.HOST
+        port = opts.port or settings.PORT
+        if settings.MQ_MONITOR and not opts.no_monitor:
+            # daphne has no lifespan hook for Django: start the loop ourselves.
+            from queues import monitor
+
+            monitor.start_in_background()
+        self.stdout.write(f"mqadmin serving on http://{host}:{port}/  (dashboard /, admin /admin/, API /api/v1/docs)")
+        self.stdout.flush()
+        CommandLineInterface().run(["--bind", host, "--port", str(port), "--proxy-headers", settings.ASGI_APPLICATION.replace(".application", ":application")])
+
+    def do_monitor(self, opts: Namespace) -> None:
+        from queues.monitor import Monitor
+
+        mon = Monitor()
+
+        def stop(signum: int, frame: Any) -> None:
+            mon._stop.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        self.stdout.write("mq monitor running (Ctrl-C to stop)")
+        self.stdout.flush()
+        mon.run()
+
+    # -- operator account --------------------------------------------------
+
+    def do_operator(self, opts: Namespace) -> None:
+        from django.contrib.auth import get_user_model
+
+        User = get_user_model()
+        if User.objects.filter(is_staff=True).exists():
+            self.stdout.write("Operator account already exists (manage it at /admin/).")
+            return
+        password = secrets.token_urlsafe(12)
+        User.objects.create_superuser("operator", "", password)
+        self.stdout.write(self.style.SUCCESS("Created the operator account (shown only this once):"))
+        self.stdout.write(f"  username: operator\n  password: {password}")
+
+    # -- tokens ------------------------------------------------------------
+
+    def do_token(self, opts: Namespace) -> None:
+        if opts.action == "create":
+            scopes = [s.strip() for s in opts.scope.split(",") if s.strip()]
+            bad = [s for s in scopes if s not in SCOPES]
+            if not scopes or bad:
+                raise CommandError(f"--scope takes produce, consume, admin (comma-separated), not {opts.scope!r}")
+            if Token.objects.filter(name=opts.name).exists():
+                raise CommandError(f"A token named {opts.name!r} exists; revoke it or pick another name.")
+            token, raw = Token.issue(opts.name, scopes, opts.queues)
+            self.stdout.write(
+                f"Token {token.name!r} created: key id {token.key_id}, scopes {token.scopes}, queues {token.queue_pattern}.\n"
+                "The full token is shown once; store it now:"
+            )
+            self.stdout.write(raw)
+        elif opts.action == "list":
+            rows = Token.objects.order_by("name")
+            self.stdout.write(f"{'NAME':20} {'KEY ID':20} {'SCOPES':24} {'QUEUES':12} STATUS")
+            for t in rows:
+                status = "revoked" if t.revoked_at else "active"
+                self.stdout.write(f"{t.name:20} {t.key_id:20} {t.scopes:24} {t.queue_pattern:12} {status}")
+        elif opts.action == "revoke":
+            from django.utils import timezone
+
+            from queues.api.auth import forget
+
+            n = Token.objects.filter(name=opts.name, revoked_at__isnull=True).update(revoked_at=timezone.now())
+            if not n:
+                raise CommandError(f"No active token named {opts.name!r}.")
+            forget()
+            self.stdout.write(f"Token {opts.name!r} revoked.")
+
+    # -- queues ------------------------------------------------------------
+
+    def do_queue(self, opts: Namespace) -> None:
+        if opts.action == "create":
+            config = {
+                key: getattr(opts, key)
+                for key in broker.QUEUE_FIELDS
+                if getattr(opts, key, None) is not None
+            }
+            queue, _ = broker.put_queue(opts.name, config, create_only=True)
+            self.stdout.write(f"Queue {queue.name!r} created.")
+        elif opts.action == "list":
+            rows = broker.list_queues()
+            self.stdout.write(f"{'QUEUE':30} {'READY':>8} {'DELAYED':>8} {'IN FLIGHT':>9} {'DEAD':>6}  SETTINGS")
+            for q, c in rows:
+                extra = f"vt={q.visibility_timeout}s max_deliveries={q.max_deliveries}"
+                if q.dead_letter_queue:
+                    extra += f" dlq={q.dead_letter_queue.name}"
+                if q.fifo:
+                    extra += " fifo"
+                if q.paused:
+                    extra += " PAUSED"
+                self.stdout.write(f"{q.name:30} {c.ready:>8} {c.delayed:>8} {c.in_flight:>9} {c.dead:>6}  {extra}")
+            if not rows:
+                self.stdout.write("(no queues yet: mq queue create NAME)")
+        elif opts.action == "purge":
+            n = broker.purge(broker.get_queue(opts.name))
+            self.stdout.write(f"Purged {n} messages from {opts.name!r}.")
+        elif opts.action == "redrive":
+            n = broker.redrive(broker.get_queue(opts.name), max_messages=opts.max)
+            self.stdout.write(f"Moved {n} messages out of {opts.name!r}.")
+        sys.stdout.flush()

@@ -1,0 +1,427 @@
+"""Queues, messages, consumers, tokens and the counters that keep queue depth
+readable without scanning the messages table.
+
+Times on the hot tables are UNIX epoch seconds (floats): the claim and sweep
+statements compare them in raw SQL on both PostgreSQL and SQLite, and a number
+compares the same way on both, with no timezone or text-format pitfalls.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import secrets
+import time
+import uuid
+from fnmatch import fnmatchcase
+from typing import TypedDict
+
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.db import models
+from django.db.models import Q
+
+from .states import MessageState
+
+QUEUE_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,80}$"
+DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+
+
+def epoch_to_iso(value: float | None) -> str | None:
+    if value is None:
+        return None
+    return dt.datetime.fromtimestamp(value, tz=dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+class QueueDict(TypedDict):
+    name: str
+    visibility_timeout: int
+    max_deliveries: int
+    dead_letter_queue: str | None
+    retention: int | None
+    delay: int
+    fifo: bool
+    paused: bool
+    max_message_bytes: int
+    max_depth: int | None
+    created_at: str
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+    oldest_ready_age: float | None
+
+
+class Queue(models.Model):
+    name = models.CharField(
+        max_length=80,
+        unique=True,
+        validators=[RegexValidator(QUEUE_NAME_PATTERN, "Use 1-80 of A-Z a-z 0-9 _ . -")],
+    )
+    visibility_timeout = models.PositiveIntegerField(
+        default=30, validators=[MaxValueValidator(12 * 3600)], help_text="Seconds a lease lasts."
+    )
+    max_deliveries = models.PositiveIntegerField(
+        default=5, help_text="Deliveries without an ack before dead-lettering; 0 = unlimited."
+    )
+    dead_letter_queue = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="dead_letter_sources",
+    )
+    retention = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Seconds a waiting message is kept; empty = forever."
+    )
+    delay = models.PositiveIntegerField(default=0, help_text="Default delivery delay (s).")
+    fifo = models.BooleanField(default=False, help_text="One message per group in flight.")
+    paused = models.BooleanField(default=False, help_text="A paused queue delivers nothing.")
+    max_message_bytes = models.PositiveIntegerField(
+        default=DEFAULT_MAX_MESSAGE_BYTES, validators=[MinValueValidator(1)]
+    )
+    max_depth = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Sends are refused (429) beyond this many waiting."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def to_dict(self, counts: QueueCounts) -> QueueDict:
+        return {
+            "name": self.name,
+            "visibility_timeout": self.visibility_timeout,
+            "max_deliveries": self.max_deliveries,
+            "dead_letter_queue": self.dead_letter_queue.name if self.dead_letter_queue else None,
+            "retention": self.retention,
+            "delay": self.delay,
+            "fifo": self.fifo,
+            "paused": self.paused,
+            "max_message_bytes": self.max_message_bytes,
+            "max_depth": self.max_depth,
+            "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
+            "ready": counts.ready,
+            "delayed": counts.delayed,
+            "in_flight": counts.in_flight,
+            "dead": counts.dead,
+            "oldest_ready_age": counts.oldest_ready_age,
+        }
+
+
+class QueueCounts:
+    """Live counts of one queue, as the API and dashboard report them."""
+
+    __slots__ = ("dead", "delayed", "in_flight", "oldest_ready_age", "ready", "totals")
+
+    def __init__(
+        self,
+        ready: int = 0,
+        delayed: int = 0,
+        in_flight: int = 0,
+        dead: int = 0,
+        oldest_ready_age: float | None = None,
+        totals: dict[str, int] | None = None,
+    ) -> None:
+        self.ready = ready
+        self.delayed = delayed
+        self.in_flight = in_flight
+        self.dead = dead
+        self.oldest_ready_age = oldest_ready_age
+        self.totals = totals or {}
+
+
+class MessageQuerySet(models.QuerySet["Message"]):
+    def ready(self) -> MessageQuerySet:
+        return self.filter(state=MessageState.READY)
+
+    def delayed(self) -> MessageQuerySet:
+        return self.filter(state=MessageState.DELAYED)
+
+    def in_flight(self) -> MessageQuerySet:
+        return self.filter(state=MessageState.IN_FLIGHT)
+
+    def dead(self) -> MessageQuerySet:
+        return self.filter(state=MessageState.DEAD)
+
+    def expired(self, now: float | None = None) -> MessageQuerySet:
+        """In-flight messages whose lease has run out."""
+        return self.in_flight().filter(lease_expires_at__lte=now if now is not None else time.time())
+
+
+class MessageDict(TypedDict):
+    id: str
+    queue: str
+    state: str
+    body: object
+    headers: dict[str, str]
+    priority: int
+    group: str | None
+    dedup_id: str | None
+    delivery_count: int
+    enqueued_at: str | None
+    visible_at: str | None
+    lease_expires_at: str | None
+    consumer: str | None
+    origin_queue: str | None
+    last_error: str
+
+
+class Message(models.Model):
+    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="messages")
+    state = models.CharField(max_length=10, choices=MessageState.choices)
+    priority = models.SmallIntegerField(default=0)
+    # JSON text as the producer sent it: stored and returned without a decode.
+    body = models.TextField()
+    headers = models.TextField(default="{}")
+    group_key = models.CharField(max_length=128, default="", blank=True)
+    dedup_id = models.CharField(max_length=128, null=True, blank=True)
+    delivery_count = models.PositiveIntegerField(default=0)
+    enqueued_at = models.FloatField()
+    # When a DELAYED message becomes READY.
+    visible_at = models.FloatField()
+    # The lease: a fresh random token per delivery fences stale acks.
+    lease_token = models.CharField(max_length=32, null=True, blank=True)
+    lease_expires_at = models.FloatField(null=True, blank=True)
+    consumer = models.ForeignKey(
+        "Consumer", null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
+    )
+    # Set when the message was dead-lettered into another queue; redrive
+    # sends it back there.
+    origin_queue = models.ForeignKey(
+        Queue, null=True, blank=True, on_delete=models.SET_NULL, related_name="dead_lettered"
+    )
+    last_error = models.TextField(default="", blank=True)
+    dead_at = models.FloatField(null=True, blank=True)
+
+    objects = MessageQuerySet.as_manager()
+
+    class Meta:
+        indexes = [
+            # The claim: ready rows of one queue in delivery order. Partial, so
+            # leased, delayed and dead rows never sit in the claim's path.
+            models.Index(
+                fields=["queue", "-priority", "id"],
+                condition=Q(state="ready"),
+                name="mq_msg_claim",
+            ),
+            # Browsing and exact counts by state, oldest first.
+            models.Index(fields=["queue", "state", "id"], name="mq_msg_state"),
+            # Delayed rows coming due.
+            models.Index(
+                fields=["queue", "visible_at"], condition=Q(state="delayed"), name="mq_msg_due"
+            ),
+            # Leases running out (global sweep) and leases held by a consumer.
+            models.Index(
+                fields=["lease_expires_at"], condition=Q(state="in_flight"), name="mq_msg_lease"
+            ),
+            models.Index(
+                fields=["consumer"], condition=Q(state="in_flight"), name="mq_msg_consumer"
+            ),
+            # FIFO group heads.
+            models.Index(
+                fields=["queue", "group_key", "id"], condition=~Q(group_key=""), name="mq_msg_group"
+            ),
+            # Redrive: messages dead-lettered out of a queue.
+            models.Index(
+                fields=["origin_queue"], condition=Q(origin_queue__isnull=False), name="mq_msg_origin"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"message {self.pk} in {self.queue_id} ({self.state})"
+
+    @property
+    def receipt(self) -> str | None:
+        return f"{self.pk}.{self.lease_token}" if self.lease_token else None
+
+    def to_dict(self) -> MessageDict:
+        import orjson
+
+        return {
+            "id": str(self.pk),
+            "queue": self.queue.name,
+            "state": self.state,
+            "body": orjson.Fragment(self.body),
+            "headers": orjson.loads(self.headers),
+            "priority": self.priority,
+            "group": self.group_key or None,
+            "dedup_id": self.dedup_id,
+            "delivery_count": self.delivery_count,
+            "enqueued_at": epoch_to_iso(self.enqueued_at),
+            "visible_at": epoch_to_iso(self.visible_at),
+            "lease_expires_at": epoch_to_iso(self.lease_expires_at)
+            if self.state == MessageState.IN_FLIGHT
+            else None,
+            "consumer": self.consumer_id,
+            "origin_queue": self.origin_queue.name if self.origin_queue_id else None,
+            "last_error": self.last_error,
+        }
+
+
+class DedupKey(models.Model):
+    """A producer's dedup id, remembered for the dedup window even after the
+    message it named was acked: a retried send must not deliver twice."""
+
+    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="+")
+    dedup_id = models.CharField(max_length=128)
+    message_id = models.BigIntegerField(null=True)
+    expires_at = models.FloatField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["queue", "dedup_id"], name="mq_dedup_unique")
+        ]
+        indexes = [models.Index(fields=["expires_at"], name="mq_dedup_expiry")]
+
+
+COUNTER_FIELDS = (
+    # current depth, by state of the messages stored in the queue
+    "ready",
+    "delayed",
+    "in_flight",
+    "dead_state",
+    # messages dead-lettered out of this queue into its dead-letter queue
+    "dead_out",
+    # monotonic totals (Prometheus counters, dashboard rates)
+    "sent_total",
+    "received_total",
+    "acked_total",
+    "nacked_total",
+    "redelivered_total",
+    "dead_lettered_total",
+    "purged_total",
+    "expired_total",
+)
+
+
+class _Counters(models.Model):
+    ready = models.BigIntegerField(default=0)
+    delayed = models.BigIntegerField(default=0)
+    in_flight = models.BigIntegerField(default=0)
+    dead_state = models.BigIntegerField(default=0)
+    dead_out = models.BigIntegerField(default=0)
+    sent_total = models.BigIntegerField(default=0)
+    received_total = models.BigIntegerField(default=0)
+    acked_total = models.BigIntegerField(default=0)
+    nacked_total = models.BigIntegerField(default=0)
+    redelivered_total = models.BigIntegerField(default=0)
+    dead_lettered_total = models.BigIntegerField(default=0)
+    purged_total = models.BigIntegerField(default=0)
+    expired_total = models.BigIntegerField(default=0)
+
+    class Meta:
+        abstract = True
+
+
+class QueueStats(_Counters):
+    """Folded counters of one queue. Current = this row + its pending deltas."""
+
+    queue = models.OneToOneField(Queue, on_delete=models.CASCADE, primary_key=True)
+
+
+class QueueStatsDelta(_Counters):
+    """One transaction's change to a queue's counters.
+
+    Transactions append deltas instead of updating one counter row, so
+    concurrent producers and consumers of a queue never queue up on a hot row
+    lock; the monitor folds deltas into ``QueueStats`` about once a second.
+    """
+
+    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="+")
+
+
+class ConsumerStatus(models.TextChoices):
+    ALIVE = "alive", "Alive"
+    #: Missed a heartbeat interval; still holds its leases.
+    SUSPECT = "suspect", "Suspect"
+    #: Missed heartbeats past its timeout (or left); its leases were released.
+    DEAD = "dead", "Dead"
+
+
+def _consumer_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Consumer(models.Model):
+    id = models.CharField(primary_key=True, max_length=40, default=_consumer_id, editable=False)
+    name = models.CharField(max_length=200)
+    queues = models.JSONField(default=list, blank=True)
+    meta = models.JSONField(default=dict, blank=True)
+    status = models.CharField(
+        max_length=10, choices=ConsumerStatus.choices, default=ConsumerStatus.ALIVE
+    )
+    heartbeat_timeout = models.PositiveIntegerField(default=15)
+    registered_at = models.FloatField(default=time.time)
+    last_heartbeat = models.FloatField(default=time.time)
+    dead_at = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "last_heartbeat"], name="mq_consumer_health")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.id[:8]})"
+
+
+class Scope(models.TextChoices):
+    PRODUCE = "produce", "Produce"
+    CONSUME = "consume", "Consume"
+    ADMIN = "admin", "Admin"
+
+
+def hash_secret(secret: str) -> str:
+    # Secrets are 256 random bits, so a plain SHA-256 is as strong as a slow
+    # password hash here and keeps per-request auth cheap.
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class Token(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+    key_id = models.CharField(max_length=40, unique=True, editable=False)
+    secret_hash = models.CharField(max_length=64, editable=False)
+    scopes = models.CharField(max_length=100, help_text="Comma-separated: produce,consume,admin")
+    queue_pattern = models.CharField(
+        max_length=200, default="*", help_text="Glob of queue names this token may use."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.key_id})"
+
+    @property
+    def scope_set(self) -> frozenset[str]:
+        return frozenset(s for s in self.scopes.split(",") if s)
+
+    @classmethod
+    def issue(cls, name: str, scopes: list[str], queue_pattern: str = "*") -> tuple[Token, str]:
+        """Create a token; returns it with the full ``<key id>.<secret>`` string,
+        which is never stored and cannot be shown again."""
+        key_id = "mq" + secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        token = cls.objects.create(
+            name=name,
+            key_id=key_id,
+            secret_hash=hash_secret(secret),
+            scopes=",".join(sorted(set(scopes))),
+            queue_pattern=queue_pattern,
+        )
+        return token, f"{key_id}.{secret}"
+
+    def check_secret(self, secret: str) -> bool:
+        return hmac.compare_digest(self.secret_hash, hash_secret(secret))
+
+    def allows(self, scope: str, queue_name: str | None = None) -> bool:
+        scopes = self.scope_set
+        # admin is the operator's scope: it may do everything the others may.
+        if scope not in scopes and Scope.ADMIN not in scopes:
+            return False
+        return queue_name is None or fnmatchcase(queue_name, self.queue_pattern)
+
+    def sees(self, queue_name: str) -> bool:
+        return fnmatchcase(queue_name, self.queue_pattern)
