@@ -949,6 +949,16 @@ aget_queue = sync_to_async(get_queue)
 areceive = sync_to_async(receive)
 
 
+@sync_to_async
+def arelease_connection() -> None:
+    """Give this request's database connection back (to the pool, on
+    PostgreSQL) before a long wait, so waiting receives hold no connection.
+    Inside a caller's transaction (tests, or code that called us in one)
+    the connection is the caller's and is left alone."""
+    if not connection.in_atomic_block:
+        connection.close()
+
+
 # --------------------------------------------------------------------------- #
 # Consumers
 # --------------------------------------------------------------------------- #

@@ -138,6 +138,7 @@ async def receive(request: HttpRequest, name: str, payload: s.ReceiveIn | None =
             remaining = deadline - time.monotonic()
             if deliveries or remaining <= 0:
                 return json_response({"messages": [d.to_dict() for d in deliveries]})
+            await broker.arelease_connection()
             await waiter.wait(min(remaining, POLL_RECHECK_SECONDS))
         # Pick up pause/resume and config changes made while we waited.
         queue = await broker.aget_queue(name)
