@@ -7,3 +7,6 @@ class QueuesConfig(AppConfig):
     name = "queues"
     verbose_name = "Message queues"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import checks  # noqa: F401 - registers the system checks

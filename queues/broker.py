@@ -9,6 +9,7 @@ ready. Each has an ``a``-prefixed async twin for async views.
 
 from __future__ import annotations
 
+import re
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -207,8 +208,14 @@ QUEUE_FIELDS = (
 )
 
 
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+_RECEIPT = re.compile(r"(\d{1,18})\.([0-9a-f]{32})")
+
+
 def get_queue(name: str) -> Queue:
     """The queue called ``name``; raises QueueNotFound."""
+    if not _QUEUE_NAME.fullmatch(name):
+        raise QueueNotFound(f"No queue named {name[:100]!r} (names are 1-80 of A-Z a-z 0-9 _ . -).")
     try:
         return Queue.objects.select_related("dead_letter_queue").get(name=name)
     except Queue.DoesNotExist:
@@ -572,10 +579,10 @@ def parse_receipts(receipts: Sequence[str]) -> list[tuple[int, str, str]]:
     """(message id, lease token, receipt) per receipt; raises InvalidValue."""
     parsed = []
     for receipt in receipts:
-        mid, sep, token = receipt.partition(".")
-        if not sep or not mid.isdigit() or len(mid) > 19 or not token or len(token) > 32:
-            raise InvalidValue(f"{receipt[:80]!r} is not a receipt from this queue.")
-        parsed.append((int(mid), token, receipt))
+        match = _RECEIPT.fullmatch(receipt)
+        if match is None:
+            raise InvalidValue(f"{receipt[:80]!r} is not a receipt (expected <message id>.<32 hex digits>).")
+        parsed.append((int(match[1]), match[2], receipt))
     return parsed
 
 

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+import orjson
 from django.http import HttpRequest, HttpResponse
 from ninja import Router, Schema
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .. import broker
 from ..models import Consumer, Scope, epoch_to_iso
 from .auth import require
-from .schemas import ErrorOut, Strict
+from .schemas import NO_NUL, ErrorOut, Strict
 from .views import json_response
 
 router = Router()
 
 
 class ConsumerIn(Strict):
-    name: str = Field(..., min_length=1, max_length=200)
-    queues: list[str] = Field(default_factory=list, max_length=100)
+    name: str = Field(..., min_length=1, max_length=200, pattern=NO_NUL)
+    queues: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,80}$")]] = Field(default_factory=list, max_length=100)
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("meta")
+    @classmethod
+    def _no_nul(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # jsonb refuses \u0000 anywhere; say so instead of failing in the database.
+        if "\\u0000" in orjson.dumps(value).decode():
+            raise ValueError("must not contain NUL characters")
+        if len(orjson.dumps(value)) > 16384:
+            raise ValueError("must be at most 16 KiB of JSON")
+        return value
     heartbeat_timeout: int | None = Field(None, ge=2, le=3600)
 
 

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from ninja import Schema
 from pydantic import ConfigDict, Discriminator, Field, Tag
 
+# Text that is stored as given must not hold NUL: PostgreSQL text cannot.
+NO_NUL = r"^[^\x00]*$"
 MAX_SECONDS = 12 * 3600  # longest lease or delay, as SQS
 MAX_DELAY = 14 * 24 * 3600
 Receipts = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(min_length=1, max_length=1000)]
@@ -57,8 +59,8 @@ class MessageIn(Strict):
     body: Any = Field(..., description="Any JSON value.")
     priority: int = Field(0, ge=0, le=9, description="Higher is delivered first.")
     delay: int | None = Field(None, ge=0, le=MAX_DELAY, description="Seconds before it can be received.")
-    group: str | None = Field(None, min_length=1, max_length=128, description="Ordering key (FIFO queues).")
-    dedup_id: str | None = Field(None, min_length=1, max_length=128)
+    group: str | None = Field(None, min_length=1, max_length=128, pattern=NO_NUL, description="Ordering key (FIFO queues).")
+    dedup_id: str | None = Field(None, min_length=1, max_length=128, pattern=NO_NUL)
     headers: dict[Annotated[str, Field(max_length=128)], Annotated[str, Field(max_length=4096)]] = Field(
         default_factory=dict, max_length=64
     )
@@ -91,7 +93,7 @@ class ReceiveIn(Strict):
     max: int = Field(1, ge=1, le=100)
     visibility_timeout: int | None = Field(None, ge=0, le=MAX_SECONDS)
     wait: float = Field(0, ge=0, le=20)
-    consumer: str | None = Field(None, min_length=1, max_length=40)
+    consumer: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,40}$")
 
 
 class DeliveryOut(Schema):
@@ -122,7 +124,7 @@ class AckOut(Schema):
 class NackIn(Strict):
     receipts: Receipts
     delay: int = Field(0, ge=0, le=MAX_DELAY)
-    reason: str = Field("", max_length=2000)
+    reason: str = Field("", max_length=2000, pattern=NO_NUL)
 
 
 class NackOut(Schema):

@@ -184,7 +184,7 @@ def extend(request: HttpRequest, name: str, payload: s.ExtendIn) -> HttpResponse
 class BrowseQuery(s.Schema):
     state: s.BrowseState = "ready"
     limit: int = s.Field(50, ge=1, le=500)
-    after: int | None = s.Field(None, ge=0)
+    after: int | None = s.Field(None, ge=0, le=2**63 - 1)
 
 
 @router.get("/queues/{name}/messages", response={200: s.BrowseOut, **ERRORS}, summary="Browse without leasing")

@@ -1,0 +1,45 @@
+"""System checks: misconfiguration is reported at start, not discovered later."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, Warning, register
+
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1", "testserver"}
+
+
+@register()
+def check_database(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+    engine = settings.DATABASES["default"]["ENGINE"]
+    errors: list[Error] = []
+    if engine not in ("django.db.backends.sqlite3", "django.db.backends.postgresql"):
+        errors.append(Error(f"mqadmin runs on SQLite or PostgreSQL, not {engine}.", id="mq.E001"))
+    if engine == "django.db.backends.sqlite3" and sqlite3.sqlite_version_info < (3, 35):
+        errors.append(
+            Error(
+                f"SQLite {sqlite3.sqlite_version} is too old: mqadmin needs 3.35+ (UPDATE ... RETURNING).",
+                hint="Use a newer Python build, or PostgreSQL via DATABASE_URL.",
+                id="mq.E002",
+            )
+        )
+    return errors
+
+
+@register(deploy=True)
+def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Warning | Error]:
+    from mqadmin.settings import SECRET_KEY_DEFAULT
+
+    public = [h for h in settings.ALLOWED_HOSTS if h not in LOCAL_HOSTS]
+    problems: list[Warning | Error] = []
+    if settings.SECRET_KEY == SECRET_KEY_DEFAULT and public:
+        problems.append(
+            Error(
+                "SECRET_KEY is the development default while serving " + ", ".join(public) + ".",
+                hint="Set SECRET_KEY to a long random value.",
+                id="mq.E003",
+            )
+        )
+    return problems
