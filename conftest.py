@@ -96,3 +96,24 @@ def token_factory(db: None):  # type: ignore[no-untyped-def]
         return Api(make_token(scopes, queues))
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_db_pool(django_db_setup, django_db_blocker):  # type: ignore[no-untyped-def]
+    """Close psycopg's pool before the test database is dropped: pooled
+    connections opened by request threads would otherwise keep it in use."""
+    yield
+    from django.db import connections
+
+    for conn in connections.all():
+        if hasattr(conn, "close_pool"):
+            conn.close_pool()
+    # Long-poll LISTEN connections belong to event loops that the test client
+    # made and threw away; end them so the test database can be dropped.
+    conn = connections["default"]
+    if conn.vendor == "postgresql":
+        with django_db_blocker.unblock(), conn.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )

@@ -102,3 +102,48 @@ def install(api: NinjaAPI) -> None:
             return from_mq_error(Unavailable("The database refused the operation; retry shortly."))
         log.exception("unhandled error on %s", request.path)
         return error_response("internal_error", "Something went wrong on our side; it was logged.", 500)
+
+
+_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "request_too_large"}
+
+
+class JSONErrorsMiddleware:
+    """Under /api/ and /sqs/, no response is an HTML error page: Django's own
+    answers (405 from the router, 400 for a bad Host…) get the contract's
+    JSON shape too."""
+
+    sync_capable = True
+    async_capable = True
+
+    def __init__(self, get_response):  # type: ignore[no-untyped-def]
+        from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
+        self.get_response = get_response
+        self.is_async = iscoroutinefunction(get_response)
+        if self.is_async:
+            markcoroutinefunction(self)
+
+    def __call__(self, request: HttpRequest):  # type: ignore[no-untyped-def]
+        if self.is_async:
+            return self.__acall__(request)
+        return self._shape(request, self.get_response(request))
+
+    async def __acall__(self, request: HttpRequest) -> HttpResponse:
+        return self._shape(request, await self.get_response(request))
+
+    @staticmethod
+    def _shape(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+        if (
+            response.status_code < 400
+            or not request.path.startswith("/api/")
+            or response.get("Content-Type", "").startswith("application/json")
+        ):
+            return response
+        status = response.status_code
+        code = _STATUS_CODES.get(status, "error" if status < 500 else "internal_error")
+        if status == 405:
+            allowed = response.get("Allow", "")
+            shaped = error_response(code, f"{request.method} is not allowed here; use {allowed}.", status)
+            shaped["Allow"] = allowed
+            return shaped
+        return error_response(code, response.reason_phrase or "Error", status)

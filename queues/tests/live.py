@@ -38,7 +38,7 @@ def test_database_url() -> str:
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DATABASE_URL=test_database_url(), PYTHONUNBUFFERED="1", **extra)
+    env.update(DATABASE_URL=test_database_url(), PYTHONUNBUFFERED="1", MQ_DB_POOL="on", **extra)
     return env
 
 
