@@ -23,6 +23,8 @@ class Api:
         kwargs: dict[str, Any] = {"headers": {**self.headers, **kw.pop("headers", {})}}
         if data is not None:
             kwargs.update(data=data, content_type="application/json")
+        elif method in ("post", "put"):
+            kwargs.update(data="", content_type="application/json")  # as curl -X POST sends
         response = fn(url, **kwargs, **kw)
         response.data = json.loads(response.content) if response.content and response["Content-Type"].startswith("application/json") else None
         return response

@@ -107,6 +107,34 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
 HOST = env_str("HOST", "127.0.0.1")
 PORT = env_int("PORT", 8000, minimum=1)
 
+_LOCAL = {"127.0.0.1", "localhost", "::1", "[::1]", "testserver"}
+if DEBUG and SECRET_KEY == SECRET_KEY_DEFAULT and (
+    HOST not in _LOCAL or any(h not in _LOCAL for h in ALLOWED_HOSTS)
+):
+    raise ImproperlyConfigured(
+        "Refusing to start: DEBUG is on with the default SECRET_KEY while serving beyond this machine. "
+        "Set SECRET_KEY (and DEBUG=off) for anything but local development."
+    )
+
+# HTTPS=on: served behind a TLS-terminating proxy (see README, production).
+HTTPS = env_bool("HTTPS", False)
+if HTTPS:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+    if not SECURE_HSTS_PRELOAD:
+        # Preloading commits the whole domain to HTTPS in browsers for good:
+        # the operator's decision (SECURE_HSTS_PRELOAD=on), not a default.
+        SILENCED_SYSTEM_CHECKS = ["security.W021"]
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+
 INSTALLED_APPS = [
     "daphne",
     "django.contrib.admin",

@@ -114,6 +114,13 @@ class QueueFull(MQError):
     status = 429
 
 
+class TooManyFailures(MQError):
+    """Too many failed authentications from this address; retry later."""
+
+    code = "too_many_failed_auth"
+    status = 429
+
+
 class Unavailable(MQError):
     """The database is unreachable; retry shortly."""
 

@@ -9,7 +9,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 from ninja.security import HttpBearer
 
-from ..exceptions import Forbidden, Unauthorized
+from ..exceptions import Forbidden, TooManyFailures, Unauthorized
 from ..models import Token
 
 # A verified token is trusted this long without a query; revocation reaches
@@ -23,11 +23,54 @@ _cache_lock = threading.Lock()
 
 
 def forget(key_id: str | None = None) -> None:
+    """Drop cached tokens (and, with no key id, the failure counts)."""
+    if key_id is None:
+        with _failures_lock:
+            _failures.clear()
     with _cache_lock:
         if key_id is None:
             _cache.clear()
         else:
             _cache.pop(key_id, None)
+
+
+# Failed authentications allowed per client address per window, after which
+# that address gets 429 until the window passes (slows secret guessing).
+AUTH_FAILURES_ALLOWED = 20
+AUTH_FAILURE_WINDOW_SECONDS = 60.0
+
+_failures: dict[str, list[float]] = {}
+_failures_lock = threading.Lock()
+
+
+def _recent_failures(address: str, now: float) -> list[float]:
+    stamps = [t for t in _failures.get(address, ()) if t > now - AUTH_FAILURE_WINDOW_SECONDS]
+    if stamps:
+        _failures[address] = stamps
+    else:
+        _failures.pop(address, None)
+    return stamps
+
+
+def check_failure_budget(address: str) -> None:
+    now = time.monotonic()
+    with _failures_lock:
+        stamps = _recent_failures(address, now)
+    if len(stamps) >= AUTH_FAILURES_ALLOWED:
+        retry = max(1, int(stamps[0] + AUTH_FAILURE_WINDOW_SECONDS - now) + 1)
+        raise TooManyFailures(
+            f"Too many failed authentications from {address}; retry in {retry} s.", retry_after=retry
+        )
+
+
+def record_failure(address: str) -> None:
+    now = time.monotonic()
+    with _failures_lock:
+        stamps = _recent_failures(address, now)
+        stamps.append(now)
+        _failures[address] = stamps[-AUTH_FAILURES_ALLOWED:]
+        if len(_failures) > 100_000:  # bound memory under an address-spraying attack
+            _failures.clear()
 
 
 def verify(raw: str) -> Token:
@@ -64,9 +107,15 @@ class BearerAuth(HttpBearer):
         scheme, _, value = header.partition(" ")
         if not header:
             raise Unauthorized("Missing Authorization header: send Authorization: Bearer <token>.")
-        if scheme.lower() != "bearer" or not value:
-            raise Unauthorized("Authorization must be 'Bearer <token>'.")
-        return self.authenticate(request, value)
+        address = request.META.get("REMOTE_ADDR") or "unknown"
+        check_failure_budget(address)
+        try:
+            if scheme.lower() != "bearer" or not value:
+                raise Unauthorized("Authorization must be 'Bearer <token>'.")
+            return self.authenticate(request, value)
+        except Unauthorized:
+            record_failure(address)
+            raise
 
 
 def require(request: HttpRequest, scope: str, queue_name: str | None = None) -> Token:

@@ -96,6 +96,7 @@ def leave(request: HttpRequest, consumer_id: str) -> HttpResponse:
 
 @router.get("/consumers", response={200: dict[str, list[ConsumerOut]], **ERRORS}, summary="List consumers")
 def list_consumers(request: HttpRequest) -> HttpResponse:
+    require(request, Scope.CONSUME)
     consumers = list(Consumer.objects.order_by("-last_heartbeat")[:1000])
     counts = broker.consumer_in_flight([c.pk for c in consumers])
     return json_response({"consumers": [consumer_dict(c, counts.get(c.pk, 0)) for c in consumers]})
