@@ -118,6 +118,8 @@ if DEBUG and SECRET_KEY == SECRET_KEY_DEFAULT and (
 
 # HTTPS=on: served behind a TLS-terminating proxy (see README, production).
 HTTPS = env_bool("HTTPS", False)
+# Believe X-Forwarded-For/-Proto: set when a reverse proxy of ours is in front.
+TRUST_PROXY_HEADERS = env_bool("TRUST_PROXY_HEADERS", HTTPS)
 if HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
