@@ -12,6 +12,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .middleware import ResponseMiddleware
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 REQUEST_SECONDS = Histogram(
@@ -65,38 +67,14 @@ def metrics_view(request: HttpRequest) -> HttpResponse:
     return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
 
 
-class RequestTimer:
-    """Async-capable middleware timing /api/ requests for the histogram."""
+class RequestTimer(ResponseMiddleware):
+    """Times /api/ requests for the latency histogram."""
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response):  # type: ignore[no-untyped-def]
-        from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest):  # type: ignore[no-untyped-def]
-        if self.is_async:
-            return self.__acall__(request)
-        start = time.perf_counter()
-        response = self.get_response(request)
-        self._observe(request, response, start)
+    def after(self, request: HttpRequest, response: HttpResponse, started: float) -> HttpResponse:
+        if request.path.startswith("/api/"):
+            match = getattr(request, "resolver_match", None)
+            endpoint = match.route if match else "unmatched"
+            REQUEST_SECONDS.labels(request.method, endpoint, str(response.status_code)).observe(
+                time.perf_counter() - started
+            )
         return response
-
-    async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        start = time.perf_counter()
-        response = await self.get_response(request)
-        self._observe(request, response, start)
-        return response
-
-    @staticmethod
-    def _observe(request: HttpRequest, response: HttpResponse, start: float) -> None:
-        if not request.path.startswith("/api/"):
-            return
-        match = getattr(request, "resolver_match", None)
-        endpoint = match.route if match else "unmatched"
-        REQUEST_SECONDS.labels(request.method, endpoint, str(response.status_code)).observe(time.perf_counter() - start)

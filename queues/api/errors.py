@@ -16,6 +16,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 
 from ..exceptions import BadRequest, InvalidValue, MQError, RequestTooLarge, Unauthorized, Unavailable
+from ..middleware import ResponseMiddleware
 
 log = logging.getLogger("queues.api")
 
@@ -107,29 +108,12 @@ def install(api: NinjaAPI) -> None:
 _STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "request_too_large"}
 
 
-class JSONErrorsMiddleware:
-    """Under /api/ and /sqs/, no response is an HTML error page: Django's own
-    answers (405 from the router, 400 for a bad Host…) get the contract's
-    JSON shape too."""
+class JSONErrorsMiddleware(ResponseMiddleware):
+    """Under /api/, no response is an HTML error page: Django's own answers
+    (405 from the router, 400 for a bad Host…) get the contract's JSON too."""
 
-    sync_capable = True
-    async_capable = True
-
-    def __init__(self, get_response):  # type: ignore[no-untyped-def]
-        from asgiref.sync import iscoroutinefunction, markcoroutinefunction
-
-        self.get_response = get_response
-        self.is_async = iscoroutinefunction(get_response)
-        if self.is_async:
-            markcoroutinefunction(self)
-
-    def __call__(self, request: HttpRequest):  # type: ignore[no-untyped-def]
-        if self.is_async:
-            return self.__acall__(request)
-        return self._shape(request, self.get_response(request))
-
-    async def __acall__(self, request: HttpRequest) -> HttpResponse:
-        return self._shape(request, await self.get_response(request))
+    def after(self, request: HttpRequest, response: HttpResponse, started: float) -> HttpResponse:
+        return self._shape(request, response)
 
     @staticmethod
     def _shape(request: HttpRequest, response: HttpResponse) -> HttpResponse:
