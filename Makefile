@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint demo bench serve clean
+.PHONY: run test lint demo bench serve clean chaos
 
 $(STAMP): requirements.txt
 	@python=$$(scripts/find-python) || exit 1; \
@@ -25,3 +25,23 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) db.sqlite3* test-db.sqlite3* db-test-run.sqlite3* staticfiles
+
+# The pizzeria (issue 3) against the server `make run` started: customers,
+# three chefs, one crash. Token: $MQ_TOKEN, else a temporary one.
+demo: $(STAMP)
+	$(PY) manage.py mq demo
+
+# The benchmark (issue 6): mqadmin beside raw SQL, RabbitMQ and Procrastinate,
+# on a PostgreSQL database of its own. BENCH_ARGS=--quick for a short run.
+BENCH_DB ?= mqbench
+BENCH_PG ?= postgres://postgres@127.0.0.1:5432
+bench: $(STAMP)
+	$(PY) -c 'import psycopg; c = psycopg.connect("$(BENCH_PG)/postgres", autocommit=True); c.execute("SELECT 1 FROM pg_database WHERE datname = %s", ["$(BENCH_DB)"]).fetchone() or c.execute("CREATE DATABASE $(BENCH_DB)")'
+	DATABASE_URL=$(BENCH_PG)/$(BENCH_DB) $(PY) manage.py migrate --no-input -v0
+	DATABASE_URL=$(BENCH_PG)/$(BENCH_DB) $(PY) manage.py mq bench $(BENCH_ARGS)
+
+# Minutes of faults (workers and nodes SIGKILLed, PostgreSQL restarted) with a
+# ledger at the end; CHAOS_SECONDS=40 for a short run.
+CHAOS_SECONDS ?= 180
+chaos: $(STAMP)
+	$(PY) -m queues.chaos --seconds $(CHAOS_SECONDS)
