@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint demo bench serve clean chaos
+.PHONY: run test lint demo bench serve clean chaos soak
 
 $(STAMP): requirements.txt
 	@python=$$(scripts/find-python) || exit 1; \
@@ -45,3 +45,10 @@ bench: $(STAMP)
 CHAOS_SECONDS ?= 180
 chaos: $(STAMP)
 	$(PY) -m queues.chaos --seconds $(CHAOS_SECONDS)
+
+# Sustained load with a dashboard open: memory, latency and table size must
+# stay flat. SOAK_SECONDS / SOAK_RATE to change.
+SOAK_SECONDS ?= 300
+SOAK_RATE ?= 200
+soak: $(STAMP)
+	$(PY) -m queues.soak --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE)
