@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 from django.conf import settings
@@ -33,11 +33,10 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-def wake(queue_ids: object) -> None:
+def wake(queue_ids: Iterable[int]) -> None:
     """Wake every receive waiting on these queues (any thread)."""
-    ids = queue_ids if isinstance(queue_ids, (set, list, tuple, frozenset)) else [queue_ids]
     with _lock:
-        futures = [f for qid in ids for f in _waiters.pop(int(qid), ())]  # type: ignore[call-overload]
+        futures = [f for qid in queue_ids for f in _waiters.pop(qid, ())]
     for future in futures:
         loop = future.get_loop()
         if loop.is_closed():

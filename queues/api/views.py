@@ -122,7 +122,7 @@ def send(request: HttpRequest, name: str, payload: Body[s.SendIn]) -> HttpRespon
 
 @router.post("/queues/{name}/receive", response={200: s.ReceiveOut, **ERRORS}, summary="Lease messages (long poll with wait)")
 async def receive(request: HttpRequest, name: str, payload: s.ReceiveIn | None = None) -> HttpResponse:
-    p = payload or s.ReceiveIn()
+    p = payload or s.ReceiveIn.model_validate({})
     require(request, Scope.CONSUME, name)
     queue = await broker.aget_queue(name)
     if p.consumer is not None:
