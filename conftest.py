@@ -119,3 +119,30 @@ def _close_db_pool(django_db_setup, django_db_blocker):  # type: ignore[no-untyp
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
+
+
+# --------------------------------------------------------------------------- #
+# Per-process caches (issue 6)
+# --------------------------------------------------------------------------- #
+
+
+@pytest.fixture(autouse=True)
+def _forget_cached_queues() -> Any:
+    """A test's rollback fires no delete signal: forget cached queue lookups
+    so the next test never sees a queue of the last one."""
+    from queues import broker
+
+    broker.forget_queues()
+    yield
+    broker.forget_queues()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_event_buffer() -> Any:
+    """Events a test caused stay with that test: the in-process buffer starts
+    empty, whatever the test before it announced."""
+    from queues import events
+
+    events.drain()
+    yield
+    events.drain()

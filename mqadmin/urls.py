@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from django.contrib import admin
-from django.urls import include, path
+from django.urls import include, path, re_path
 
 from queues.api import api
 from queues.metrics import metrics_view
+from queues.sqs.views import endpoint as sqs_endpoint
 from queues.views import healthz
 
 urlpatterns = [
@@ -12,6 +13,8 @@ urlpatterns = [
     path("api/v1/", api.urls),
     path("healthz", healthz, name="healthz"),
     path("metrics", metrics_view, name="metrics"),
+    # SQS-compatible endpoint; also answers at queue URLs (/sqs/<name>).
+    re_path(r"^sqs(?:/.*)?$", sqs_endpoint, name="sqs"),
     path("", include("dashboard.urls")),
 ]
 

@@ -9,6 +9,7 @@ ready. Each has an ``a``-prefixed async twin for async views.
 
 from __future__ import annotations
 
+import copy
 import re
 import time
 from collections import defaultdict
@@ -19,8 +20,9 @@ from typing import Any
 import orjson
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import Sum
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, connection, transaction
+from django.db.models.signals import post_delete, post_save
 
 from . import events, notify
 from .backends import NOTIFY_CHANNEL, dialect, placeholders
@@ -34,6 +36,7 @@ from .exceptions import (
     QueueInUse,
     QueueNotFound,
 )
+from .hashing import owned_clause
 from .models import (
     COUNTER_FIELDS,
     Consumer,
@@ -106,19 +109,28 @@ def queue_counts(queue_ids: Sequence[int] | None = None, *, now: float | None = 
     of the oldest ready message. Costs a few indexed queries whatever the
     number of stored messages."""
     now = time.time() if now is None else now
-    base = QueueStats.objects.all()
-    deltas = QueueStatsDelta.objects.values("queue_id")
+    # Folded counters and pending deltas in ONE statement, so one snapshot:
+    # read in two, a fold committing between them would move deltas out of
+    # the second read after the first had missed them, and counts would
+    # briefly go backwards.
+    cols = ", ".join(COUNTER_FIELDS)
+    where, params = "", []
     if queue_ids is not None:
-        base = base.filter(queue_id__in=queue_ids)
-        deltas = deltas.filter(queue_id__in=queue_ids)
-    totals: dict[int, dict[str, int]] = {
-        row["queue_id"]: {f: row[f] for f in COUNTER_FIELDS}
-        for row in base.values("queue_id", *COUNTER_FIELDS)
-    }
-    for row in deltas.annotate(**{f"d_{f}": Sum(f) for f in COUNTER_FIELDS}):
-        acc = totals.setdefault(row["queue_id"], dict.fromkeys(COUNTER_FIELDS, 0))
-        for f in COUNTER_FIELDS:
-            acc[f] += row[f"d_{f}"] or 0
+        if not queue_ids:
+            return {}
+        where = f" WHERE queue_id IN ({placeholders(len(queue_ids))})"
+        params = list(queue_ids)
+    sql = (
+        f"SELECT queue_id, {', '.join(f'SUM({f})' for f in COUNTER_FIELDS)} FROM ("
+        f"SELECT queue_id, {cols} FROM {QueueStats._meta.db_table}{where} UNION ALL "
+        f"SELECT queue_id, {cols} FROM {DELTA_TABLE}{where}) AS u GROUP BY queue_id"
+    )
+    with connection.cursor() as cur:
+        cur.execute(sql, params * 2)
+        totals: dict[int, dict[str, int]] = {
+            qid: {f: int(v or 0) for f, v in zip(COUNTER_FIELDS, values, strict=True)}
+            for qid, *values in cur.fetchall()
+        }
     oldest = _oldest_ready(list(totals) if queue_ids is None else list(queue_ids))
     result = {}
     for qid, t in totals.items():
@@ -139,9 +151,13 @@ def _oldest_ready(queue_ids: list[int]) -> dict[int, float]:
         return {}
     # One correlated, index-served lookup per queue (mq_msg_state), in one
     # statement: the oldest ready row is the lowest id among ready rows.
+    # The state is matched as a range and the order names it, so only
+    # mq_msg_state serves the order: with "state = 'ready' ORDER BY id"
+    # PostgreSQL may walk the primary key instead, which for an empty queue
+    # beside a big one reads the whole table (20 s at 1,000 queues).
     sql = (
-        f"SELECT q.id, (SELECT m.enqueued_at FROM {MESSAGE_TABLE} m "
-        f"WHERE m.queue_id = q.id AND m.state = 'ready' ORDER BY m.id LIMIT 1) "
+        f"SELECT q.id, (SELECT m.enqueued_at FROM {MESSAGE_TABLE} m WHERE m.queue_id = q.id "
+        f"AND m.state >= 'ready' AND m.state <= 'ready' ORDER BY m.state, m.id LIMIT 1) "
         f"FROM {Queue._meta.db_table} q WHERE q.id IN ({placeholders(len(queue_ids))})"
     )
     with connection.cursor() as cur:
@@ -212,14 +228,39 @@ _QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 _RECEIPT = re.compile(r"(\d{1,18})\.([0-9a-f]{32})")
 
 
+# Queue lookups by name are cached per process: every API call starts with
+# one, and its ORM query cost more than the work of a receive. Any save or
+# delete of a queue in this process forgets them all at once (and again at
+# commit); other processes see a change within QUEUE_CACHE_SECONDS.
+QUEUE_CACHE_SECONDS = 1.0
+_queue_cache: dict[str, tuple[float, Queue]] = {}
+
+
+def forget_queues(**_: Any) -> None:
+    """Drop every cached queue lookup (a signal receiver, too)."""
+    _queue_cache.clear()
+    if connection.in_atomic_block:
+        transaction.on_commit(_queue_cache.clear)
+
+
+post_save.connect(forget_queues, sender=Queue, dispatch_uid="mq-forget-queues-save")
+post_delete.connect(forget_queues, sender=Queue, dispatch_uid="mq-forget-queues-delete")
+
+
 def get_queue(name: str) -> Queue:
     """The queue called ``name``; raises QueueNotFound."""
+    now = time.monotonic()
+    hit = _queue_cache.get(name)
+    if hit is not None and hit[0] > now:
+        return copy.copy(hit[1])  # callers may change their copy
     if not _QUEUE_NAME.fullmatch(name):
         raise QueueNotFound(f"No queue named {name[:100]!r} (names are 1-80 of A-Z a-z 0-9 _ . -).")
     try:
-        return Queue.objects.select_related("dead_letter_queue").get(name=name)
+        queue = Queue.objects.select_related("dead_letter_queue").get(name=name)
     except Queue.DoesNotExist:
         raise QueueNotFound(f"No queue named {name!r}.") from None
+    _queue_cache[name] = (now + QUEUE_CACHE_SECONDS, copy.copy(queue))
+    return queue
 
 
 def put_queue(name: str, config: dict[str, Any], *, create_only: bool = False) -> tuple[Queue, bool]:
@@ -246,7 +287,12 @@ def put_queue(name: str, config: dict[str, Any], *, create_only: bool = False) -
             raise QueueExists(f"Queue {name!r} already exists.")
         for key, value in values.items():
             setattr(queue, key, value)
-        queue.full_clean()
+        try:
+            queue.full_clean()
+        except ValidationError as exc:
+            # A domain error, so every caller (API, mq command, admin) reports it plainly.
+            field, messages = next(iter(exc.message_dict.items()))
+            raise InvalidValue(f"{field}: {messages[0]}") from None
         queue.save()
         if created:
             QueueStats.objects.create(queue=queue)
@@ -317,6 +363,18 @@ class Published:
 
 
 def publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None = None) -> list[Published]:
+    """Enqueue a batch, all or nothing (see ``_publish``). A queue deleted by
+    another process since this one cached it is QueueNotFound, not a 500."""
+    try:
+        return _publish(queue, messages, now=now)
+    except IntegrityError:
+        if connection.in_atomic_block or Queue.objects.filter(pk=queue.pk).exists():
+            raise
+        forget_queues()
+        raise QueueNotFound(f"No queue named {queue.name!r}.") from None
+
+
+def _publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None = None) -> list[Published]:
     """Enqueue a batch, all or nothing. Returns one result per input, in order.
 
     Raises MessageTooLarge, QueueFull (when ``max_depth`` would be exceeded).
@@ -384,9 +442,9 @@ def publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None =
             tally.move(queue.id, None, row.state)
         tally.add(queue.id, "sent_total", len(rows))
         bind = {
-            key: row.pk
+            dedup: row.pk
             for i, row in zip(row_index, rows, strict=True)
-            if (key := messages[i].dedup_id) is not None and key in fresh_keys
+            if (dedup := messages[i].dedup_id) is not None and dedup in fresh_keys
         }
         _bind_dedup_keys(queue.id, bind)
         for i, m in enumerate(messages):
@@ -505,18 +563,21 @@ def receive(
         tally = Tally()
         _promote_due(tally, now, queue_id=queue.id)
         head = f" AND {FIFO_HEAD}" if queue.fifo else ""
+        # Consistent hashing: a live consumer claims only the groups it owns,
+        # so a group sticks to one consumer while that consumer lives.
+        owned, owned_params = owned_clause(queue.name, consumer_id) if queue.fifo and consumer_id else ("", [])
         # SKIP LOCKED closes the race of two receivers claiming one row: each
         # takes rows nobody else holds, without waiting for other claimers.
         sql = (
             f"UPDATE {MESSAGE_TABLE} SET state = 'in_flight', delivery_count = delivery_count + 1, "
             f"lease_token = {d.random_token}, lease_expires_at = %s, consumer_id = %s "
             f"WHERE id IN (SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready'"
-            f"{head} ORDER BY m.priority DESC, m.id LIMIT %s{d.skip_locked}) "
+            f"{head}{owned} ORDER BY m.priority DESC, m.id LIMIT %s{d.skip_locked}) "
             f"RETURNING id, body, headers, priority, group_key, delivery_count, enqueued_at, lease_token"
         )
         expires = now + vt
         with connection.cursor() as cur:
-            cur.execute(sql, [expires, consumer_id, queue.id, max_messages])
+            cur.execute(sql, [expires, consumer_id, queue.id, *owned_params, max_messages])
             rows = cur.fetchall()
         if queue.fifo and len(rows) > 1:
             rows = _one_per_group(rows)
@@ -554,7 +615,10 @@ def _promote_due(tally: Tally, now: float, *, queue_id: int | None = None) -> in
         where += " AND queue_id = %s"
         params.append(queue_id)
     with connection.cursor() as cur:
-        cur.execute(f"UPDATE {MESSAGE_TABLE} SET state = 'ready' WHERE {where} RETURNING queue_id", params)
+        cur.execute(
+            f"UPDATE {MESSAGE_TABLE} SET state = 'ready' WHERE {_locked_in_id_order(where)} RETURNING queue_id",
+            params,
+        )
         rows = cur.fetchall()
     per_queue: dict[int, int] = defaultdict(int)
     for (qid,) in rows:
@@ -611,10 +675,13 @@ def ack(queue: Queue, receipts: Sequence[str]) -> ReceiptResult:
         # the old holder's delete matches nothing. A lease that expired but was
         # not taken again still carries its token and may be acked (as SQS).
         sql = (
-            f"DELETE FROM {MESSAGE_TABLE} WHERE queue_id = %s AND id IN ({placeholders(len(ids))}) "
-            f"AND lease_token IN ({placeholders(len(tokens))}) "
-            f"AND state IN ('in_flight', 'ready', 'delayed') "
-            f"RETURNING id, lease_token, state, origin_queue_id"
+            f"DELETE FROM {MESSAGE_TABLE} WHERE "
+            + _locked_in_id_order(
+                f"queue_id = %s AND id IN ({placeholders(len(ids))}) "
+                f"AND lease_token IN ({placeholders(len(tokens))}) "
+                f"AND state IN ('in_flight', 'ready', 'delayed')"
+            )
+            + " RETURNING id, lease_token, state, origin_queue_id"
         )
         with connection.cursor() as cur:
             cur.execute(sql, [queue.id, *ids, *tokens])
@@ -644,9 +711,12 @@ def extend(queue: Queue, receipts: Sequence[str], visibility_timeout: int, *, no
     tokens = sorted({p[1] for p in parsed})
     with transaction.atomic(), connection.cursor() as cur:
         cur.execute(
-            f"UPDATE {MESSAGE_TABLE} SET lease_expires_at = %s WHERE queue_id = %s "
-            f"AND id IN ({placeholders(len(ids))}) AND lease_token IN ({placeholders(len(tokens))}) "
-            f"AND state = 'in_flight' RETURNING id, lease_token",
+            f"UPDATE {MESSAGE_TABLE} SET lease_expires_at = %s WHERE "
+            + _locked_in_id_order(
+                f"queue_id = %s AND id IN ({placeholders(len(ids))}) "
+                f"AND lease_token IN ({placeholders(len(tokens))}) AND state = 'in_flight'"
+            )
+            + " RETURNING id, lease_token",
             [expires, queue.id, *ids, *tokens],
         )
         found = cur.fetchall()
@@ -848,6 +918,7 @@ def enforce_retention(*, now: float | None = None) -> int:
     now = time.time() if now is None else now
     removed = 0
     for queue in Queue.objects.filter(retention__isnull=False):
+        assert queue.retention is not None
         with transaction.atomic():
             qs = Message.objects.filter(
                 queue=queue, state__in=[S.READY, S.DELAYED, S.DEAD], enqueued_at__lte=now - queue.retention
@@ -868,26 +939,48 @@ def _delete_counted(queue: Queue, qs: Any, total_counter: str) -> int:
     """Delete the messages of ``qs`` (all in ``queue``), keeping counters right.
     Call inside a transaction."""
     tally = Tally()
-    ids_and_states = list(qs.values_list("id", "state", "origin_queue_id"))
-    if not ids_and_states:
+    ids = list(qs.values_list("id", flat=True))
+    if not ids:
         return 0
-    for _mid, state, origin in ids_and_states:
+    # Count the rows as the DELETE found them: between the read above and
+    # the delete a consumer may have claimed, nacked or acked one (PostgreSQL),
+    # and a count from the read would then drift. Rows are locked in id
+    # order, as every multi-row statement that may wait does, so a purge and
+    # an ack never deadlock.
+    deleted: list[tuple[int, str, int | None]] = []
+    with connection.cursor() as cur:
+        for start in range(0, len(ids), 5000):
+            chunk = ids[start : start + 5000]
+            cur.execute(
+                f"DELETE FROM {MESSAGE_TABLE} WHERE {_locked_in_id_order(f'id IN ({placeholders(len(chunk))})')} "
+                f"RETURNING id, state, origin_queue_id",
+                chunk,
+            )
+            deleted += cur.fetchall()
+    for _mid, state, origin in deleted:
         tally.move(queue.id, state, None)
         if origin is not None:
             tally.add(origin, "dead_out", -1)
-    tally.add(queue.id, total_counter, len(ids_and_states))
-    ids = [r[0] for r in ids_and_states]
-    for start in range(0, len(ids), 5000):
-        Message.objects.filter(id__in=ids[start : start + 5000]).delete()
+    tally.add(queue.id, total_counter, len(deleted))
     tally.save()
-    return len(ids)
+    return len(deleted)
+
+
+def _locked_in_id_order(where: str) -> str:
+    """``id IN (…)`` for the rows matching ``where``, locked in id order first
+    (PostgreSQL). Statements that lock several rows and may wait for them
+    take them in one global order, so no two of them can deadlock."""
+    return f"id IN (SELECT id FROM {MESSAGE_TABLE} WHERE {where} ORDER BY id{dialect().for_update})"
 
 
 def purge(queue: Queue) -> int:
     """Delete every message in the queue, leased ones too (their acks become
     stale). Returns how many were deleted."""
     with transaction.atomic():
-        Queue.objects.select_for_update().filter(pk=queue.pk).first()
+        # NO KEY: a plain FOR UPDATE would also block every insert that
+        # references the queue (messages, counter deltas) while this purge
+        # waits for message rows those inserters hold: a deadlock.
+        Queue.objects.select_for_update(no_key=True).filter(pk=queue.pk).first()
         n = _delete_counted(queue, Message.objects.filter(queue=queue), "purged_total")
         events.emit("purge", queue.name, count=n)
     return n
@@ -896,7 +989,11 @@ def purge(queue: Queue) -> int:
 def redrive(queue: Queue, *, max_messages: int | None = None, now: float | None = None) -> int:
     """Give dead messages another life: those dead in this queue go back to
     ready here; those dead-lettered into this queue go back to the queue they
-    came from. Leased messages are left alone. Returns how many moved."""
+    came from. Leased messages are left alone. Returns how many moved.
+    Raises InvalidValue for a ``max_messages`` below 1."""
+    if max_messages is not None and max_messages < 1:
+        # 0 would otherwise mean "no limit" here and a negative LIMIT is an SQL error.
+        raise InvalidValue(f"max must be at least 1, not {max_messages}.")
     now = time.time() if now is None else now
     d = dialect()
     limit = f" LIMIT {int(max_messages)}" if max_messages else ""
@@ -952,7 +1049,16 @@ def browse(queue: Queue, *, state: str, limit: int = 100, after: int | None = No
 # Async twins for async views
 # --------------------------------------------------------------------------- #
 
-aget_queue = sync_to_async(get_queue)
+_aget_queue = sync_to_async(get_queue)
+
+
+async def aget_queue(name: str) -> Queue:
+    """``get_queue`` for async views; a cached queue costs no thread hop."""
+    hit = _queue_cache.get(name)
+    if hit is not None and hit[0] > time.monotonic():
+        return copy.copy(hit[1])
+    return await _aget_queue(name)
+
 areceive = sync_to_async(receive)
 
 
@@ -1026,3 +1132,194 @@ def leave(consumer_id: str) -> int:
 
 def consumer_in_flight(consumer_ids: Sequence[str]) -> dict[str, int]:
     return dict(_count_by(Message.objects.filter(state=S.IN_FLIGHT, consumer_id__in=list(consumer_ids)), "consumer_id"))
+
+
+# --------------------------------------------------------------------------- #
+# Dashboard: the operator's message browser
+# --------------------------------------------------------------------------- #
+
+
+def browse_page(
+    queue: Queue, *, state: str, group: str | None = None, newest: bool = False, limit: int = 50, cursor: int | None = None
+) -> list[Message]:
+    """Like ``browse``, also by FIFO group and newest first; ``cursor`` is the
+    last id of the previous page (keyset pagination: pages stay stable while
+    messages come and go). Served by the (queue, state, id) index."""
+    from django.db.models import Q
+
+    if state == S.DEAD:
+        qs = Message.objects.filter(Q(queue=queue, state=S.DEAD) | Q(origin_queue=queue))
+    else:
+        qs = Message.objects.filter(queue=queue, state=state)
+    if group:
+        qs = qs.filter(group_key=group)
+    if cursor is not None:
+        qs = qs.filter(id__lt=cursor) if newest else qs.filter(id__gt=cursor)
+    return list(qs.select_related("queue", "origin_queue").order_by("-id" if newest else "id")[:limit])
+
+
+# --------------------------------------------------------------------------- #
+# Operator actions (admin)
+# --------------------------------------------------------------------------- #
+
+# Messages one operator action may touch: a bigger selection is a purge or a
+# redrive, which the queue actions do without holding every id in memory.
+MAX_OPERATOR_MESSAGES = 10_000
+
+
+@dataclass(frozen=True)
+class _Locked:
+    id: int
+    queue_id: int
+    state: str
+    delivery_count: int
+    consumer_id: str | None
+    origin_queue_id: int | None
+
+
+def _lock_messages(ids: Iterable[int | str]) -> list[_Locked]:
+    """The messages with these ids, locked until commit. Locking closes the
+    race with a receive, an ack or the lease sweep acting on the same rows: they
+    wait for this transaction (or skip the rows) and then see its outcome."""
+    wanted = sorted({int(i) for i in ids})
+    if len(wanted) > MAX_OPERATOR_MESSAGES:
+        raise InvalidValue(f"An action may touch at most {MAX_OPERATOR_MESSAGES} messages; narrow the selection.")
+    if not wanted:
+        return []
+    d = dialect()
+    rows: list[_Locked] = []
+    with connection.cursor() as cur:
+        for start in range(0, len(wanted), 1000):
+            chunk = wanted[start : start + 1000]
+            cur.execute(
+                f"SELECT id, queue_id, state, delivery_count, consumer_id, origin_queue_id FROM {MESSAGE_TABLE} "
+                f"WHERE id IN ({placeholders(len(chunk))}) ORDER BY id{d.for_update}",
+                chunk,
+            )
+            rows += [_Locked(*r) for r in cur.fetchall()]
+    return rows
+
+
+def requeue(message_ids: Iterable[int | str], *, by: str = "", now: float | None = None) -> int:
+    """Make messages ready now, by hand: dead, delayed and in-flight ones (the
+    lease is fenced, so the old holder's ack or nack is stale). A message that
+    was dead-lettered goes back to the queue it came from. Delivery counts are
+    kept. Ready messages in their own queue are left alone. Returns how many
+    moved."""
+    now = time.time() if now is None else now
+    with transaction.atomic():
+        rows = _lock_messages(message_ids)
+        tally = Tally()
+        by_target: dict[int, list[int]] = defaultdict(list)
+        for m in rows:
+            if m.state == S.READY and m.origin_queue_id is None:
+                continue
+            target_queue = m.origin_queue_id if m.origin_queue_id is not None else m.queue_id
+            by_target[target_queue].append(m.id)
+            tally.move(m.queue_id, m.state, None)
+            tally.move(target_queue, None, S.READY)
+            if m.origin_queue_id is not None:
+                tally.add(m.origin_queue_id, "dead_out", -1)
+            if m.state == S.IN_FLIGHT:
+                # Counted like a lease that ran out: its holder lost it.
+                tally.add(m.queue_id, "redelivered_total")
+        if not by_target:
+            return 0
+        names = dict(Queue.objects.filter(id__in=list(by_target)).values_list("id", "name"))
+        with connection.cursor() as cur:
+            for target_queue, ids in by_target.items():
+                cur.execute(
+                    f"UPDATE {MESSAGE_TABLE} SET queue_id = %s, state = 'ready', origin_queue_id = NULL, "
+                    f"visible_at = %s, lease_token = NULL, lease_expires_at = NULL, consumer_id = NULL, "
+                    f"dead_at = NULL WHERE id IN ({placeholders(len(ids))})",
+                    [target_queue, now, *ids],
+                )
+                for mid in ids:
+                    events.emit("requeue", names[target_queue], message=str(mid), by=by)
+        tally.save()
+    return sum(len(ids) for ids in by_target.values())
+
+
+def move(message_ids: Iterable[int | str], target: Queue, *, by: str = "", now: float | None = None) -> int:
+    """Move messages into another queue: ready now there (delayed ones keep
+    their delay), leases fenced, delivery counts kept, no longer counted as
+    dead-lettered. Messages already in ``target`` are left alone. Returns how
+    many moved."""
+    now = time.time() if now is None else now
+    with transaction.atomic():
+        rows = [m for m in _lock_messages(message_ids) if m.queue_id != target.id]
+        if not rows:
+            return 0
+        tally = Tally()
+        for m in rows:
+            state = S.DELAYED if m.state == S.DELAYED else S.READY
+            tally.move(m.queue_id, m.state, None)
+            tally.move(target.id, None, state)
+            if m.origin_queue_id is not None:
+                tally.add(m.origin_queue_id, "dead_out", -1)
+        ids = [m.id for m in rows]
+        with connection.cursor() as cur:
+            cur.execute(
+                f"UPDATE {MESSAGE_TABLE} SET queue_id = %s, "
+                f"state = CASE WHEN state = 'delayed' THEN 'delayed' ELSE 'ready' END, "
+                f"visible_at = CASE WHEN state = 'delayed' THEN visible_at ELSE %s END, "
+                f"origin_queue_id = NULL, lease_token = NULL, lease_expires_at = NULL, consumer_id = NULL, "
+                f"dead_at = NULL WHERE id IN ({placeholders(len(ids))})",
+                [target.id, now, *ids],
+            )
+        names = dict(Queue.objects.filter(id__in={m.queue_id for m in rows}).values_list("id", "name"))
+        for m in rows:
+            events.emit("requeue", target.name, message=str(m.id), from_queue=names[m.queue_id], by=by)
+        tally.save()
+    return len(rows)
+
+
+def dead_letter_now(message_ids: Iterable[int | str], reason: str, *, by: str = "", now: float | None = None) -> int:
+    """Dead-letter messages by hand, as if they had used up their deliveries:
+    into their queue's dead-letter queue, or dead in place. Leases are fenced.
+    Dead messages are left alone. Returns how many moved."""
+    now = time.time() if now is None else now
+    reason = reason or (f"dead-lettered by {by}" if by else "dead-lettered by an operator")
+    with transaction.atomic():
+        groups: dict[tuple[int, str], list[tuple[int, int, str | None, int | None]]] = defaultdict(list)
+        for m in _lock_messages(message_ids):
+            if m.state != S.DEAD:
+                groups[(m.queue_id, m.state)].append((m.id, m.delivery_count, m.consumer_id, m.origin_queue_id))
+        if not groups:
+            return 0
+        queues = Queue.objects.select_related("dead_letter_queue").in_bulk({qid for qid, _state in groups})
+        tally = Tally()
+        for (qid, state), rows in groups.items():
+            _dead_letter(queues[qid], rows, tally, now=now, reason=reason, source_state=S(state))
+        tally.save()
+    return sum(len(rows) for rows in groups.values())
+
+
+def delete_messages(message_ids: Iterable[int | str], *, by: str = "") -> int:
+    """Delete messages in any state (a leased one's ack becomes stale),
+    counted as purged. Returns how many were deleted."""
+    with transaction.atomic():
+        by_queue: dict[int, list[int]] = defaultdict(list)
+        for m in _lock_messages(message_ids):
+            by_queue[m.queue_id].append(m.id)
+        queues = Queue.objects.in_bulk(list(by_queue))
+        for qid, ids in by_queue.items():
+            n = _delete_counted(queues[qid], Message.objects.filter(id__in=ids), "purged_total")
+            events.emit("purge", queues[qid].name, count=n, messages=[str(i) for i in ids[:100]], by=by)
+    return sum(len(ids) for ids in by_queue.values())
+
+
+def pause(queue: Queue, *, by: str = "") -> Queue:
+    """Stop deliveries from a queue (sends are still accepted)."""
+    with transaction.atomic():
+        queue, _created = put_queue(queue.name, {"paused": True})
+        events.emit("pause", queue.name, by=by)
+    return queue
+
+
+def resume(queue: Queue, *, by: str = "") -> Queue:
+    """Deliver from a paused queue again; waiting receivers are woken."""
+    with transaction.atomic():
+        queue, _created = put_queue(queue.name, {"paused": False})
+        events.emit("resume", queue.name, by=by)
+    return queue

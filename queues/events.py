@@ -29,6 +29,8 @@ EVENT_KINDS = (
     "requeue",
     "queue_deleted",
     "retention",
+    "pause",
+    "resume",
 )
 
 _lock = threading.Lock()

@@ -8,6 +8,7 @@ compares the same way on both, with no timezone or text-format pitfalls.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import hmac
@@ -172,7 +173,8 @@ class MessageDict(TypedDict):
 
 
 class Message(models.Model):
-    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="messages")
+    # Indexed by mq_msg_queue (queue, id), which also serves the FK's lookups.
+    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="messages", db_index=False)
     state = models.CharField(max_length=10, choices=MessageState.choices)
     priority = models.SmallIntegerField(default=0)
     # JSON text as the producer sent it: stored and returned without a decode.
@@ -230,10 +232,18 @@ class Message(models.Model):
             models.Index(
                 fields=["origin_queue"], condition=Q(origin_queue__isnull=False), name="mq_msg_origin"
             ),
+            # The admin's message list (newest first) and its filters and search.
+            # mq_msg_queue replaces the plain index of the queue foreign key;
+            # the partial ones hold only the rows they can match.
+            models.Index(fields=["queue", "id"], name="mq_msg_queue"),
+            models.Index(fields=["id"], condition=Q(state="dead"), name="mq_msg_dead"),
+            models.Index(fields=["dedup_id"], condition=Q(dedup_id__isnull=False), name="mq_msg_dedup"),
+            models.Index(fields=["group_key", "id"], condition=~Q(group_key=""), name="mq_msg_group_any"),
+            models.Index(fields=["enqueued_at"], name="mq_msg_enqueued"),
         ]
 
     def __str__(self) -> str:
-        return f"message {self.pk} in {self.queue_id} ({self.state})"
+        return f"message {self.pk} ({self.state})"
 
     @property
     def receipt(self) -> str | None:
@@ -258,7 +268,7 @@ class Message(models.Model):
             if self.state == MessageState.IN_FLIGHT
             else None,
             "consumer": self.consumer_id,
-            "origin_queue": self.origin_queue.name if self.origin_queue_id else None,
+            "origin_queue": self.origin_queue.name if self.origin_queue is not None else None,
             "last_error": self.last_error,
         }
 
@@ -379,10 +389,43 @@ def hash_secret(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def _sealing_keys() -> list[bytes]:
+    from django.conf import settings
+
+    # One Fernet key per SECRET_KEY (current first, then fallbacks), so a
+    # rotated SECRET_KEY listed in SECRET_KEY_FALLBACKS still opens old seals.
+    keys = [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
+    return [
+        base64.urlsafe_b64encode(hmac.new(k.encode(), b"mqadmin.token-secret.v1", hashlib.sha256).digest())
+        for k in keys
+    ]
+
+
+def seal_secret(secret: str) -> str:
+    """Encrypt a token secret for storage (Fernet, key derived from SECRET_KEY)."""
+    from cryptography.fernet import Fernet
+
+    return Fernet(_sealing_keys()[0]).encrypt(secret.encode()).decode()
+
+
+def open_secret(sealed: str) -> str | None:
+    """The secret inside a seal, or None when no current or fallback SECRET_KEY opens it."""
+    from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+
+    try:
+        return MultiFernet([Fernet(k) for k in _sealing_keys()]).decrypt(sealed.encode()).decode()
+    except InvalidToken:
+        return None
+
+
 class Token(models.Model):
     name = models.CharField(max_length=100, unique=True)
     key_id = models.CharField(max_length=40, unique=True, editable=False)
     secret_hash = models.CharField(max_length=64, editable=False)
+    # AWS Signature V4 (the SQS endpoint) signs with the secret itself, which
+    # the hash above cannot check: keep it too, encrypted (seal_secret).
+    # Empty for tokens issued before SigV4 support: they cannot sign.
+    secret_sealed = models.TextField(null=True, blank=True, editable=False)
     scopes = models.CharField(max_length=100, help_text="Comma-separated: produce,consume,admin")
     queue_pattern = models.CharField(
         max_length=200, default="*", help_text="Glob of queue names this token may use."
@@ -408,6 +451,7 @@ class Token(models.Model):
             name=name,
             key_id=key_id,
             secret_hash=hash_secret(secret),
+            secret_sealed=seal_secret(secret),
             scopes=",".join(sorted(set(scopes))),
             queue_pattern=queue_pattern,
         )
@@ -415,6 +459,10 @@ class Token(models.Model):
 
     def check_secret(self, secret: str) -> bool:
         return hmac.compare_digest(self.secret_hash, hash_secret(secret))
+
+    def signing_secret(self) -> str | None:
+        """The secret for verifying request signatures (SigV4), or None."""
+        return open_secret(self.secret_sealed) if self.secret_sealed else None
 
     def allows(self, scope: str, queue_name: str | None = None) -> bool:
         scopes = self.scope_set
@@ -425,3 +473,40 @@ class Token(models.Model):
 
     def sees(self, queue_name: str) -> bool:
         return fnmatchcase(queue_name, self.queue_pattern)
+
+
+# --------------------------------------------------------------------------- #
+# Django tasks (queues.tasks.MQBackend)
+# --------------------------------------------------------------------------- #
+
+
+class TaskRecord(models.Model):
+    """The result of one ``django.tasks`` task enqueued into mqadmin: what
+    ``get_result()`` reports. The work itself travels as a message."""
+
+    id = models.CharField(primary_key=True, max_length=32, editable=False)
+    backend = models.CharField(max_length=100)
+    task_path = models.CharField(max_length=300)
+    queue_name = models.CharField(max_length=80)
+    priority = models.SmallIntegerField(default=0)
+    takes_context = models.BooleanField(default=False)
+    run_after = models.DateTimeField(null=True, blank=True)
+    args = models.JSONField(default=list)
+    kwargs = models.JSONField(default=dict)
+    # django.tasks.TaskResultStatus values: READY, RUNNING, FAILED, SUCCESSFUL.
+    status = models.CharField(max_length=10, default="READY")
+    message_id = models.BigIntegerField(null=True, blank=True)
+    enqueued_at = models.DateTimeField()
+    started_at = models.DateTimeField(null=True, blank=True)
+    last_attempted_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    return_value = models.JSONField(null=True, blank=True)
+    # [{"exception_class_path": ..., "traceback": ...}], one per failed attempt.
+    errors = models.JSONField(default=list, blank=True)
+    worker_ids = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["status", "enqueued_at"], name="mq_task_status")]
+
+    def __str__(self) -> str:
+        return f"task {self.task_path} {self.id} ({self.status})"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import ConfigDict, Discriminator, Field, Tag
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 # Text that is stored as given must not hold NUL: PostgreSQL text cannot.
 NO_NUL = r"^[^\x00]*$"
@@ -15,8 +15,11 @@ MAX_DELAY = 14 * 24 * 3600
 Receipts = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(min_length=1, max_length=1000)]
 
 
-class Strict(Schema):
+class Strict(BaseModel):
     # Strict: "5" is not 5 and 1.0 is not a bool; unknown keys are typos.
+    # Plain pydantic, not ninja's Schema: inputs are JSON, never ORM objects,
+    # and Schema's per-object root validator made a batch of 100 messages
+    # cost 2.4 ms to validate instead of 0.2 ms.
     model_config = ConfigDict(extra="forbid", strict=True)
 
 

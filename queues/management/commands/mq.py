@@ -5,6 +5,7 @@ Thin on purpose: parse, then delegate to the broker, the monitor or daphne.
 
 from __future__ import annotations
 
+import os
 import secrets
 import signal
 import sys
@@ -19,6 +20,19 @@ from queues.exceptions import MQError
 from queues.models import Scope, Token
 
 SCOPES = {s.value for s in Scope}
+
+
+# The worker client is a package of its own (clients/python), importable
+# without Django; `mq worker` and `mq demo` use it from this checkout.
+CLIENT_PATH = str(settings.BASE_DIR / "clients" / "python")
+if CLIENT_PATH not in sys.path:
+    sys.path.append(CLIENT_PATH)
+
+
+def _local_url() -> str:
+    """This deployment's own server, as `mq serve` binds it."""
+    host = "127.0.0.1" if settings.HOST in ("0.0.0.0", "::", "") else settings.HOST
+    return f"http://{host}:{settings.PORT}"
 
 
 class Command(BaseCommand):
@@ -63,6 +77,22 @@ class Command(BaseCommand):
         redrive.add_argument("name")
         redrive.add_argument("--max", type=int, default=None)
 
+        from mqclient.cli import add_worker_arguments
+
+        worker = verbs.add_parser("worker", help="Run a worker: a handler over a queue's messages (over the API).")
+        add_worker_arguments(worker, default_url=_local_url())
+
+        demo = verbs.add_parser("demo", help="The pizzeria: producers, three chefs, one crash (against a running server).")
+        demo.add_argument("--url", default=None, help=f"Server (default: $MQ_URL or {_local_url()}).")
+        demo.add_argument("--token", default=None, help="Admin token (default: $MQ_TOKEN, else a temporary one).")
+        demo.add_argument("--seed", type=int, default=None, help="Random seed, to replay an evening.")
+
+        bench = verbs.add_parser("bench", help="Benchmark against raw SQL, RabbitMQ and Procrastinate (PostgreSQL only).")
+        bench.add_argument("--quick", action="store_true", help="A run of a couple of minutes (smaller sizes, fewer rounds).")
+        bench.add_argument("--big", type=int, default=None, help="Messages waiting in the claim/dashboard scenarios (default 10,000,000; --quick 300,000).")
+        bench.add_argument("--rounds", type=int, default=None, help="Rounds per scenario (default 5; --quick 3).")
+        bench.add_argument("--peers", default="raw,rabbitmq,procrastinate", help="Comma-separated peers to run beside mqadmin.")
+
     def handle(self, *args: Any, **options: Any) -> None:
         opts = Namespace(**options)
         try:
@@ -84,7 +114,12 @@ class Command(BaseCommand):
             monitor.start_in_background()
         self.stdout.write(f"mqadmin serving on http://{host}:{port}/  (dashboard /, admin /admin/, API /api/v1/docs)")
         self.stdout.flush()
-        CommandLineInterface().run(["--bind", host, "--port", str(port), "--proxy-headers", settings.ASGI_APPLICATION.replace(".application", ":application")])
+        args = ["--bind", host, "--port", str(port)]
+        if settings.TRUST_PROXY_HEADERS:
+            # Client addresses from X-Forwarded-For: only behind our own proxy,
+            # or any client could pick the address the auth brake sees.
+            args.append("--proxy-headers")
+        CommandLineInterface().run([*args, settings.ASGI_APPLICATION.replace(".application", ":application")])
 
     def do_monitor(self, opts: Namespace) -> None:
         from queues.monitor import Monitor
@@ -99,6 +134,30 @@ class Command(BaseCommand):
         self.stdout.write("mq monitor running (Ctrl-C to stop)")
         self.stdout.flush()
         mon.run()
+
+    # -- worker / demo -----------------------------------------------------
+
+    def do_worker(self, opts: Namespace) -> None:
+        from mqclient.cli import run_worker
+
+        sys.exit(run_worker(opts, default_url=_local_url()))
+
+    def do_demo(self, opts: Namespace) -> None:
+        from queues.demo import run_demo
+
+        url = opts.url or os.environ.get("MQ_URL") or _local_url()
+        sys.exit(run_demo(url, opts.token or os.environ.get("MQ_TOKEN"), seed=opts.seed, out=self.stdout))
+
+    # -- bench -------------------------------------------------------------
+
+    def do_bench(self, opts: Namespace) -> None:
+        from queues import bench
+
+        peers = tuple(p.strip() for p in opts.peers.split(",") if p.strip())
+        try:
+            bench.run(quick=opts.quick, big=opts.big, rounds=opts.rounds, peers=peers, out=self.stdout)
+        except bench.BenchError as exc:
+            raise CommandError(str(exc)) from exc
 
     # -- operator account --------------------------------------------------
 

@@ -1,0 +1,18 @@
+"""mqclient: the Python client of mqadmin (standard library only).
+
+Send::
+
+    client = Client("http://127.0.0.1:8000", token)
+    client.send("orders", {"pizza": "margherita"}, priority=0)
+
+Consume (``handle`` raises to nack; the message is retried with backoff)::
+
+    Worker(client, "orders", handle, concurrency=4).run()
+"""
+
+from __future__ import annotations
+
+from .client import Client, ConsumerDead, ConsumerNotFound, Message, MQError, Registration
+from .worker import Worker
+
+__all__ = ["Client", "ConsumerDead", "ConsumerNotFound", "MQError", "Message", "Registration", "Worker"]

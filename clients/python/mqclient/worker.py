@@ -1,0 +1,371 @@
+"""``Worker``: run a handler over a queue's messages, the way a queue should
+be consumed without thinking about it.
+
+- registers as a consumer and heartbeats in the background, so a crash is
+  noticed by the server's monitor and the messages it held go to others at
+  once, not after their visibility timeouts;
+- extends the lease of a handler that runs long, so a slow message is not
+  delivered twice;
+- acks when the handler returns, nacks with exponential backoff when it
+  raises;
+- on SIGTERM (or SIGINT) finishes the messages it has started, hands back
+  the ones it has not, and leaves; a second signal releases everything at
+  once and exits.
+
+Threads: ``concurrency`` handler threads, one fetcher (long-polls for as many
+messages as there are free slots), one keeper (heartbeats, lease
+extensions). ``run()`` only supervises, so signals stay prompt.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue as queue_mod
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .client import Client, ConsumerDead, ConsumerNotFound, Message, MQError
+
+log = logging.getLogger("mqclient.worker")
+
+Handler = Callable[[Message], Any]
+
+# Seconds to wait after the server could not be reached before trying again.
+RETRY_SECONDS = 1.0
+# A lease is extended when less than this fraction of it is left.
+EXTEND_WHEN_LEFT = 1 / 3
+
+
+@dataclass
+class _Lease:
+    message: Message
+    expires: float  # time.monotonic() when the lease runs out, as we know it
+    started: bool = False
+    lost: bool = False
+
+
+class Worker:
+    """``Worker(client, "orders", handle).run()``: blocks until stopped;
+    returns 0 after a graceful stop, 1 after a forced one."""
+
+    def __init__(
+        self,
+        client: Client,
+        queue: str,
+        handler: Handler,
+        *,
+        name: str | None = None,
+        concurrency: int = 1,
+        prefetch: int = 0,
+        heartbeat_timeout: int | None = None,
+        visibility_timeout: int | None = None,
+        poll_wait: float = 5.0,
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.client = client
+        self.queue = queue
+        self.handler = handler
+        self.name = name or f"{socket.gethostname()}:{getattr(handler, '__name__', 'handler')}"
+        self.concurrency = concurrency
+        self.prefetch = max(0, prefetch)
+        self.heartbeat_timeout = heartbeat_timeout
+        self.visibility_timeout = visibility_timeout
+        self.poll_wait = poll_wait
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.meta = meta or {}
+
+        self.consumer_id: str | None = None
+        self.heartbeat_interval = 5.0
+        self.lease_seconds = 30
+        self.stats = {"processed": 0, "failed": 0, "stale": 0, "extended": 0, "reregistered": 0}
+
+        self._lock = threading.Lock()
+        self._held: dict[str, _Lease] = {}  # by receipt
+        self._work: queue_mod.Queue[_Lease] = queue_mod.Queue()
+        self._slots = threading.Semaphore(self.concurrency + self.prefetch)
+        self._stopping = threading.Event()
+        self._force = threading.Event()
+        self._wake = threading.Event()
+        self._running = 0
+
+    # -- public ----------------------------------------------------------------
+
+    def stop(self, *, force: bool = False) -> None:
+        """Ask for a graceful stop (or, with ``force``, release everything)."""
+        if force:
+            self._force.set()
+        self._stopping.set()
+        self._wake.set()
+
+    def run(self, *, handle_signals: bool = True) -> int:
+        if handle_signals and threading.current_thread() is threading.main_thread():
+            self._install_signal_handlers()
+        # A worker may start before its server: wait for it. A refusal (bad
+        # token, unknown queue) is final and raised.
+        while True:
+            try:
+                self._register()
+                if self.visibility_timeout is None:
+                    self.lease_seconds = int(self.client.get_queue(self.queue)["visibility_timeout"]) or 30
+                else:
+                    self.lease_seconds = self.visibility_timeout
+                break
+            except OSError as exc:
+                log.warning("cannot reach %s (%s); retrying", self.client.url, exc)
+                if self._stopping.wait(RETRY_SECONDS):
+                    return 0
+        threads = [threading.Thread(target=self._fetch_loop, name="mq-fetch", daemon=True)]
+        threads += [threading.Thread(target=self._keep_loop, name="mq-keeper", daemon=True)]
+        threads += [
+            threading.Thread(target=self._handle_loop, name=f"mq-handler-{i}", daemon=True)
+            for i in range(self.concurrency)
+        ]
+        for t in threads:
+            t.start()
+        log.info("worker %s consuming %s as consumer %s", self.name, self.queue, self.consumer_id)
+        while True:
+            if self._force.is_set():
+                released = self._leave()
+                log.warning("forced stop: %s messages released to other workers", released)
+                return 1
+            if self._stopping.is_set():
+                self._hand_back_unstarted()
+                if self._idle():
+                    self._leave()
+                    log.info("worker %s stopped gracefully", self.name)
+                    return 0
+            self._wake.wait(0.2)
+            self._wake.clear()
+
+    # -- signals ---------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        def on_signal(signum: int, frame: Any) -> None:
+            if self._stopping.is_set():
+                log.warning("second %s: releasing everything and exiting", signal.Signals(signum).name)
+                self.stop(force=True)
+            else:
+                log.info(
+                    "%s: finishing %d started message(s), then leaving (again to force)",
+                    signal.Signals(signum).name,
+                    self._running,
+                )
+                self.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    # -- consumer lifecycle ----------------------------------------------------
+
+    def _register(self) -> None:
+        reg = self.client.register(self.name, [self.queue], meta=self.meta, heartbeat_timeout=self.heartbeat_timeout)
+        self.consumer_id = reg.id
+        self.heartbeat_interval = reg.heartbeat_interval
+
+    def _reregister(self) -> None:
+        """The server declared us dead (we were silent too long): the
+        messages we held were given to others and their acks will be stale.
+        Carry on under a new consumer id."""
+        old = self.consumer_id
+        while not self._stopping.is_set():
+            try:
+                self._register()
+                self._count("reregistered")
+                log.warning("consumer %s was declared dead; registered again as %s", old, self.consumer_id)
+                return
+            except (OSError, MQError) as exc:
+                log.warning("could not register again (%s); retrying", exc)
+                self._stopping.wait(RETRY_SECONDS)
+
+    def _leave(self) -> int:
+        if self.consumer_id is None:
+            return 0
+        try:
+            # Its own connection: the threads' connections may be mid-request.
+            return self.client.clone().leave(self.consumer_id)
+        except ConsumerDead:
+            return 0
+        except (OSError, MQError) as exc:
+            log.warning("could not leave cleanly (%s); the monitor will release our leases", exc)
+            return 0
+
+    # -- fetching --------------------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._slots.acquire()
+            free = 1
+            while self._slots.acquire(blocking=False):
+                free += 1
+            try:
+                messages = self.client.receive(
+                    self.queue, max=min(free, 100), wait=self.poll_wait, consumer=self.consumer_id
+                )
+            except (ConsumerDead, ConsumerNotFound):
+                messages = []
+                self._reregister()
+            except (OSError, MQError) as exc:
+                messages = []
+                log.warning("receive failed (%s); retrying", exc)
+                self._stopping.wait(RETRY_SECONDS)
+            now = time.monotonic()
+            for message in messages:
+                lease = _Lease(message, now + self.lease_seconds)
+                with self._lock:
+                    self._held[message.receipt] = lease
+                self._work.put(lease)
+            for _ in range(free - len(messages)):
+                self._slots.release()
+
+    # -- handling --------------------------------------------------------------
+
+    def _handle_loop(self) -> None:
+        while not self._force.is_set():
+            try:
+                lease = self._work.get(timeout=0.2)
+            except queue_mod.Empty:
+                if self._stopping.is_set():
+                    return
+                continue
+            with self._lock:
+                if self._stopping.is_set():
+                    return  # never started: the stop hands it back
+                if lease.message.receipt not in self._held:
+                    continue
+                lease.started = True
+                self._running += 1
+            try:
+                self._handle(lease)
+            finally:
+                with self._lock:
+                    self._running -= 1
+                    self._held.pop(lease.message.receipt, None)
+                self._slots.release()
+                self._wake.set()
+
+    def _handle(self, lease: _Lease) -> None:
+        message = lease.message
+        try:
+            self.handler(message)
+        except Exception as exc:
+            delay = self.backoff(message.delivery_count)
+            log.warning(
+                "handler failed on message %s (delivery %d): %r; retry in %d s",
+                message.id,
+                message.delivery_count,
+                exc,
+                delay,
+                exc_info=True,
+            )
+            self._count("failed")
+            self._settle("nack", message, delay=delay, reason=f"{type(exc).__name__}: {exc}")
+            return
+        self._count("processed")
+        self._settle("ack", message)
+
+    def backoff(self, delivery_count: int) -> int:
+        """Seconds before a failed message is tried again: doubling from
+        ``backoff_base`` with each delivery, at most ``backoff_max``."""
+        seconds = self.backoff_base * 2 ** max(0, delivery_count - 1)
+        return math.ceil(min(self.backoff_max, seconds))
+
+    def _settle(self, verb: str, message: Message, **kw: Any) -> None:
+        if self._force.is_set():
+            return  # everything was released; any answer would be stale
+        for _attempt in range(3):
+            try:
+                if verb == "ack":
+                    result = self.client.ack(self.queue, [message.receipt])
+                else:
+                    result = self.client.nack(self.queue, [message.receipt], **kw)
+                if result.get("stale"):
+                    self._count("stale")
+                    log.warning(
+                        "%s of message %s was stale: its lease had been handed to another consumer", verb, message.id
+                    )
+                return
+            except (OSError, MQError) as exc:
+                log.warning("%s of message %s failed (%s); retrying", verb, message.id, exc)
+                time.sleep(RETRY_SECONDS)
+
+    def _hand_back_unstarted(self) -> None:
+        """On a graceful stop, messages fetched but not started go back at
+        once (as failed deliveries) instead of waiting for our leave."""
+        with self._lock:
+            unstarted = [r for r, lease in self._held.items() if not lease.started]
+            for receipt in unstarted:
+                del self._held[receipt]
+        if unstarted:
+            try:
+                self.client.clone().nack(self.queue, unstarted, reason="worker shutting down")
+            except (OSError, MQError) as exc:
+                log.warning("could not hand back %d unstarted messages (%s)", len(unstarted), exc)
+
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.stats[key] += 1
+
+    def _idle(self) -> bool:
+        with self._lock:
+            return self._running == 0 and not any(lease.started for lease in self._held.values())
+
+    # -- heartbeats and lease extension ----------------------------------------
+
+    def _keep_loop(self) -> None:
+        next_beat = time.monotonic() + self.heartbeat_interval
+        tick = max(0.1, min(self.heartbeat_interval, self.lease_seconds * EXTEND_WHEN_LEFT / 2))
+        while not self._force.wait(tick):
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + self.heartbeat_interval
+                self._beat()
+            self._extend_due(now)
+            if self._stopping.is_set() and self._idle():
+                return
+
+    def _beat(self) -> None:
+        consumer_id = self.consumer_id
+        if consumer_id is None:
+            return
+        try:
+            self.client.heartbeat(consumer_id)
+        except (ConsumerDead, ConsumerNotFound):
+            if not self._stopping.is_set():
+                with self._lock:
+                    for lease in self._held.values():
+                        lease.lost = True
+                self._reregister()
+        except (OSError, MQError) as exc:
+            log.warning("heartbeat failed (%s); the server will suspect us if this lasts", exc)
+
+    def _extend_due(self, now: float) -> None:
+        margin = self.lease_seconds * EXTEND_WHEN_LEFT
+        with self._lock:
+            due = [lease for lease in self._held.values() if not lease.lost and lease.expires - now < margin]
+        if not due:
+            return
+        started = time.monotonic()
+        try:
+            result = self.client.extend(self.queue, [lease.message.receipt for lease in due], self.lease_seconds)
+        except (OSError, MQError) as exc:
+            log.warning("lease extension failed (%s); retrying", exc)
+            return
+        stale = set(result.get("stale", []))
+        for lease in due:
+            if lease.message.receipt in stale:
+                lease.lost = True
+                log.warning("lease of message %s was lost before it could be extended", lease.message.id)
+            else:
+                lease.expires = started + self.lease_seconds
+                self._count("extended")

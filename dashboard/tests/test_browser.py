@@ -1,0 +1,161 @@
+"""The dashboard in a real headless Chromium against a real `mq serve`:
+log in, watch a count change live after an API send, see a redelivery in the
+feed. Screenshots go to screenshots/ (git-ignored) for a person to look at."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from django.contrib.auth import get_user_model
+
+from queues.tests.live import ROOT, free_port, subprocess_env
+
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = ROOT / "screenshots"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@contextmanager
+def serve(port: int) -> Iterator[str]:
+    """`mq serve` on a given port (so it can be restarted on the same one)."""
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "mq", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=subprocess_env(MQ_MONITOR="on"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"mq serve exited with {proc.returncode}"
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "mq serve did not start"
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def in_thread(fn: Callable[[], object]) -> object:
+    """Run ORM code off the main thread (Playwright's sync API keeps an event
+    loop there, where Django refuses synchronous queries)."""
+    from django.db import connection
+
+    def run() -> object:
+        try:
+            return fn()
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(run).result(30)
+
+
+def need_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    reason = f"{CHROMIUM} is missing (apt-get install -y chromium): the browser test cannot run"
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_operator_watches_counts_and_redeliveries_live_in_a_browser(tapi):
+    need_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(exist_ok=True)
+    get_user_model().objects.create_user("operator", password="a-long-operator-password", is_staff=True)
+    tapi.make_queue("orders", visibility_timeout=1)
+    tapi.make_queue("billing")
+    tapi.send("billing", {"invoice": 1})
+    port = free_port()
+    with ExitStack() as server, sync_playwright() as pw:
+        url = server.enter_context(serve(port))
+        api = httpx.Client(base_url=f"{url}/api/v1/", headers=tapi.headers, timeout=10)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 900})
+            page.goto(f"{url}/")
+            page.fill("#id_username", "operator")
+            page.fill("#id_password", "a-long-operator-password")
+            page.click("input[type=submit]")
+            expect(page.locator("#conn")).to_have_text("live", timeout=15_000)
+            ready = page.locator('#queues tr[data-name="orders"] td.ready')
+            expect(ready).to_have_text("0")
+
+            sent = api.post("queues/orders/messages", json={"messages": [{"body": {"pizza": p}} for p in ("margherita", "diavola", "<b>funghi</b>")]})
+            assert sent.status_code == 201, sent.text
+            expect(ready).to_have_text("3", timeout=10_000)  # pushed, no reload
+
+            leased = api.post("queues/orders/receive", json={"max": 1, "visibility_timeout": 1})
+            (message,) = leased.json()["messages"]
+            feed = page.locator("#feed li", has_text=f"Message {message['id']} in orders redelivered")
+            expect(feed).to_be_visible(timeout=15_000)
+            expect(page.locator('#queues tr[data-name="orders"] td.in_flight')).to_have_text("0", timeout=10_000)
+
+            # A chef takes an order and goes silent: it turns dead, its order is redelivered.
+            chef = api.post("consumers", json={"name": "chef-1", "queues": ["orders"], "heartbeat_timeout": 2}).json()
+            taken = api.post("queues/orders/receive", json={"max": 1, "visibility_timeout": 300, "consumer": chef["id"]})
+            (order,) = taken.json()["messages"]
+            dead_row = page.locator("#consumers tr.consumer-dead", has_text="chef-1")
+            expect(dead_row).to_be_visible(timeout=15_000)
+            expect(page.locator("#feed li", has_text="Consumer chef-1 declared dead")).to_be_visible(timeout=10_000)
+            lost = page.locator("#feed li", has_text=f"Message {order['id']} in orders redelivered").filter(has_text="lost by chef-1")
+            expect(lost).to_be_visible(timeout=10_000)
+            page.wait_for_timeout(1500)  # a few chart points
+            page.screenshot(path=str(SHOTS / "dashboard-overview.png"), full_page=True)
+
+            page.click('#queues tr[data-name="orders"] a')
+            expect(page.locator("h1")).to_contain_text("orders")
+            expect(page.locator("#conn")).to_have_text("live", timeout=15_000)
+            # Bodies are shown as escaped, pretty-printed JSON, never as markup.
+            expect(page.locator("pre.body", has_text="<b>funghi</b>")).to_be_visible()
+            assert page.locator("#messages b").count() == 0
+            page.screenshot(path=str(SHOTS / "dashboard-queue.png"), full_page=True)
+
+            # The server restarts: the page says so, reconnects by itself and
+            # shows what changed meanwhile from a fresh snapshot.
+            server.close()
+            expect(page.locator("#conn")).to_have_class("conn offline", timeout=10_000)
+            expect(page.locator("#conn")).to_contain_text("retrying in")
+            page.screenshot(path=str(SHOTS / "dashboard-offline.png"))
+            from queues import broker
+
+            in_thread(lambda: broker.publish(broker.get_queue("orders"), [broker.NewMessage(body=b"{}")] * 2))
+            server.enter_context(serve(port))
+            expect(page.locator("#conn")).to_have_text("live", timeout=30_000)
+            expect(page.locator('[data-q="ready"]')).to_have_text("5")
+            server.close()
+        finally:
+            browser.close()
+            api.close()

@@ -1,0 +1,1315 @@
+"""``mq bench``: mqadmin side by side with what users would pick instead.
+
+Each scenario runs for mqadmin over its real HTTP API (a ``mq serve`` this
+module starts on a free port) and for the peers through their usual clients,
+on this machine, in the same run, with the same ~200-byte JSON bodies:
+
+* **raw SQL**: the very statements the broker runs (insert, claim, delete,
+  counter delta, NOTIFY), sent straight through psycopg: the floor, i.e. what
+  the HTTP layer costs us;
+* **RabbitMQ** through pika: durable queue, persistent messages;
+* **Procrastinate** on the same PostgreSQL, in a schema of its own.
+
+A peer that is not there is reported as skipped, with the reason. The result
+is one table, printed and written to ``bench-results/latest.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import orjson
+import psycopg
+from django.conf import settings
+from django.db import connection
+
+from . import broker
+from .backends import NOTIFY_CHANNEL, POSTGRES
+from .models import COUNTER_FIELDS, Message, Queue, QueueStatsDelta, Token
+
+MESSAGE_TABLE = Message._meta.db_table
+DELTA_TABLE = QueueStatsDelta._meta.db_table
+RESULTS_DIR = Path(settings.BASE_DIR) / "bench-results"
+PREFIX = "bench-"
+RABBIT_QUEUE = "mqbench"
+PROCRASTINATE_SCHEMA = "procrastinate_bench"
+
+# About 200 bytes of JSON, like a small job or event.
+BODY: dict[str, Any] = {
+    "order": 123456,
+    "customer": "c-000042",
+    "items": [{"sku": "pizza-margherita", "qty": 2}, {"sku": "lemonade", "qty": 1}],
+    "note": "ring twice, the bell is broken",
+    "at": "2026-11-28T05:00:00Z",
+    "pad": "x" * 20,
+}
+BODY_BYTES = orjson.dumps(BODY)
+
+
+class BenchError(Exception):
+    """The bench cannot run here (e.g. not on PostgreSQL)."""
+
+
+@dataclass
+class Sizes:
+    """How much each scenario moves per round."""
+
+    rounds: int
+    batches: int  # batches of 100 per produce round
+    singles: int  # single produces per round
+    drain: int  # messages drained per receive+ack round
+    trips: int  # receive-1 + ack-1 round trips per round
+    latency: int  # samples per latency round
+    big: int  # messages waiting in scenario 6/7
+    dash_queues: int
+
+    @classmethod
+    def for_run(cls, *, quick: bool, big: int | None, rounds: int | None) -> Sizes:
+        if quick:
+            s = cls(rounds=3, batches=10, singles=150, drain=1000, trips=150, latency=60, big=300_000, dash_queues=1000)
+        else:
+            s = cls(rounds=5, batches=30, singles=300, drain=3000, trips=300, latency=100, big=10_000_000, dash_queues=1000)
+        if big is not None:
+            s.big = big
+        if rounds is not None:
+            s.rounds = rounds
+        return s
+
+    @classmethod
+    def tiny(cls) -> Sizes:
+        """For the smoke test: every code path, almost no work."""
+        return cls(rounds=1, batches=2, singles=5, drain=200, trips=5, latency=3, big=2000, dash_queues=5)
+
+
+# --------------------------------------------------------------------------- #
+# Measurements
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class Stat:
+    """Rounds of one measurement: a rate (per second) or a duration (ms)."""
+
+    values: list[float] = field(default_factory=list)
+    unit: str = "msg/s"
+    note: str = ""
+    skipped: str | None = None
+    p99: float | None = None  # latency only
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values) if self.values else float("nan")
+
+    def cell(self) -> str:
+        if self.skipped is not None:
+            return f"skipped ({self.skipped})"
+        if not self.values:
+            return "—"
+        note = f" {self.note}" if self.note else ""
+        if self.p99 is not None:
+            return f"p50 {self.median:.1f} ms, p99 {self.p99:.1f} ms{note}"
+        lo, hi = min(self.values), max(self.values)
+        fmt = (lambda v: f"{v:,.0f}") if self.unit == "msg/s" else (lambda v: f"{v:.1f}")
+        spread = f" ({fmt(lo)}-{fmt(hi)})" if len(self.values) > 1 else ""
+        return f"{fmt(self.median)} {self.unit}{spread}{note}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "median": None if not self.values else self.median,
+            "min": min(self.values) if self.values else None,
+            "max": max(self.values) if self.values else None,
+            "values": self.values,
+            "unit": self.unit,
+            "note": self.note,
+            "skipped": self.skipped,
+            "p99": self.p99,
+        }
+
+
+def skipped(reason: str) -> Stat:
+    return Stat(skipped=reason)
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def latency_stat(samples_ms: list[float], note: str = "") -> Stat:
+    return Stat(values=[percentile(samples_ms, 50)], unit="ms", p99=percentile(samples_ms, 99), note=note)
+
+
+def rounds_of(n: int, fn: Callable[[], float]) -> list[float]:
+    return [fn() for _ in range(n)]
+
+
+# --------------------------------------------------------------------------- #
+# Raw SQL: the broker's own statements, straight through psycopg
+# --------------------------------------------------------------------------- #
+
+_INSERT_COLUMNS = "queue_id, state, priority, body, headers, group_key, delivery_count, enqueued_at, visible_at, last_error"
+_DELTA_INSERT = f"INSERT INTO {DELTA_TABLE} (queue_id, {', '.join(COUNTER_FIELDS)}) VALUES (%s{', %s' * len(COUNTER_FIELDS)})"
+_CLAIM = (
+    f"UPDATE {MESSAGE_TABLE} SET state = 'in_flight', delivery_count = delivery_count + 1, "
+    f"lease_token = {POSTGRES.random_token}, lease_expires_at = %s, consumer_id = %s "
+    f"WHERE id IN (SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready' "
+    f"ORDER BY m.priority DESC, m.id LIMIT %s FOR UPDATE SKIP LOCKED) "
+    f"RETURNING id, body, headers, priority, group_key, delivery_count, enqueued_at, lease_token"
+)
+
+
+def _promote_sql() -> str:
+    return f"UPDATE {MESSAGE_TABLE} SET state = 'ready' WHERE {broker._locked_in_id_order("state = 'delayed' AND visible_at <= %s AND queue_id = %s")} RETURNING queue_id"
+
+
+def _ack_sql(n_ids: int, n_tokens: int) -> str:
+    where = (
+        f"queue_id = %s AND id IN ({', '.join(['%s'] * n_ids)}) AND lease_token IN ({', '.join(['%s'] * n_tokens)}) "
+        f"AND state IN ('in_flight', 'ready', 'delayed')"
+    )
+    return f"DELETE FROM {MESSAGE_TABLE} WHERE {broker._locked_in_id_order(where)} RETURNING id, lease_token, state, origin_queue_id"
+
+
+def _delta(queue_id: int, **counts: int) -> list[Any]:
+    return [queue_id, *(counts.get(f, 0) for f in COUNTER_FIELDS)]
+
+
+class RawSQL:
+    """One connection issuing exactly what ``broker.publish/receive/ack`` issue
+    (statement for statement; the locking helper is the broker's own)."""
+
+    def __init__(self, conninfo: str) -> None:
+        self.conn = psycopg.connect(conninfo)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def publish(self, queue_id: int, n: int, body: bytes = BODY_BYTES) -> list[int]:
+        now = time.time()
+        text = body.decode()
+        values = ", ".join(["(%s, 'ready', 0, %s, '{}', '', 0, %s, %s, '')"] * n)
+        params: list[Any] = []
+        for _ in range(n):
+            params += [queue_id, text, now, now]
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(f"INSERT INTO {MESSAGE_TABLE} ({_INSERT_COLUMNS}) VALUES {values} RETURNING id", params)
+            ids = [r[0] for r in cur.fetchall()]
+            cur.execute(_DELTA_INSERT, _delta(queue_id, ready=n, sent_total=n))
+            cur.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(queue_id)])
+        return ids
+
+    def claim(self, queue_id: int, n: int) -> list[tuple[int, str]]:
+        now = time.time()
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(_promote_sql(), [now, queue_id])
+            cur.fetchall()
+            cur.execute(_CLAIM, [now + 30, None, queue_id, n])
+            rows = [(r[0], r[7]) for r in cur.fetchall()]
+            if rows:
+                cur.execute(_DELTA_INSERT, _delta(queue_id, ready=-len(rows), in_flight=len(rows), received_total=len(rows)))
+        return rows
+
+    def ack(self, queue_id: int, rows: list[tuple[int, str]]) -> int:
+        ids = sorted(r[0] for r in rows)
+        tokens = sorted(r[1] for r in rows)
+        with self.conn.transaction(), self.conn.cursor() as cur:
+            cur.execute(_ack_sql(len(ids), len(tokens)), [queue_id, *ids, *tokens])
+            done = cur.fetchall()
+            cur.execute(_DELTA_INSERT, _delta(queue_id, in_flight=-len(done), acked_total=len(done)))
+        return len(done)
+
+
+# --------------------------------------------------------------------------- #
+# The server under test
+# --------------------------------------------------------------------------- #
+
+
+def free_port() -> int:
+    for _ in range(50):
+        port = random.randint(18000, 19999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 18000-19999")
+
+
+def database_url() -> str:
+    db = settings.DATABASES["default"]
+    password = f":{db['PASSWORD']}" if db.get("PASSWORD") else ""
+    return f"postgres://{db.get('USER') or 'postgres'}{password}@{db.get('HOST') or '127.0.0.1'}:{db.get('PORT') or 5432}/{db['NAME']}"
+
+
+def conninfo(**extra: str) -> str:
+    db = settings.DATABASES["default"]
+    parts = {
+        "host": db.get("HOST") or "127.0.0.1",
+        "port": str(db.get("PORT") or 5432),
+        "user": db.get("USER") or "postgres",
+        "dbname": db["NAME"],
+    }
+    if db.get("PASSWORD"):
+        parts["password"] = db["PASSWORD"]
+    parts.update(extra)
+    return " ".join(f"{k}='{v}'" for k, v in parts.items())
+
+
+@contextmanager
+def mq_server(log_path: Path, timeout: float = 30.0) -> Iterator[str]:
+    """``manage.py mq serve`` on a random port, on this database; yields its URL."""
+    port = free_port()
+    env = dict(os.environ, DATABASE_URL=database_url(), PYTHONUNBUFFERED="1", DEBUG="off")
+    # Enough for four consumers and a producer on two cores; a shared
+    # PostgreSQL (max_connections 100) has other clients too.
+    env.setdefault("MQ_DB_POOL_MAX", "10")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "manage.py", "mq", "serve", "--port", str(port)],
+            cwd=settings.BASE_DIR,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"mq serve exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+                try:
+                    if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mq serve did not start: {log_path.read_text()[-2000:]}")
+                time.sleep(0.1)
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class Api:
+    """A keep-alive HTTP client of one mqadmin server (one per thread)."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.http = httpx.Client(
+            base_url=url,
+            timeout=60,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def post(self, path: str, data: Any) -> Any:
+        r = self.http.post(path, content=orjson.dumps(data))
+        if r.status_code >= 300:
+            raise RuntimeError(f"POST {path}: {r.status_code} {r.text[:300]}")
+        return orjson.loads(r.content)
+
+    def send(self, queue: str, bodies: list[Any]) -> None:
+        if len(bodies) == 1:
+            self.post(f"/api/v1/queues/{queue}/messages", {"body": bodies[0]})
+        else:
+            self.post(f"/api/v1/queues/{queue}/messages", {"messages": [{"body": b} for b in bodies]})
+
+    def receive(self, queue: str, n: int, wait: int = 0) -> list[dict[str, Any]]:
+        return self.post(f"/api/v1/queues/{queue}/receive", {"max": n, "wait": wait})["messages"]
+
+    def ack(self, queue: str, receipts: list[str]) -> None:
+        self.post(f"/api/v1/queues/{queue}/ack", {"receipts": receipts})
+
+
+# --------------------------------------------------------------------------- #
+# Draining with several consumers
+# --------------------------------------------------------------------------- #
+
+
+class Countdown:
+    """Shared by consumers: counts messages done, notes when the last one was."""
+
+    def __init__(self, total: int) -> None:
+        self.left = total
+        self.lock = threading.Lock()
+        self.finished_at: float | None = None
+
+    def done(self, n: int) -> bool:
+        with self.lock:
+            self.left -= n
+            if self.left <= 0 and self.finished_at is None:
+                self.finished_at = time.perf_counter()
+            return self.left <= 0
+
+    @property
+    def over(self) -> bool:
+        return self.left <= 0
+
+
+def run_consumers(n: int, total: int, work: Callable[[Countdown], None], timeout: float = 300) -> float:
+    """Run ``n`` consumers until ``total`` messages are done; messages per second."""
+    countdown = Countdown(total)
+    errors: list[BaseException] = []
+    start = threading.Barrier(n + 1)
+
+    def run() -> None:
+        try:
+            start.wait()
+            work(countdown)
+        except BaseException as exc:  # reported below, not swallowed
+            errors.append(exc)
+            countdown.done(total)
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(n)]
+    for t in threads:
+        t.start()
+    start.wait()
+    began = time.perf_counter()
+    for t in threads:
+        t.join(timeout)
+    if errors:
+        raise errors[0]
+    if countdown.finished_at is None:
+        raise RuntimeError(f"consumers did not finish {total} messages in {timeout}s")
+    return total / (countdown.finished_at - began)
+
+
+# --------------------------------------------------------------------------- #
+# The run
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class Row:
+    key: str
+    scenario: str
+    cells: dict[str, Stat]
+    target: str = "—"
+    met: str = "—"
+    ratios: dict[str, float] = field(default_factory=dict)
+
+
+PEERS = ("mqadmin", "raw", "rabbitmq", "procrastinate")
+HEADERS = ("mqadmin", "raw SQL", "RabbitMQ", "Procrastinate")
+
+
+class Bench:
+    def __init__(self, sizes: Sizes, *, out: IO[str], peers: tuple[str, ...] = PEERS[1:], results_dir: Path = RESULTS_DIR) -> None:
+        self.s = sizes
+        self.out = out
+        self.peers = peers
+        self.results_dir = results_dir
+        self.stats: dict[str, dict[str, Stat]] = {}
+        self.queue_ids: dict[str, int] = {}
+        self.token = ""
+        self.url = ""
+        self.rabbit_reason: str | None = None
+        self.procrastinate_reason: str | None = None
+        self.machine: dict[str, Any] = {}
+
+    # -- output ------------------------------------------------------------
+
+    def say(self, text: str) -> None:
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def put(self, key: str, peer: str, stat: Stat) -> None:
+        self.stats.setdefault(key, {})[peer] = stat
+        self.say(f"  {key:<24} {peer:<14} {stat.cell()}")
+
+    def guarded(self, key: str, peer: str, fn: Callable[[], Stat]) -> None:
+        """Run one measurement; a failure is reported in its cell, not fatal."""
+        try:
+            stat = fn()
+        except Exception as exc:
+            stat = skipped(f"failed: {type(exc).__name__}: {str(exc)[:120]}")
+        self.put(key, peer, stat)
+
+    # -- setup -------------------------------------------------------------
+
+    def setup(self) -> None:
+        if not connection.vendor == "postgresql":
+            raise BenchError("mq bench needs PostgreSQL: set DATABASE_URL=postgres://... (make bench does)")
+        with connection.cursor() as cur:
+            cur.execute("SHOW synchronous_commit")
+            sync = cur.fetchone()[0]
+            cur.execute("SELECT version()")
+            pg_version = cur.fetchone()[0].split(" on ")[0]
+        self.machine = machine_info() | {"postgresql": pg_version, "synchronous_commit": sync}
+        Token.objects.filter(name__startswith="bench-").delete()
+        _, self.token = Token.issue(f"bench-{os.getpid()}", ["admin", "produce", "consume"], "*")
+        for name in ("produce", "single", "drain", "trip", "latency", "small", "big", "raw"):
+            queue, _ = broker.put_queue(PREFIX + name, {"visibility_timeout": 300, "max_deliveries": 0})
+            self.queue_ids[name] = queue.id
+        for name in ("produce", "single", "drain", "trip", "latency", "small", "raw"):
+            self.empty(name)
+
+    def empty(self, name: str) -> None:
+        broker.purge(Queue.objects.get(pk=self.queue_ids[name]))
+
+    def raw(self) -> RawSQL:
+        return RawSQL(conninfo())
+
+    def prefill(self, name: str, n: int) -> None:
+        raw = self.raw()
+        try:
+            for start in range(0, n, 1000):
+                raw.publish(self.queue_ids[name], min(1000, n - start))
+        finally:
+            raw.close()
+
+    # -- scenarios -----------------------------------------------------------
+
+    def run(self) -> list[Row]:
+        began = time.monotonic()
+        self.setup()
+        load_before = os.getloadavg()
+        self.say(f"mq bench: {self.s}")
+        self.say(f"machine: {self.machine}")
+        self.rabbit_reason = rabbit_available() if "rabbitmq" in self.peers else "not selected"
+        self.procrastinate_reason = procrastinate_available() if "procrastinate" in self.peers else "not selected"
+        with mq_server(self.results_dir / "server.log") as url:
+            self.url = url
+            self.scenario_produce()
+            self.scenario_drain()
+            self.scenario_round_trip()
+            self.scenario_latency()
+            self.scenario_big()
+        self.scenario_dashboard()
+        self.machine["load_average_before"] = [round(x, 2) for x in load_before]
+        self.machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+        self.machine["duration_s"] = round(time.monotonic() - began, 1)
+        return self.rows()
+
+    def scenario_produce(self) -> None:
+        s = self.s
+        self.say("1-2. produce")
+        batch = [BODY] * 100
+
+        def mq_batches() -> float:
+            api = Api(self.url, self.token)
+            try:
+                t = time.perf_counter()
+                for _ in range(s.batches):
+                    api.send(PREFIX + "produce", batch)
+                return s.batches * 100 / (time.perf_counter() - t)
+            finally:
+                api.close()
+                self.empty("produce")
+
+        def mq_singles() -> float:
+            api = Api(self.url, self.token)
+            try:
+                t = time.perf_counter()
+                for _ in range(s.singles):
+                    api.send(PREFIX + "single", [BODY])
+                return s.singles / (time.perf_counter() - t)
+            finally:
+                api.close()
+                self.empty("single")
+
+        self.guarded("produce_batch", "mqadmin", lambda: Stat(rounds_of(s.rounds, mq_batches)))
+        self.guarded("produce_single", "mqadmin", lambda: Stat(rounds_of(s.rounds, mq_singles)))
+
+        def raw_produce(per: int, count: int) -> float:
+            raw = self.raw()
+            try:
+                t = time.perf_counter()
+                for _ in range(count):
+                    raw.publish(self.queue_ids["raw"], per)
+                return per * count / (time.perf_counter() - t)
+            finally:
+                raw.close()
+                self.empty("raw")
+
+        if "raw" in self.peers:
+            self.guarded("produce_batch", "raw", lambda: Stat(rounds_of(s.rounds, lambda: raw_produce(100, s.batches))))
+            self.guarded("produce_single", "raw", lambda: Stat(rounds_of(s.rounds, lambda: raw_produce(1, s.singles))))
+        if self.rabbit_reason is None:
+            self.guarded("produce_batch", "rabbitmq", lambda: Stat(rounds_of(s.rounds, lambda: rabbit_publish(s.batches * 100, confirms=False)), note="(no confirms)"))
+            self.guarded("produce_single", "rabbitmq", lambda: Stat(rounds_of(s.rounds, lambda: rabbit_publish(s.singles, confirms=True)), note="(confirms)"))
+        if self.procrastinate_reason is None:
+            self.guarded("produce_batch", "procrastinate", lambda: Stat(rounds_of(s.rounds, lambda: procrastinate_defer(s.batches, 100)), note="(batch_defer)"))
+            self.guarded("produce_single", "procrastinate", lambda: Stat(rounds_of(s.rounds, lambda: procrastinate_defer(s.singles, 1)), note="(defer)"))
+
+    def mq_drain(self, name: str, consumers: int, total: int, per: int) -> float:
+        self.prefill(name, total)
+        queue = PREFIX + name
+
+        def work(countdown: Countdown) -> None:
+            api = Api(self.url, self.token)
+            try:
+                while not countdown.over:
+                    msgs = api.receive(queue, per)
+                    if msgs:
+                        api.ack(queue, [m["receipt"] for m in msgs])
+                        countdown.done(len(msgs))
+            finally:
+                api.close()
+
+        try:
+            return run_consumers(consumers, total, work)
+        finally:
+            self.empty(name)
+
+    def raw_drain(self, name: str, consumers: int, total: int, per: int, *, fill: bool = True) -> float:
+        if fill:
+            self.prefill(name, total)
+        qid = self.queue_ids[name]
+
+        def work(countdown: Countdown) -> None:
+            raw = self.raw()
+            try:
+                while not countdown.over:
+                    rows = raw.claim(qid, per)
+                    if rows:
+                        countdown.done(raw.ack(qid, rows))
+            finally:
+                raw.close()
+
+        try:
+            return run_consumers(consumers, total, work)
+        finally:
+            if fill:
+                self.empty(name)
+
+    def scenario_drain(self) -> None:
+        s = self.s
+        self.say("3. receive 100 + ack 100")
+        for n in (1, 4):
+            key = f"drain_{n}"
+            self.guarded(key, "mqadmin", lambda n=n: Stat(rounds_of(s.rounds, lambda: self.mq_drain("drain", n, s.drain, 100))))
+            if "raw" in self.peers:
+                self.guarded(key, "raw", lambda n=n: Stat(rounds_of(s.rounds, lambda: self.raw_drain("raw", n, s.drain, 100))))
+            if self.rabbit_reason is None:
+                self.guarded(key, "rabbitmq", lambda n=n: Stat(rounds_of(s.rounds, lambda: rabbit_drain(n, s.drain, prefetch=100)), note="(manual ack)"))
+            if self.procrastinate_reason is None:
+                # A worker takes one job at a time: it drains a smaller batch.
+                self.guarded(key, "procrastinate", lambda n=n: Stat(rounds_of(s.rounds, lambda: procrastinate_worker(s.trips, n)), note=f"(worker, concurrency {n})"))
+
+    def scenario_round_trip(self) -> None:
+        s = self.s
+        self.say("4. one message per round trip")
+        self.guarded("round_trip", "mqadmin", lambda: Stat(rounds_of(s.rounds, lambda: self.mq_drain("trip", 1, s.trips, 1))))
+        if "raw" in self.peers:
+            self.guarded("round_trip", "raw", lambda: Stat(rounds_of(s.rounds, lambda: self.raw_drain("raw", 1, s.trips, 1))))
+        if self.rabbit_reason is None:
+            self.guarded("round_trip", "rabbitmq", lambda: Stat(rounds_of(s.rounds, lambda: rabbit_drain(1, s.trips, prefetch=1)), note="(prefetch 1)"))
+        if self.procrastinate_reason is None:
+            self.guarded("round_trip", "procrastinate", lambda: Stat(rounds_of(s.rounds, lambda: procrastinate_worker(s.trips, 1)), note="(worker)"))
+
+    def scenario_latency(self) -> None:
+        s = self.s
+        n = s.latency * s.rounds
+        self.say("5. send -> long-polling consumer")
+        self.guarded("latency", "mqadmin", lambda: latency_stat(self.mq_latency(n)))
+        if "raw" in self.peers:
+            self.guarded("latency", "raw", lambda: latency_stat(self.raw_latency(n), "(LISTEN/NOTIFY + claim)"))
+        if self.rabbit_reason is None:
+            self.guarded("latency", "rabbitmq", lambda: latency_stat(rabbit_latency(n), "(push)"))
+        if self.procrastinate_reason is None:
+            self.guarded("latency", "procrastinate", lambda: latency_stat(procrastinate_latency(n), "(worker)"))
+
+    def mq_latency(self, n: int) -> list[float]:
+        queue = PREFIX + "latency"
+        got: dict[int, float] = {}
+        arrived = threading.Event()
+        stop = threading.Event()
+
+        def consumer() -> None:
+            api = Api(self.url, self.token)
+            try:
+                while not stop.is_set():
+                    msgs = api.receive(queue, 1, wait=2)
+                    for m in msgs:
+                        got[m["body"]["i"]] = time.perf_counter()
+                        arrived.set()
+                    if msgs:
+                        api.ack(queue, [m["receipt"] for m in msgs])
+            finally:
+                api.close()
+
+        return self._latency_loop(n, consumer, stop, arrived, got, lambda api, i: api.send(queue, [BODY | {"i": i}]))
+
+    def _latency_loop(self, n: int, consumer: Callable[[], None], stop: threading.Event, arrived: threading.Event, got: dict[int, float], send: Callable[[Any, int], None]) -> list[float]:
+        thread = threading.Thread(target=consumer, daemon=True)
+        thread.start()
+        api = Api(self.url, self.token)
+        samples = []
+        try:
+            time.sleep(0.3)
+            for i in range(n):
+                arrived.clear()
+                t = time.perf_counter()
+                send(api, i)
+                if not arrived.wait(10):
+                    raise RuntimeError(f"message {i} never reached the consumer")
+                samples.append((got[i] - t) * 1000)
+                time.sleep(0.02)  # the consumer is back in its long poll
+        finally:
+            stop.set()
+            api.close()
+            thread.join(15)
+        self.empty("latency")
+        return samples
+
+    def raw_latency(self, n: int) -> list[float]:
+        qid = self.queue_ids["raw"]
+        got: dict[int, float] = {}
+        arrived = threading.Event()
+        stop = threading.Event()
+        producer = self.raw()
+
+        def consumer() -> None:
+            listen = psycopg.connect(conninfo(), autocommit=True)
+            raw = self.raw()
+            try:
+                listen.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                while not stop.is_set():
+                    for _ in listen.notifies(timeout=0.5, stop_after=1):
+                        rows = raw.claim(qid, 1)
+                        if rows:
+                            with raw.conn.cursor() as cur:
+                                cur.execute(f"SELECT body FROM {MESSAGE_TABLE} WHERE id = %s", [rows[0][0]])
+                                body = orjson.loads(cur.fetchone()[0])
+                            got[body["i"]] = time.perf_counter()
+                            arrived.set()
+                            raw.ack(qid, rows)
+            finally:
+                listen.close()
+                raw.close()
+
+        try:
+            return self._latency_loop(n, consumer, stop, arrived, got, lambda api, i: producer.publish(qid, 1, orjson.dumps(BODY | {"i": i})))
+        finally:
+            producer.close()
+            self.empty("raw")
+
+    # -- 6. claim with N waiting -------------------------------------------------
+
+    def load_big(self) -> None:
+        """Top the big queue up to N ready messages, in one statement."""
+        qid = self.queue_ids["big"]
+        counts = broker.queue_counts([qid])[qid]
+        missing = self.s.big - counts.ready
+        if missing <= 0:
+            self.say(f"6. {counts.ready:,} messages already waiting in {PREFIX}big")
+            return
+        self.say(f"6. loading {missing:,} messages into {PREFIX}big (INSERT ... SELECT FROM generate_series)")
+        t = time.perf_counter()
+        now = time.time()
+        with psycopg.connect(conninfo()) as conn, conn.transaction(), conn.cursor() as cur:
+            cur.execute(
+                f"INSERT INTO {MESSAGE_TABLE} ({_INSERT_COLUMNS}) "
+                f"SELECT %s, 'ready', 0, %s, '{{}}', '', 0, %s, %s, '' FROM generate_series(1, %s)",
+                [qid, BODY_BYTES.decode(), now, now, missing],
+            )
+            cur.execute(_DELTA_INSERT, _delta(qid, ready=missing, sent_total=missing))
+        with psycopg.connect(conninfo(), autocommit=True) as conn:
+            conn.execute(f"ANALYZE {MESSAGE_TABLE}")
+        self.say(f"   loaded in {time.perf_counter() - t:.0f}s")
+
+    def scenario_big(self) -> None:
+        s = self.s
+        try:
+            self.load_big()
+        except Exception as exc:
+            self.put("claim_big", "mqadmin", skipped(f"load failed: {exc}"))
+            return
+        mq_small, mq_big, raw_small, raw_big = [], [], [], []
+        for _ in range(s.rounds):
+            # Alternate, so drift on a shared machine hits both alike.
+            mq_small.append(self.mq_drain("small", 1, s.drain, 100))
+            mq_big.append(self.mq_big_drain(s.drain))
+            if "raw" in self.peers:
+                raw_small.append(self.raw_drain("small", 1, s.drain, 100))
+                raw_big.append(self.raw_drain("big", 1, s.drain, 100, fill=False))
+        self.put("claim_small", "mqadmin", Stat(mq_small))
+        self.put("claim_big", "mqadmin", Stat(mq_big))
+        if raw_small:
+            self.put("claim_small", "raw", Stat(raw_small))
+            self.put("claim_big", "raw", Stat(raw_big))
+
+    def mq_big_drain(self, total: int) -> float:
+        queue = PREFIX + "big"
+
+        def work(countdown: Countdown) -> None:
+            api = Api(self.url, self.token)
+            try:
+                while not countdown.over:
+                    msgs = api.receive(queue, 100)
+                    if not msgs:
+                        raise RuntimeError(f"{queue} ran dry")
+                    api.ack(queue, [m["receipt"] for m in msgs])
+                    countdown.done(len(msgs))
+            finally:
+                api.close()
+
+        return run_consumers(1, total, work)
+
+    # -- 7. dashboard tick ----------------------------------------------------------
+
+    def scenario_dashboard(self) -> None:
+        s = self.s
+        self.say(f"7. dashboard tick, {s.dash_queues} queues")
+        have = Queue.objects.filter(name__startswith=PREFIX + "dash-").count()
+        if have < s.dash_queues:
+            names = [f"{PREFIX}dash-{i:04d}" for i in range(s.dash_queues)]
+            existing = set(Queue.objects.filter(name__in=names).values_list("name", flat=True))
+            for name in names:
+                if name not in existing:
+                    broker.put_queue(name, {})
+        n_queues = Queue.objects.count()
+
+        def counts_ms() -> float:
+            with db_timer() as timer:
+                broker.queue_counts()  # every queue
+            return timer.ms
+
+        broker.queue_counts()  # warm
+        self.put("dashboard_counts", "mqadmin", Stat(rounds_of(max(3, s.rounds), counts_ms), unit="ms DB", note=f"({n_queues} queues)"))
+        try:
+            from dashboard.publisher import Aggregator
+        except ImportError as exc:
+            self.put("dashboard_tick", "mqadmin", skipped(f"no aggregator: {exc}"))
+            return
+        aggregator = Aggregator()
+
+        def tick_ms() -> float:
+            with db_timer() as timer:
+                aggregator.tick(time.time())
+            return timer.ms
+
+        tick_ms()
+        self.put("dashboard_tick", "mqadmin", Stat(rounds_of(max(3, s.rounds), tick_ms), unit="ms DB", note="(aggregator tick)"))
+        # Gone again, so the next run's server does not carry them.
+        Queue.objects.filter(name__startswith=PREFIX + "dash-").delete()
+
+    # -- the table ---------------------------------------------------------------------
+
+    def rows(self) -> list[Row]:
+        st = self.stats
+
+        def get(key: str, peer: str) -> Stat | None:
+            stat = st.get(key, {}).get(peer)
+            return stat if stat is not None and stat.skipped is None and stat.values else None
+
+        def ratio(a: Stat | None, b: Stat | None) -> float | None:
+            return a.median / b.median if a and b and b.median else None
+
+        def cells(key: str) -> dict[str, Stat]:
+            out = {}
+            for peer in PEERS:
+                stat = st.get(key, {}).get(peer)
+                if stat is None and peer == "rabbitmq" and self.rabbit_reason:
+                    stat = skipped(self.rabbit_reason)
+                if stat is None and peer == "procrastinate" and self.procrastinate_reason:
+                    stat = skipped(self.procrastinate_reason)
+                out[peer] = stat or Stat()
+            return out
+
+        def verdict(*checks: bool | None) -> str:
+            if any(c is None for c in checks):
+                return "?"
+            return "yes" if all(checks) else "no"
+
+        rows: list[Row] = []
+        mq = lambda k: get(k, "mqadmin")  # noqa: E731
+
+        r_raw = ratio(mq("produce_batch"), get("produce_batch", "raw"))
+        r_rmq = ratio(mq("produce_batch"), get("produce_batch", "rabbitmq"))
+        rows.append(Row("produce_batch", "1. produce, batches of 100", cells("produce_batch"),
+                        "≥ 0.6 x raw SQL and > RabbitMQ (no confirms)",
+                        verdict(r_raw and r_raw >= 0.6, r_rmq and r_rmq > 1), {"vs_raw": r_raw, "vs_rabbitmq": r_rmq}))
+        rows.append(Row("produce_single", "2. produce, one per request", cells("produce_single"),
+                        ratios={"vs_raw": ratio(mq("produce_single"), get("produce_single", "raw"))}))
+        for n in (1, 4):
+            key = f"drain_{n}"
+            r_raw = ratio(mq(key), get(key, "raw"))
+            r_rmq = ratio(mq(key), get(key, "rabbitmq"))
+            rows.append(Row(key, f"3. receive 100 + ack 100, {n} consumer{'s' if n > 1 else ''}", cells(key),
+                            "≥ 0.5 x raw SQL and > RabbitMQ (manual ack)",
+                            verdict(r_raw and r_raw >= 0.5, r_rmq and r_rmq > 1), {"vs_raw": r_raw, "vs_rabbitmq": r_rmq}))
+        r_pro = ratio(mq("round_trip"), get("round_trip", "procrastinate"))
+        rows.append(Row("round_trip", "4. one message per round trip", cells("round_trip"),
+                        "> 3 x Procrastinate worker", verdict(r_pro and r_pro > 3),
+                        {"vs_procrastinate": r_pro, "vs_raw": ratio(mq("round_trip"), get("round_trip", "raw"))}))
+        lat = mq("latency")
+        rows.append(Row("latency", "5. send → long-polling consumer", cells("latency"),
+                        "p50 < 5 ms, p99 < 20 ms",
+                        verdict(lat and lat.median < 5, lat and (lat.p99 or 0) < 20),
+                        {"p50_vs_5ms": lat.median / 5 if lat else None, "p99_vs_20ms": (lat.p99 or 0) / 20 if lat else None}))
+        big, small = mq("claim_big"), mq("claim_small")
+        r_big = ratio(big, small)
+        big_cells = cells("claim_big")
+        for peer in ("mqadmin", "raw"):
+            b, sm = get("claim_big", peer), get("claim_small", peer)
+            if b and sm:
+                b.note = f"(empty-ish queue: {sm.median:,.0f}/s → {b.median / sm.median:.2f}x)"
+        rows.append(Row("claim_big", f"6. receive 100 + ack 100 with {self.s.big:,} waiting", big_cells,
+                        "≥ 0.8 x the empty-ish queue", verdict(r_big and r_big >= 0.8), {"vs_empty": r_big}))
+        for key, label in (("dashboard_counts", "queue_counts()"), ("dashboard_tick", "aggregator tick")):
+            d = mq(key)
+            c = cells(key)
+            if key in st:
+                rows.append(Row(key, f"7. dashboard: {label}, {self.s.dash_queues:,} queues, {self.s.big:,} stored", c,
+                                "< 50 ms DB time", verdict(d and d.median < 50), {"vs_50ms": d.median / 50 if d else None}))
+        return rows
+
+
+# --------------------------------------------------------------------------- #
+# Database time
+# --------------------------------------------------------------------------- #
+
+
+class _DBTimer:
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def __call__(self, execute: Callable, sql: str, params: Any, many: bool, context: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return execute(sql, params, many, context)
+        finally:
+            self.seconds += time.perf_counter() - t
+
+    @property
+    def ms(self) -> float:
+        return self.seconds * 1000
+
+
+@contextmanager
+def db_timer() -> Iterator[_DBTimer]:
+    """Time spent in the database (statements, round trips, fetches)."""
+    timer = _DBTimer()
+    with connection.execute_wrapper(timer):
+        yield timer
+
+
+# --------------------------------------------------------------------------- #
+# RabbitMQ (pika)
+# --------------------------------------------------------------------------- #
+
+RABBIT_PARAMS: dict[str, Any] = {"host": "127.0.0.1", "port": 5672}
+
+
+def _rabbit() -> Any:
+    import pika
+
+    params = pika.ConnectionParameters(
+        **RABBIT_PARAMS, credentials=pika.PlainCredentials("guest", "guest"), connection_attempts=1, socket_timeout=3
+    )
+    conn = pika.BlockingConnection(params)
+    ch = conn.channel()
+    ch.queue_declare(RABBIT_QUEUE, durable=True)
+    return conn, ch
+
+
+def rabbit_available() -> str | None:
+    try:
+        import pika  # noqa: F401
+    except ImportError:
+        return "pika not installed"
+    try:
+        conn, ch = _rabbit()
+        ch.queue_purge(RABBIT_QUEUE)
+        conn.close()
+    except Exception as exc:
+        return f"RabbitMQ unreachable at {RABBIT_PARAMS['host']}:{RABBIT_PARAMS['port']}: {type(exc).__name__}"
+    return None
+
+
+def rabbit_version() -> str | None:
+    try:
+        conn, _ = _rabbit()
+        version = conn._impl.server_properties.get("version")
+        conn.close()
+        return version.decode() if isinstance(version, bytes) else version
+    except Exception:
+        return None
+
+
+def _persistent() -> Any:
+    import pika
+
+    return pika.BasicProperties(delivery_mode=pika.DeliveryMode.Persistent, content_type="application/json")
+
+
+def rabbit_publish(n: int, *, confirms: bool) -> float:
+    """Publish ``n`` persistent messages; with confirms, each waits for its confirm."""
+    conn, ch = _rabbit()
+    try:
+        if confirms:
+            ch.confirm_delivery()
+        props = _persistent()
+        t = time.perf_counter()
+        for _ in range(n):
+            ch.basic_publish("", RABBIT_QUEUE, BODY_BYTES, props)
+        # A synchronous call behind the publishes: they have been handled.
+        ch.queue_declare(RABBIT_QUEUE, durable=True, passive=True)
+        return n / (time.perf_counter() - t)
+    finally:
+        ch.queue_purge(RABBIT_QUEUE)
+        conn.close()
+
+
+def rabbit_fill(n: int) -> None:
+    conn, ch = _rabbit()
+    try:
+        ch.queue_purge(RABBIT_QUEUE)
+        props = _persistent()
+        for _ in range(n):
+            ch.basic_publish("", RABBIT_QUEUE, BODY_BYTES, props)
+        for _ in range(100):
+            if ch.queue_declare(RABBIT_QUEUE, durable=True, passive=True).method.message_count >= n:
+                return
+            time.sleep(0.05)
+    finally:
+        conn.close()
+
+
+def rabbit_drain(consumers: int, total: int, *, prefetch: int) -> float:
+    """Consume with manual acks (one ack per ``prefetch`` messages, multiple=True)."""
+    rabbit_fill(total)
+
+    def work(countdown: Countdown) -> None:
+        conn, ch = _rabbit()
+        try:
+            ch.basic_qos(prefetch_count=prefetch)
+            pending = 0
+            last = None
+            for method, _props, _body in ch.consume(RABBIT_QUEUE, inactivity_timeout=0.05):
+                if method is None:
+                    if countdown.over:
+                        break
+                    continue
+                pending += 1
+                last = method.delivery_tag
+                if pending >= prefetch:
+                    ch.basic_ack(last, multiple=True)
+                    countdown.done(pending)
+                    pending = 0
+                    if countdown.over:
+                        break
+            if pending and last is not None:
+                ch.basic_ack(last, multiple=True)
+                countdown.done(pending)
+            ch.cancel()
+        finally:
+            conn.close()
+
+    try:
+        return run_consumers(consumers, total, work)
+    finally:
+        conn, ch = _rabbit()
+        ch.queue_purge(RABBIT_QUEUE)
+        conn.close()
+
+
+def rabbit_latency(n: int) -> list[float]:
+    got: dict[int, float] = {}
+    arrived = threading.Event()
+    stop = threading.Event()
+    ready = threading.Event()
+
+    def consumer() -> None:
+        conn, ch = _rabbit()
+        try:
+            ch.basic_qos(prefetch_count=1)
+            ready.set()
+            for method, _props, body in ch.consume(RABBIT_QUEUE, inactivity_timeout=0.2):
+                if method is not None:
+                    got[orjson.loads(body)["i"]] = time.perf_counter()
+                    arrived.set()
+                    ch.basic_ack(method.delivery_tag)
+                if stop.is_set():
+                    break
+            ch.cancel()
+        finally:
+            conn.close()
+
+    thread = threading.Thread(target=consumer, daemon=True)
+    thread.start()
+    ready.wait(10)
+    conn, ch = _rabbit()
+    props = _persistent()
+    samples = []
+    try:
+        time.sleep(0.3)
+        for i in range(n):
+            arrived.clear()
+            t = time.perf_counter()
+            ch.basic_publish("", RABBIT_QUEUE, orjson.dumps(BODY | {"i": i}), props)
+            if not arrived.wait(10):
+                raise RuntimeError(f"message {i} never reached the consumer")
+            samples.append((got[i] - t) * 1000)
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        conn.close()
+        thread.join(10)
+    return samples
+
+
+# --------------------------------------------------------------------------- #
+# Procrastinate, on the same PostgreSQL, in a schema of its own
+# --------------------------------------------------------------------------- #
+
+_procrastinate_done: list[float] = []
+_procrastinate_event: asyncio.Event | None = None
+
+
+def _procrastinate_app() -> Any:
+    import procrastinate
+
+    app = procrastinate.App(
+        connector=procrastinate.PsycopgConnector(
+            conninfo=conninfo(options=f"-c search_path={PROCRASTINATE_SCHEMA}"), min_size=1, max_size=8
+        )
+    )
+
+    @app.task(name="bench_noop", queue="bench")
+    async def bench_noop(**kwargs: Any) -> None:
+        _procrastinate_done.append(time.perf_counter())
+        if "i" in kwargs:
+            _procrastinate_got[kwargs["i"]] = time.perf_counter()
+            if _procrastinate_event is not None:
+                _procrastinate_event.set()
+
+    return app, bench_noop
+
+
+_procrastinate_got: dict[int, float] = {}
+
+
+def procrastinate_available() -> str | None:
+    try:
+        import procrastinate  # noqa: F401
+    except ImportError:
+        return "procrastinate not installed"
+    try:
+        with psycopg.connect(conninfo(), autocommit=True) as conn:
+            conn.execute(f"CREATE SCHEMA IF NOT EXISTS {PROCRASTINATE_SCHEMA}")
+            exists = conn.execute(
+                "SELECT 1 FROM information_schema.tables WHERE table_schema = %s AND table_name = 'procrastinate_jobs'",
+                [PROCRASTINATE_SCHEMA],
+            ).fetchone()
+        if not exists:
+            app, _ = _procrastinate_app()
+
+            async def apply() -> None:
+                async with app.open_async():
+                    await app.schema_manager.apply_schema_async()
+
+            asyncio.run(apply())
+        _procrastinate_clear()
+    except Exception as exc:
+        return f"could not set up its schema: {type(exc).__name__}: {str(exc)[:100]}"
+    return None
+
+
+def procrastinate_defer(calls: int, per: int) -> float:
+    app, task = _procrastinate_app()
+
+    async def main() -> float:
+        async with app.open_async():
+            t = time.perf_counter()
+            for _ in range(calls):
+                if per == 1:
+                    await task.defer_async(body=BODY)
+                else:
+                    await task.batch_defer_async(*[{"body": BODY}] * per)
+            return calls * per / (time.perf_counter() - t)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        _procrastinate_clear()
+
+
+def _procrastinate_clear() -> None:
+    # Its triggers name its tables unqualified: run with its search_path.
+    with psycopg.connect(conninfo(options=f"-c search_path={PROCRASTINATE_SCHEMA}"), autocommit=True) as conn:
+        conn.execute(f"DELETE FROM {PROCRASTINATE_SCHEMA}.procrastinate_jobs")
+
+
+def procrastinate_worker(total: int, concurrency: int) -> float:
+    """Jobs per second of a worker draining ``total`` waiting no-op jobs."""
+    app, task = _procrastinate_app()
+
+    async def main() -> float:
+        async with app.open_async():
+            for start in range(0, total, 500):
+                await task.batch_defer_async(*[{"body": BODY}] * min(500, total - start))
+            _procrastinate_done.clear()
+            t = time.perf_counter()
+            await asyncio.wait_for(
+                app.run_worker_async(
+                    queues=["bench"], wait=False, concurrency=concurrency, delete_jobs="successful", install_signal_handlers=False
+                ),
+                timeout=600,
+            )
+            if len(_procrastinate_done) < total:
+                raise RuntimeError(f"worker ran {len(_procrastinate_done)} of {total} jobs")
+            return total / (_procrastinate_done[-1] - t)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        _procrastinate_clear()
+
+
+def procrastinate_latency(n: int) -> list[float]:
+    app, task = _procrastinate_app()
+
+    async def main() -> list[float]:
+        global _procrastinate_event
+        _procrastinate_event = asyncio.Event()
+        samples = []
+        async with app.open_async():
+            worker = asyncio.create_task(
+                app.run_worker_async(queues=["bench"], wait=True, concurrency=1, delete_jobs="successful", install_signal_handlers=False)
+            )
+            try:
+                await asyncio.sleep(0.5)
+                for i in range(n):
+                    _procrastinate_event.clear()
+                    t = time.perf_counter()
+                    await task.defer_async(i=i)
+                    await asyncio.wait_for(_procrastinate_event.wait(), 10)
+                    samples.append((_procrastinate_got[i] - t) * 1000)
+                    await asyncio.sleep(0.02)
+            finally:
+                worker.cancel()
+                try:
+                    await asyncio.wait_for(worker, 10)
+                except (asyncio.CancelledError, TimeoutError):
+                    pass
+        return samples
+
+    try:
+        return asyncio.run(main())
+    finally:
+        _procrastinate_event = None
+        _procrastinate_clear()
+
+
+# --------------------------------------------------------------------------- #
+# Machine, table, files
+# --------------------------------------------------------------------------- #
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "rabbitmq": rabbit_version(),
+    }
+
+
+def markdown(rows: list[Row], machine: dict[str, Any], sizes: Sizes) -> str:
+    lines = [
+        "| scenario | " + " | ".join(HEADERS) + " | target | met? |",
+        "| --- | " + " | ".join("---" for _ in HEADERS) + " | --- | --- |",
+    ]
+    for row in rows:
+        lines.append(f"| {row.scenario} | " + " | ".join(row.cells[p].cell() for p in PEERS) + f" | {row.target} | {row.met} |")
+    m = machine
+    lines += [
+        "",
+        f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB, {m.get('os')}, "
+        f"Python {m.get('python')}, {m.get('postgresql')} (synchronous_commit={m.get('synchronous_commit')}), "
+        f"RabbitMQ {m.get('rabbitmq') or '?'}. Load average before/after: {m.get('load_average_before')} / "
+        f"{m.get('load_average_after')}; run took {m.get('duration_s')} s.",
+        f"Median of {sizes.rounds} rounds (min-max); latency: percentiles over {sizes.latency * sizes.rounds} sends.",
+    ]
+    ratios = [f"{r.scenario}: " + ", ".join(f"{k} {v:.2f}" for k, v in r.ratios.items() if v is not None) for r in rows if any(v is not None for v in r.ratios.values())]
+    if ratios:
+        lines += ["", "Ratios (mqadmin ÷ peer, or measured ÷ target):", ""] + [f"- {x}" for x in ratios]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: list[Row], machine: dict[str, Any], sizes: Sizes, results_dir: Path) -> str:
+    results_dir.mkdir(parents=True, exist_ok=True)
+    md = markdown(rows, machine, sizes)
+    (results_dir / "latest.md").write_text(md)
+    data = {
+        "machine": machine,
+        "sizes": sizes.__dict__,
+        "rows": [
+            {
+                "key": r.key,
+                "scenario": r.scenario,
+                "target": r.target,
+                "met": r.met,
+                "ratios": r.ratios,
+                "cells": {p: r.cells[p].to_json() for p in PEERS},
+            }
+            for r in rows
+        ],
+    }
+    (results_dir / "latest.json").write_text(json.dumps(data, indent=2))
+    return md
+
+
+def run(
+    *,
+    quick: bool = False,
+    big: int | None = None,
+    rounds: int | None = None,
+    peers: tuple[str, ...] = PEERS[1:],
+    out: IO[str] = sys.stdout,
+    sizes: Sizes | None = None,
+    results_dir: Path = RESULTS_DIR,
+) -> str:
+    """Run every scenario; print and write the table; return it as Markdown."""
+    sizes = sizes or Sizes.for_run(quick=quick, big=big, rounds=rounds)
+    bench = Bench(sizes, out=out, peers=peers, results_dir=results_dir)
+    rows = bench.run()
+    md = write_results(rows, bench.machine, sizes, results_dir)
+    out.write("\n" + md)
+    out.write(f"\nWritten to {results_dir / 'latest.md'} and latest.json\n")
+    return md

@@ -1,0 +1,115 @@
+"""The monitor's consumer-health pass: alive -> suspect -> dead, and crash
+recovery.
+
+A consumer beats every ``heartbeat_interval`` (a third of its timeout). One
+missed beat makes it *suspect* (it keeps its leases: it may only be slow);
+silence past its ``heartbeat_timeout`` makes it *dead*, and every message it
+held goes back to ready at once, as redeliveries, long before their
+visibility timeouts would have returned them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from django.db import transaction
+from django.db.models import F
+
+from . import broker, events
+from .models import Consumer, ConsumerStatus, Message
+from .states import MessageState
+
+log = logging.getLogger(__name__)
+
+# A beat may arrive this much later than its interval before the consumer
+# counts as having missed it (network and scheduling jitter).
+SUSPECT_GRACE = 0.5  # fraction of one heartbeat interval
+# A receive that checked its consumer just before the consumer was declared
+# dead may commit its claim just after the release; consumers that died this
+# recently are swept again for such stragglers.
+STRAGGLER_WINDOW_SECONDS = 60.0
+# Dead consumers stay listed this long (for the dashboard and the admin).
+DEAD_CONSUMER_KEEP_SECONDS = 24 * 3600.0
+
+
+def check_consumers(now: float | None = None) -> dict[str, int]:
+    """One health pass (the monitor's tick hook). Returns how many consumers
+    turned suspect and dead and how many messages went back to ready."""
+    now = time.time() if now is None else now
+    done = {"suspect": _mark_suspects(now), "dead": 0, "released": 0}
+    for consumer in Consumer.objects.filter(
+        status__in=[ConsumerStatus.ALIVE, ConsumerStatus.SUSPECT],
+        last_heartbeat__lt=now - F("heartbeat_timeout"),
+    ):
+        released = declare_dead(consumer, now=now)
+        if released is not None:
+            done["dead"] += 1
+            done["released"] += released
+    done["released"] += _release_stragglers(now)
+    Consumer.objects.filter(status=ConsumerStatus.DEAD, dead_at__lt=now - DEAD_CONSUMER_KEEP_SECONDS).delete()
+    return done
+
+
+def _mark_suspects(now: float) -> int:
+    marked = 0
+    for cid, last, timeout in Consumer.objects.filter(
+        status=ConsumerStatus.ALIVE, last_heartbeat__lt=now - 1
+    ).values_list("id", "last_heartbeat", "heartbeat_timeout"):
+        cutoff = now - broker.heartbeat_interval(timeout) * (1 + SUSPECT_GRACE)
+        if last < cutoff:
+            # Conditional: a beat that landed meanwhile keeps it alive.
+            marked += Consumer.objects.filter(pk=cid, status=ConsumerStatus.ALIVE, last_heartbeat=last).update(
+                status=ConsumerStatus.SUSPECT
+            )
+    return marked
+
+
+def declare_dead(consumer: Consumer, *, now: float) -> int | None:
+    """Declare a silent consumer dead and release its messages, in one
+    transaction. Returns how many were released, or None when a heartbeat
+    won the race (the consumer lives)."""
+    silent = now - consumer.last_heartbeat
+    with transaction.atomic():
+        # The conditional update closes the race with a late heartbeat: the
+        # beat either lands first (this matches nothing) or finds the
+        # consumer dead and gets 410; never both.
+        won = Consumer.objects.filter(
+            pk=consumer.pk,
+            status__in=[ConsumerStatus.ALIVE, ConsumerStatus.SUSPECT],
+            last_heartbeat__lt=now - F("heartbeat_timeout"),
+        ).update(status=ConsumerStatus.DEAD, dead_at=now)
+        if not won:
+            return None
+        released = broker.release_consumer(
+            consumer.pk, reason=f"consumer {consumer.name} silent for {silent:.1f} s (declared dead)", now=now
+        )
+        events.emit(
+            "consumer_dead",
+            None,
+            consumer=consumer.pk,
+            name=consumer.name,
+            queues=consumer.queues,
+            silent_seconds=round(silent, 1),
+            released=released,
+        )
+    log.warning(
+        "consumer %s declared dead after %.1f s of silence; %d messages back to ready", consumer, silent, released
+    )
+    return released
+
+
+def _release_stragglers(now: float) -> int:
+    recent = list(
+        Consumer.objects.filter(status=ConsumerStatus.DEAD, dead_at__gte=now - STRAGGLER_WINDOW_SECONDS).values_list(
+            "id", flat=True
+        )
+    )
+    if not recent:
+        return 0
+    holding = set(
+        Message.objects.filter(state=MessageState.IN_FLIGHT, consumer_id__in=recent).values_list(
+            "consumer_id", flat=True
+        )
+    )
+    return sum(broker.release_consumer(cid, reason="consumer was declared dead", now=now) for cid in holding)

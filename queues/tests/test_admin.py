@@ -1,0 +1,528 @@
+"""The operator's admin: every action goes through the broker, keeps counters
+exact, is logged and announced; pages stay fast on big tables and never
+render a message body as HTML."""
+
+from __future__ import annotations
+
+import re
+import threading
+from typing import Any
+
+import orjson
+import pytest
+from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.db import connection, connections
+from django.test import TestCase
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from queues import broker, events
+from queues.admin import COUNT_LIMIT
+from queues.models import Consumer, Message, Queue, Token
+from queues.states import MessageState as S
+
+from .test_broker import assert_counts_exact, make_queue, real_counts, send
+
+CHANGELIST = "admin:queues_message_changelist"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_events() -> None:
+    events.drain()
+
+
+def act(client: Any, model: str, action: str, ids: list[Any], **extra: Any) -> Any:
+    """Run an admin action on the given ids, as the changelist form posts it."""
+    data = {"action": action, "_selected_action": [str(i) for i in ids], **extra}
+    # Events are recorded on commit: run the callbacks the test's
+    # transaction would otherwise hold back.
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        return client.post(reverse(f"admin:queues_{model}_changelist"), data, follow=True)
+
+
+def confirm(client: Any, model: str, action: str, ids: list[Any], **extra: Any) -> Any:
+    return act(client, model, action, ids, post="yes", **extra)
+
+
+def drained(kind: str) -> list[dict[str, Any]]:
+    return [e for e in events.drain() if e["kind"] == kind]
+
+
+def logged(action_flag: int = CHANGE) -> list[LogEntry]:
+    return list(LogEntry.objects.filter(action_flag=action_flag).order_by("id"))
+
+
+def page_text(response: Any) -> str:
+    return re.sub(r"\s+", " ", response.content.decode())
+
+
+def lease(queue: Queue, consumer: Consumer | None = None) -> broker.Delivery:
+    (delivery,) = broker.receive(queue, consumer_id=consumer.pk if consumer else None)
+    return delivery
+
+
+# --------------------------------------------------------------------------- #
+# Access
+# --------------------------------------------------------------------------- #
+
+
+@pytest.mark.parametrize("url", ["/admin/", "/admin/queues/message/", "/admin/queues/queue/", "/admin/queues/token/add/"])
+def test_non_staff_users_are_refused(client: Any, django_user_model: Any, url: str) -> None:
+    user = django_user_model.objects.create_user("visitor", password="pw-visitor-1")
+    client.force_login(user)
+    response = client.get(url)
+    assert response.status_code == 302
+    assert response["Location"].startswith("/admin/login/")
+
+
+def test_anonymous_users_are_sent_to_login(client: Any, db: None) -> None:
+    response = client.get("/admin/queues/message/")
+    assert response.status_code == 302 and "/admin/login/" in response["Location"]
+
+
+def test_non_staff_cannot_run_an_action(client: Any, django_user_model: Any) -> None:
+    q = make_queue("q")
+    (mid,) = send(q, "x")
+    client.force_login(django_user_model.objects.create_user("visitor", password="pw-visitor-1"))
+    response = confirm(client, "message", "delete_messages", [mid])
+    assert "/admin/login/" in response.redirect_chain[-1][0]
+    assert Message.objects.filter(pk=mid).exists()
+
+
+# --------------------------------------------------------------------------- #
+# Queues
+# --------------------------------------------------------------------------- #
+
+
+def test_queue_list_shows_live_counts_without_a_count_per_row(admin_client: Any) -> None:
+    for i in range(8):
+        q = make_queue(f"q{i}")
+        send(q, *range(i))
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get("/admin/queues/queue/")
+    assert response.status_code == 200
+    text = page_text(response)
+    assert re.search(r'field-name[^>]*>.*?q7.*?field-ready">7<', text)
+    assert not [q for q in queries.captured_queries if "queues_message" in q["sql"] and "COUNT(" in q["sql"].upper()]
+    # A handful of queries whatever the number of queues (not one per row).
+    assert len(queries.captured_queries) < 15
+
+
+def test_queue_config_is_edited_with_validation(admin_client: Any) -> None:
+    a = make_queue("a")
+    b = make_queue("b", dead_letter_queue="a")
+    url = reverse("admin:queues_queue_change", args=[a.pk])
+    form = {
+        "paused": "",
+        "visibility_timeout": "45",
+        "max_deliveries": "3",
+        "dead_letter_queue": str(b.pk),  # a -> b -> a: a loop
+        "delay": "0",
+        "retention": "",
+        "max_message_bytes": "1000",
+        "max_depth": "",
+    }
+    response = admin_client.post(url, form)
+    assert response.status_code == 200
+    assert "must not form a loop" in page_text(response)
+    form["dead_letter_queue"] = ""
+    form["visibility_timeout"] = "999999"  # over the 12 h limit
+    response = admin_client.post(url, form)
+    assert response.status_code == 200 and "errorlist" in page_text(response)
+    form["visibility_timeout"] = "45"
+    form["paused"] = "on"
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        response = admin_client.post(url, form)
+    assert response.status_code == 302
+    a.refresh_from_db()
+    assert (a.visibility_timeout, a.max_deliveries, a.max_message_bytes, a.paused) == (45, 3, 1000, True)
+    assert [e["queue"] for e in drained("pause")] == ["a"]
+    assert logged()[-1].object_id == str(a.pk)
+
+
+def test_queue_created_in_the_admin_has_counters(admin_client: Any) -> None:
+    response = admin_client.post(
+        reverse("admin:queues_queue_add"),
+        {"name": "fresh", "visibility_timeout": "30", "max_deliveries": "5", "delay": "0", "max_message_bytes": "1024"},
+    )
+    assert response.status_code == 302, page_text(response)
+    q = broker.get_queue("fresh")
+    send(q, "x")
+    assert broker.queue_counts([q.pk])[q.pk].ready == 1
+
+
+def test_pause_and_resume_ask_first_then_act_log_and_announce(admin_client: Any) -> None:
+    q = make_queue("q")
+    send(q, 1, 2, 3)
+    page = act(admin_client, "queue", "pause_queues", [q.pk])
+    assert "stop delivery of 3 waiting messages" in page_text(page)
+    assert not Queue.objects.get(pk=q.pk).paused
+    response = confirm(admin_client, "queue", "pause_queues", [q.pk])
+    assert "Paused q." in page_text(response)
+    assert Queue.objects.get(pk=q.pk).paused
+    assert broker.receive(broker.get_queue("q")) == []
+    assert [e["by"] for e in drained("pause")] == ["admin"]
+    confirm(admin_client, "queue", "resume_queues", [q.pk])
+    assert not Queue.objects.get(pk=q.pk).paused
+    assert drained("resume")
+    assert len(logged()) == 2
+
+
+def test_purge_confirmation_says_how_many_then_purges(admin_client: Any) -> None:
+    q = make_queue("q")
+    send(q, *range(5))
+    lease(q)
+    page = act(admin_client, "queue", "purge_queues", [q.pk])
+    assert "delete 5 messages" in page_text(page)
+    assert Message.objects.filter(queue=q).count() == 5
+    response = confirm(admin_client, "queue", "purge_queues", [q.pk])
+    assert "Purged q: 5 messages." in page_text(response)
+    assert not Message.objects.filter(queue=q).exists()
+    assert_counts_exact(q)
+    assert drained("purge")[0]["count"] == 5
+    assert logged()[-1].object_repr == "q"
+
+
+def test_redrive_confirmation_counts_then_sends_messages_home(admin_client: Any) -> None:
+    dlq = make_queue("dlq")
+    q = make_queue("q", dead_letter_queue="dlq", max_deliveries=1)
+    send(q, "a", "b")
+    for _ in range(2):
+        d = lease(q)
+        broker.nack(q, [d.receipt])
+    assert Message.objects.filter(queue=dlq).count() == 2
+    page = act(admin_client, "queue", "redrive_queues", [dlq.pk])
+    assert "send 2 dead messages back" in page_text(page)
+    confirm(admin_client, "queue", "redrive_queues", [dlq.pk])
+    assert Message.objects.filter(queue=q, state=S.READY).count() == 2
+    assert_counts_exact(q, dlq)
+    assert drained("redrive")[0]["count"] == 2
+
+
+# --------------------------------------------------------------------------- #
+# Messages: actions
+# --------------------------------------------------------------------------- #
+
+
+def test_requeue_brings_a_dead_lettered_message_home_keeping_its_history(admin_client: Any) -> None:
+    dlq = make_queue("dlq")
+    q = make_queue("q", dead_letter_queue="dlq", max_deliveries=2)
+    (mid,) = send(q, {"job": 1})
+    for _ in range(2):
+        broker.nack(q, [lease(q).receipt], reason="boom")
+    msg = Message.objects.get(pk=mid)
+    assert (msg.queue_id, msg.origin_queue_id) == (dlq.pk, q.pk)
+    assert real_counts(q)["dead"] == 1
+    response = act(admin_client, "message", "requeue_now", [mid])
+    assert "Requeued 1 message." in page_text(response)
+    msg.refresh_from_db()
+    assert (msg.queue_id, msg.state, msg.origin_queue_id, msg.last_error) == (q.pk, S.READY, None, "boom")
+    assert_counts_exact(q, dlq)
+    assert broker.queue_counts([q.pk])[q.pk].dead == 0
+    (event,) = drained("requeue")
+    assert (event["queue"], event["message"], event["by"]) == ("q", mid, "admin")
+    (entry,) = logged()
+    assert (entry.object_id, entry.user.username) == (mid, "admin")
+    # ...and it can now be processed.
+    d = lease(q)
+    assert d.id == int(mid)
+    assert broker.ack(q, [d.receipt]).done == [mid]
+    assert_counts_exact(q, dlq)
+
+
+def test_requeue_makes_dead_and_delayed_messages_ready_and_keeps_delivery_count(admin_client: Any) -> None:
+    q = make_queue("q", max_deliveries=1)
+    (dead_id,) = send(q, "dies")
+    broker.nack(q, [lease(q).receipt])
+    (delayed_id,) = send(q, "later", delay=3600)
+    (ready_id,) = send(q, "ready")
+    assert Message.objects.get(pk=dead_id).state == S.DEAD
+    response = act(admin_client, "message", "requeue_now", [dead_id, delayed_id, ready_id])
+    assert "Requeued 2 messages (1 already ready, left alone)." in page_text(response)
+    states = dict(Message.objects.values_list("id", "state"))
+    assert states == {int(dead_id): S.READY, int(delayed_id): S.READY, int(ready_id): S.READY}
+    assert Message.objects.get(pk=dead_id).delivery_count == 1
+    assert_counts_exact(q)
+
+
+def test_requeue_while_a_consumer_holds_it_makes_that_consumers_ack_stale(admin_client: Any) -> None:
+    q = make_queue("q")
+    consumer = broker.register_consumer("worker", ["q"], {}, None)
+    (mid,) = send(q, "work")
+    held = lease(q, consumer)
+    act(admin_client, "message", "requeue_now", [mid])
+    msg = Message.objects.get(pk=mid)
+    assert (msg.state, msg.lease_token, msg.consumer_id, msg.delivery_count) == (S.READY, None, None, 1)
+    assert broker.ack(q, [held.receipt]).stale == [held.receipt]
+    assert broker.nack(q, [held.receipt]).stale == [held.receipt]
+    again = lease(q)
+    assert (again.id, again.delivery_count) == (int(mid), 2)
+    assert broker.ack(q, [again.receipt]).done == [mid]
+    assert_counts_exact(q)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_requeue_racing_the_holders_ack_leaves_exactly_one_winner(admin_client: Any) -> None:
+    """Real threads: the holder acks while the operator requeues. Either the
+    ack lands first (message gone, requeue finds nothing) or the requeue does
+    (message ready again, ack stale) — never both, never a lost count."""
+    q = make_queue("q")
+    outcomes = []
+
+    def holder(barrier: threading.Barrier, receipt: str, result: dict[str, Any]) -> None:
+        try:
+            barrier.wait()
+            result["ack"] = broker.ack(q, [receipt])
+        finally:
+            connections.close_all()
+
+    for round_ in range(6):
+        (mid,) = send(q, round_)
+        held = lease(q)
+        barrier = threading.Barrier(2)
+        result: dict[str, Any] = {}
+        thread = threading.Thread(target=holder, args=(barrier, held.receipt, result))
+        thread.start()
+        barrier.wait()
+        requeued = broker.requeue([mid], by="admin")
+        thread.join(30)
+        assert not thread.is_alive()
+        acked = result["ack"].done == [mid]
+        assert acked != (requeued == 1)
+        assert Message.objects.filter(pk=mid).exists() == (not acked)
+        if not acked:
+            assert broker.ack(q, [held.receipt]).stale == [held.receipt]
+            broker.ack(q, [lease(q).receipt])
+        outcomes.append(acked)
+        assert_counts_exact(q)
+    assert real_counts(q) == {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0}
+
+
+def test_move_sends_messages_to_another_queue_and_fences_leases(admin_client: Any) -> None:
+    dlq = make_queue("dlq")
+    a = make_queue("a", dead_letter_queue="dlq", max_deliveries=1)
+    b = make_queue("b")
+    ids = send(a, 1, 2, 3)
+    later = send(a, 4, delay=600)
+    held = lease(a)
+    broker.nack(a, [lease(a).receipt])  # -> dlq, dead-lettered out of a
+    page = act(admin_client, "message", "move_to_queue", [*ids, *later])
+    assert "Move to queue" in page_text(page)
+    response = confirm(admin_client, "message", "move_to_queue", [*ids, *later], target=str(b.pk))
+    assert "Moved 4 messages to b." in page_text(response)
+    assert Message.objects.filter(queue=b).count() == 4
+    assert Message.objects.get(pk=later[0]).state == S.DELAYED
+    assert broker.ack(a, [held.receipt]).stale
+    assert_counts_exact(a, b, dlq)
+    assert broker.queue_counts([a.pk])[a.pk].dead == 0
+    assert {e["from_queue"] for e in drained("requeue")} == {"a", "dlq"}
+    assert len(logged()) == 4
+
+
+def test_dead_letter_action_moves_to_the_dead_letter_queue_with_the_reason(admin_client: Any) -> None:
+    dlq = make_queue("dlq")
+    q = make_queue("q", dead_letter_queue="dlq")
+    plain = make_queue("plain")
+    a, b = send(q, "a", "b")
+    (c,) = send(plain, "c", delay=60)
+    held = lease(q)
+    page = act(admin_client, "message", "dead_letter", [a, b, c])
+    assert "Reason" in page_text(page)
+    response = confirm(admin_client, "message", "dead_letter", [a, b, c], reason="poison pill")
+    assert "Dead-lettered 3 messages." in page_text(response)
+    assert set(Message.objects.filter(queue=dlq).values_list("last_error", flat=True)) == {"poison pill"}
+    assert Message.objects.get(pk=c).state == S.DEAD
+    assert broker.ack(q, [held.receipt]).stale
+    assert_counts_exact(q, dlq, plain)
+    assert broker.queue_counts([q.pk])[q.pk].dead == 2
+    assert len(drained("dead_letter")) == 3
+
+
+def test_delete_action_asks_then_deletes_and_logs_deletions(admin_client: Any) -> None:
+    q = make_queue("q")
+    ids = send(q, 1, 2, 3)
+    held = lease(q)
+    page = act(admin_client, "message", "delete_messages", ids[:2])
+    assert "This deletes 2 messages for good" in page_text(page)
+    assert Message.objects.count() == 3
+    response = confirm(admin_client, "message", "delete_messages", ids[:2])
+    assert "Deleted 2 messages." in page_text(response)
+    assert list(Message.objects.values_list("id", flat=True)) == [int(ids[2])]
+    assert broker.ack(q, [held.receipt]).stale
+    assert_counts_exact(q)
+    assert sorted(e.object_id for e in logged(DELETION)) == sorted(ids[:2])
+    assert drained("purge")[0]["count"] == 2
+
+
+def test_select_all_across_pages_acts_on_the_filtered_set(admin_client: Any) -> None:
+    q = make_queue("q")
+    other = make_queue("other")
+    send(q, *range(150))
+    send(other, "keep")
+    url = reverse(CHANGELIST) + f"?queue__id__exact={q.pk}"
+    response = admin_client.post(url, {"action": "requeue_now", "_selected_action": ["1"], "select_across": "1"}, follow=True)
+    assert response.status_code == 200
+    response = admin_client.post(
+        url, {"action": "delete_messages", "_selected_action": ["1"], "select_across": "1", "post": "yes"}, follow=True
+    )
+    assert "Deleted 150 messages." in page_text(response)
+    assert Message.objects.count() == 1
+    assert_counts_exact(q, other)
+
+
+# --------------------------------------------------------------------------- #
+# Messages: pages
+# --------------------------------------------------------------------------- #
+
+
+def test_message_page_shows_the_body_escaped_and_pretty(admin_client: Any) -> None:
+    q = make_queue("q")
+    (mid,) = send(q, {"html": "<script>alert(1)</script>", "n": [1, 2]}, headers={"x-src": "<b>"})
+    response = admin_client.get(reverse("admin:queues_message_change", args=[mid]))
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "<b>" not in html.split('class="mq-json"', 1)[1]
+    assert '{\n  &quot;html&quot;: &quot;&lt;script&gt;' in html
+    # Read-only: no save button, no inputs for the message's fields.
+    assert 'name="_save"' not in html and 'name="state"' not in html
+
+
+def test_message_page_shows_the_delivery_history(admin_client: Any) -> None:
+    q = make_queue("q")
+    consumer = broker.register_consumer("worker-7", ["q"], {}, None)
+    (mid,) = send(q, "x", group="g1", dedup_id="order-9")
+    broker.nack(q, [lease(q, consumer).receipt], reason="db timeout")
+    lease(q, consumer)
+    text = page_text(admin_client.get(reverse("admin:queues_message_change", args=[mid])))
+    for expected in ("db timeout", "g1", "order-9", consumer.pk[:8], "In flight"):
+        assert expected in text
+    assert re.search(r"field-delivery_count.*?<div class=\"readonly\">2</div>", text)
+
+
+def test_message_list_filters_and_searches(admin_client: Any) -> None:
+    q = make_queue("q")
+    other = make_queue("other", max_deliveries=1)
+    (grouped,) = send(q, "g", group="orders-1", priority=7)
+    (deduped,) = send(q, "d", dedup_id="abc-123")
+    (dead,) = send(other, "x")
+    broker.nack(other, [lease(other).receipt])
+    url = reverse(CHANGELIST)
+
+    def ids(query: str) -> set[str]:
+        response = admin_client.get(url + query)
+        assert response.status_code == 200, query
+        return set(re.findall(r"/admin/queues/message/(\d+)/change/", response.content.decode()))
+
+    assert ids("") == {grouped, deduped, dead}
+    assert ids("?state__exact=dead") == {dead}
+    assert ids("?priority=7") == {grouped}
+    assert ids("?group=orders-1") == {grouped}
+    assert ids(f"?queue__id__exact={q.pk}") == {grouped, deduped}
+    assert ids("?older_than=60") == set()
+    assert ids("?q=abc-123") == {deduped}
+    assert ids("?q=orders-1") == {grouped}
+    assert ids(f"?q={dead}") == {dead}
+    assert ids(f"?dead_of={other.pk}") == {dead}
+
+
+def test_changelist_of_200000_messages_renders_without_a_full_count(admin_client: Any) -> None:
+    q = make_queue("big")
+    _bulk_insert(q, 200_000)
+    url = reverse(CHANGELIST)
+    with CaptureQueriesContext(connection) as queries:
+        response = admin_client.get(url)
+        filtered = admin_client.get(url + f"?queue__id__exact={q.pk}&state__exact=ready")
+    assert response.status_code == filtered.status_code == 200
+    counts = [x["sql"] for x in queries.captured_queries if "COUNT(" in x["sql"].upper() and "queues_message" in x["sql"]]
+    assert counts, "the paginator should count (a limited number of rows)"
+    for sql in counts:
+        assert "LIMIT" in sql.upper(), sql
+    text = page_text(response)
+    assert f"More than {COUNT_LIMIT} messages match" in text
+    assert f"Select all {COUNT_LIMIT + 1}" not in text  # it would name a wrong total
+    # Bodies are not loaded for the list.
+    listing = [x["sql"] for x in queries.captured_queries if x["sql"].lstrip().upper().startswith("SELECT") and '"queues_message"."priority"' in x["sql"]]
+    assert listing and all('"queues_message"."body"' not in sql for sql in listing)
+    assert response.context["cl"].paginator.__class__.__name__ == "LimitedCountPaginator"
+
+
+def _bulk_insert(queue: Queue, n: int) -> None:
+    columns = "queue_id, state, priority, body, headers, group_key, delivery_count, enqueued_at, visible_at, last_error"
+    select = f"{queue.pk}, 'ready', 0, '{{\"n\": 1}}', '{{}}', '', 0, 1.0e9 + i, 1.0e9 + i, ''"
+    with connection.cursor() as cur:
+        if connection.vendor == "postgresql":
+            cur.execute(f"INSERT INTO queues_message ({columns}) SELECT {select} FROM generate_series(1, %s) AS i", [n])
+        else:
+            cur.execute(
+                f"WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < %s) "
+                f"INSERT INTO queues_message ({columns}) SELECT {select} FROM s",
+                [n],
+            )
+
+
+# --------------------------------------------------------------------------- #
+# Consumers and tokens
+# --------------------------------------------------------------------------- #
+
+
+def test_consumer_list_shows_what_each_holds_and_release_frees_it(admin_client: Any) -> None:
+    q = make_queue("q")
+    worker = broker.register_consumer("worker-1", ["q"], {}, None)
+    idle = broker.register_consumer("idle-1", ["q"], {}, None)
+    send(q, 1, 2, 3)
+    broker.receive(q, max_messages=2, consumer_id=worker.pk)
+    text = page_text(admin_client.get(reverse("admin:queues_consumer_changelist")))
+    assert re.search(r"worker-1.*?field-in_flight_held\">2<", text)
+    assert re.search(r"idle-1.*?field-in_flight_held\">0<", text)
+    detail = page_text(admin_client.get(reverse("admin:queues_consumer_change", args=[worker.pk])))
+    assert detail.count("delivery 1 · lease expires") == 2
+    response = act(admin_client, "consumer", "release_leases", [worker.pk, idle.pk])
+    assert "Released 2 leases" in page_text(response)
+    assert Message.objects.filter(state=S.READY).count() == 3
+    assert_counts_exact(q)
+    assert len(drained("redelivery")) == 2
+    assert {e.object_id for e in logged()} == {worker.pk, idle.pk}
+
+
+def test_token_is_shown_once_at_creation_and_never_again(admin_client: Any) -> None:
+    response = admin_client.post(
+        reverse("admin:queues_token_add"), {"name": "ci", "scope_choices": ["produce", "consume"], "queue_pattern": "jobs-*"}
+    )
+    assert response.status_code == 200
+    token = Token.objects.get(name="ci")
+    raw = re.search(r'class="mq-token"[^>]*>([^<]+)<', response.content.decode())[1]
+    key_id, secret = raw.split(".", 1)
+    assert key_id == token.key_id and token.check_secret(secret)
+    assert (token.scopes, token.queue_pattern) == ("consume,produce", "jobs-*")
+    assert "no-store" in response["Cache-Control"]
+    for url in (reverse("admin:queues_token_changelist"), reverse("admin:queues_token_change", args=[token.pk])):
+        html = admin_client.get(url).content.decode()
+        assert token.key_id in html
+        assert secret not in html and token.secret_hash not in html
+    assert LogEntry.objects.filter(object_id=str(token.pk)).exists()
+
+
+def test_revoked_token_is_refused_by_the_api(admin_client: Any) -> None:
+    from conftest import Api
+    from queues.api.auth import forget
+
+    forget()
+    _token, raw = Token.issue("svc", ["admin"])
+    api = Api(raw)
+    assert api.get("queues").status_code == 200
+    response = act(admin_client, "token", "revoke", [_token.pk])
+    assert "Revoked svc." in page_text(response)
+    assert api.get("queues").status_code == 401
+    assert logged()[-1].object_id == str(_token.pk)
+
+
+def test_event_bodies_are_json(admin_client: Any) -> None:
+    """Events must serialize for the dashboard feed."""
+    q = make_queue("q")
+    ids = send(q, 1)
+    act(admin_client, "message", "requeue_now", ids)
+    confirm(admin_client, "message", "delete_messages", ids)
+    for event in events.drain():
+        orjson.dumps(event)

@@ -1,0 +1,380 @@
+"""Messages over the JSON API: send, receive, ack, nack, extend, browse,
+FIFO groups, paused queues, consumers and long polling (contract section 2,
+"Messages")."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connection
+
+from queues import broker, monitor
+from queues.models import Message
+
+
+def later(seconds: float) -> None:
+    """Let the monitor see a clock ``seconds`` ahead: leases and delays due by then act."""
+    monitor.tick(now=time.time() + seconds)
+
+
+# -------------------------------------------------------------------- send --
+
+
+def test_send_single_message(api):
+    api.make_queue("jobs")
+    r = api.post("queues/jobs/messages", {"body": {"order": 1}})
+    assert r.status_code == 201
+    (sent,) = r.data["messages"]
+    assert sent["duplicate"] is False and sent["id"]
+    (got,) = api.receive("jobs")
+    assert got["id"] == sent["id"] and got["body"] == {"order": 1}
+
+
+def test_send_batch_returns_ids_in_input_order(api):
+    api.make_queue("jobs")
+    r = api.post("queues/jobs/messages", {"messages": [{"body": i} for i in range(100)]})
+    assert r.status_code == 201
+    ids = [m["id"] for m in r.data["messages"]]
+    assert len(set(ids)) == 100
+    got = api.receive("jobs", max=100)
+    assert [m["id"] for m in got] == ids
+    assert [m["body"] for m in got] == list(range(100))
+
+
+@pytest.mark.parametrize("body", [None, 0, 1.5, "text", [1, [2]], {"nested": {"x": [True, None]}}, ""])
+def test_any_json_body_round_trips(api, body):
+    api.make_queue("jobs")
+    api.send("jobs", body)
+    assert api.receive("jobs")[0]["body"] == body
+
+
+def test_delivery_carries_every_field(api):
+    api.make_queue("jobs")
+    api.post("queues/jobs/messages", {"body": "x", "headers": {"trace": "abc"}, "priority": 4})
+    (m,) = api.receive("jobs", visibility_timeout=60)
+    fields = "id body headers priority group delivery_count enqueued_at receipt lease_expires_at"
+    assert set(m) == set(fields.split())
+    assert m["headers"] == {"trace": "abc"} and m["priority"] == 4 and m["group"] is None
+    assert m["delivery_count"] == 1
+    assert m["enqueued_at"].endswith("Z") and m["lease_expires_at"].endswith("Z")
+
+
+def test_priority_first_then_oldest(api):
+    api.make_queue("jobs")
+    api.send("jobs", "low-1")
+    api.send("jobs", "high-1", priority=9)
+    api.send("jobs", "low-2")
+    api.send("jobs", "mid", priority=5)
+    api.send("jobs", "high-2", priority=9)
+    got = api.receive("jobs", max=10)
+    assert [m["body"] for m in got] == ["high-1", "high-2", "mid", "low-1", "low-2"]
+
+
+def test_delayed_message_waits(api):
+    api.make_queue("jobs")
+    api.send("jobs", "later", delay=30)
+    assert api.receive("jobs") == []
+    assert api.counts("jobs")["delayed"] == 1
+    later(31)
+    assert [m["body"] for m in api.receive("jobs")] == ["later"]
+
+
+def test_dedup_within_window_even_after_ack(api):
+    api.make_queue("jobs")
+    r1 = api.post("queues/jobs/messages", {"body": "a", "dedup_id": "order-7"})
+    r2 = api.post("queues/jobs/messages", {"body": "a", "dedup_id": "order-7"})
+    assert r2.data["messages"] == [{"id": r1.data["messages"][0]["id"], "duplicate": True}]
+    (m,) = api.receive("jobs", max=10)
+    api.ack("jobs", m["receipt"])
+    r3 = api.post("queues/jobs/messages", {"body": "a", "dedup_id": "order-7"})
+    assert r3.data["messages"][0]["duplicate"] is True
+    assert api.receive("jobs") == []
+
+
+def test_dedup_within_one_batch(api):
+    api.make_queue("jobs")
+    r = api.post(
+        "queues/jobs/messages",
+        {"messages": [{"body": 1, "dedup_id": "k"}, {"body": 2}, {"body": 3, "dedup_id": "k"}]},
+    )
+    out = r.data["messages"]
+    assert [m["duplicate"] for m in out] == [False, False, True]
+    assert out[2]["id"] == out[0]["id"]
+    assert [m["body"] for m in api.receive("jobs", max=10)] == [1, 2]
+
+
+# ------------------------------------------------------ leases and receipts --
+
+
+def test_expired_visibility_timeout_redelivers_with_count_plus_one(api):
+    api.make_queue("jobs", visibility_timeout=5)
+    api.send("jobs", "x")
+    (first,) = api.receive("jobs")
+    assert api.receive("jobs") == []
+    later(6)
+    (again,) = api.receive("jobs")
+    assert again["id"] == first["id"] and again["delivery_count"] == 2
+    assert api.ack("jobs", first["receipt"]) == {"acked": [], "stale": [first["receipt"]]}
+    assert Message.objects.filter(pk=first["id"]).exists()
+    assert api.ack("jobs", again["receipt"]) == {"acked": [again["id"]], "stale": []}
+
+
+def test_receive_visibility_timeout_overrides_the_queue(api):
+    api.make_queue("jobs", visibility_timeout=600)
+    api.send("jobs", "x")
+    api.receive("jobs", visibility_timeout=2)
+    later(3)
+    assert api.receive("jobs")[0]["delivery_count"] == 2
+
+
+def test_already_acked_receipt_is_stale(api):
+    api.make_queue("jobs")
+    api.send("jobs", "x")
+    (m,) = api.receive("jobs")
+    assert api.ack("jobs", m["receipt"])["acked"] == [m["id"]]
+    assert api.ack("jobs", m["receipt"]) == {"acked": [], "stale": [m["receipt"]]}
+
+
+def test_nack_with_delay_and_reason(api):
+    api.make_queue("jobs")
+    api.send("jobs", "x")
+    (m,) = api.receive("jobs")
+    r = api.post("queues/jobs/nack", {"receipts": [m["receipt"]], "delay": 20, "reason": "db down"})
+    assert r.status_code == 200 and r.data == {"nacked": [m["id"]], "stale": []}
+    assert api.receive("jobs") == []
+    assert api.counts("jobs")["delayed"] == 1
+    assert Message.objects.get(pk=m["id"]).last_error == "db down"
+    later(21)
+    (again,) = api.receive("jobs")
+    assert again["delivery_count"] == 2
+
+
+def test_nack_past_max_deliveries_goes_to_dlq(api):
+    api.make_queue("dlq")
+    api.make_queue("jobs", max_deliveries=2, dead_letter_queue="dlq")
+    api.send("jobs", "poison")
+    for _ in range(2):
+        (m,) = api.receive("jobs")
+        api.post("queues/jobs/nack", {"receipts": [m["receipt"]]})
+    assert api.receive("jobs") == []
+    assert api.counts("jobs")["dead"] == 1
+    (dead,) = api.receive("dlq")
+    assert dead["body"] == "poison" and dead["id"] == m["id"]
+
+
+def test_expiry_past_max_deliveries_without_dlq_is_state_dead(api):
+    api.make_queue("jobs", max_deliveries=1)
+    api.send("jobs", "poison")
+    api.receive("jobs", visibility_timeout=1)
+    later(2)
+    assert api.receive("jobs") == []
+    (m,) = api.get("queues/jobs/messages?state=dead").data["messages"]
+    assert m["body"] == "poison" and m["state"] == "dead"
+
+
+def test_max_deliveries_zero_never_dead_letters(api):
+    api.make_queue("jobs", max_deliveries=0)
+    api.send("jobs", "x")
+    for n in range(1, 8):
+        (m,) = api.receive("jobs")
+        assert m["delivery_count"] == n
+        api.post("queues/jobs/nack", {"receipts": [m["receipt"]]})
+    assert api.counts("jobs")["dead"] == 0
+
+
+def test_extend_keeps_the_lease(api):
+    api.make_queue("jobs", visibility_timeout=2)
+    api.send("jobs", "x")
+    (m,) = api.receive("jobs")
+    r = api.post("queues/jobs/extend", {"receipts": [m["receipt"]], "visibility_timeout": 600})
+    assert r.status_code == 200
+    assert r.data["extended"] == [m["id"]] and r.data["stale"] == []
+    assert r.data["lease_expires_at"] > m["lease_expires_at"]
+    later(60)
+    assert api.receive("jobs") == []
+    assert api.ack("jobs", m["receipt"])["acked"] == [m["id"]]
+
+
+def test_extend_of_stale_receipt_reports_it(api):
+    api.make_queue("jobs")
+    api.send("jobs", "x")
+    (m,) = api.receive("jobs")
+    api.ack("jobs", m["receipt"])
+    r = api.post("queues/jobs/extend", {"receipts": [m["receipt"]], "visibility_timeout": 10})
+    assert r.data["extended"] == [] and r.data["stale"] == [m["receipt"]]
+
+
+# ------------------------------------------------------------------ browse --
+
+
+def test_browse_by_state_pages_with_after_and_does_not_lease(api):
+    api.make_queue("jobs")
+    ids = api.send("jobs", *range(5))
+    api.send("jobs", "later", delay=60)
+    seen, after = [], None
+    while True:
+        path = "queues/jobs/messages?state=ready&limit=2" + (f"&after={after}" if after else "")
+        r = api.get(path)
+        assert r.status_code == 200
+        seen += [m["id"] for m in r.data["messages"]]
+        after = r.data["next"]
+        if after is None:
+            break
+    assert seen == ids
+    assert api.counts("jobs")["in_flight"] == 0
+    (d,) = api.get("queues/jobs/messages?state=delayed").data["messages"]
+    assert d["body"] == "later"
+    api.receive("jobs", max=2)
+    in_flight = api.get("queues/jobs/messages?state=in_flight").data["messages"]
+    assert [m["id"] for m in in_flight] == ids[:2]
+    assert all(m["lease_expires_at"] for m in in_flight)
+
+
+def test_browse_defaults_to_ready(api):
+    api.make_queue("jobs")
+    api.send("jobs", "x")
+    assert [m["body"] for m in api.get("queues/jobs/messages").data["messages"]] == ["x"]
+
+
+def test_browse_needs_admin_scope(api, token_factory):
+    api.make_queue("jobs")
+    consumer = token_factory("produce,consume")
+    r = consumer.get("queues/jobs/messages")
+    assert r.status_code == 403 and r.data["error"]["code"] == "forbidden"
+
+
+# ------------------------------------------------------------- FIFO groups --
+
+
+def test_fifo_one_in_flight_per_group_in_enqueue_order(api):
+    api.make_queue("jobs", fifo=True)
+    api.send("jobs", "a1", "a2", group="a")
+    api.send("jobs", "b1", "b2", group="b")
+    got = api.receive("jobs", max=10)
+    assert sorted(m["body"] for m in got) == ["a1", "b1"]
+    assert {m["group"] for m in got} == {"a", "b"}
+    assert api.receive("jobs", max=10) == []
+    a1 = next(m for m in got if m["body"] == "a1")
+    api.ack("jobs", a1["receipt"])
+    assert [m["body"] for m in api.receive("jobs", max=10)] == ["a2"]
+
+
+def test_fifo_after_nack_the_same_message_comes_first(api):
+    api.make_queue("jobs", fifo=True)
+    api.send("jobs", "1", "2", "3", group="g")
+    (m,) = api.receive("jobs", max=10)
+    api.post("queues/jobs/nack", {"receipts": [m["receipt"]]})
+    (again,) = api.receive("jobs", max=10)
+    assert again["id"] == m["id"] and again["body"] == "1" and again["delivery_count"] == 2
+
+
+# ------------------------------------------------------- paused, consumers --
+
+
+def test_paused_queue_delivers_nothing(api):
+    api.make_queue("jobs", paused=True)
+    api.send("jobs", "x")
+    assert api.receive("jobs", max=10) == []
+    assert api.counts("jobs")["ready"] == 1
+    api.put("queues/jobs", {"paused": False})
+    assert [m["body"] for m in api.receive("jobs")] == ["x"]
+
+
+def test_receive_with_a_registered_consumer_records_it(api):
+    api.make_queue("jobs")
+    r = api.post("consumers", {"name": "worker-1", "queues": ["jobs"]})
+    assert r.status_code == 201
+    cid = r.data["id"]
+    api.send("jobs", "x", "y")
+    got = api.receive("jobs", max=2, consumer=cid)
+    assert len(got) == 2
+    assert set(Message.objects.values_list("consumer_id", flat=True)) == {cid}
+    listed = {c["id"]: c for c in api.get("consumers").data["consumers"]}
+    assert listed[cid]["in_flight"] == 2
+
+
+def test_receive_with_an_unknown_consumer_is_404(api):
+    api.make_queue("jobs")
+    api.send("jobs", "x")
+    r = api.post("queues/jobs/receive", {"consumer": "nobody"})
+    assert r.status_code == 404 and r.data["error"]["code"] == "consumer_not_found"
+    assert api.counts("jobs")["ready"] == 1
+
+
+# -------------------------------------------------------------- long poll --
+
+
+def test_receive_with_wait_and_nothing_sent_returns_empty(api):
+    api.make_queue("jobs")
+    started = time.monotonic()
+    assert api.receive("jobs", wait=0.3) == []
+    assert time.monotonic() - started >= 0.3
+
+
+def test_long_poll_wakes_early_when_a_message_arrives(tapi, monkeypatch):
+    """A receive waiting up to 3 s returns soon after a send from another
+    thread. Its periodic re-check is pushed out of the way, so only the
+    wake-up can end the wait early."""
+    from queues.api import views
+
+    monkeypatch.setattr(views, "POLL_RECHECK_SECONDS", 30.0)
+    tapi.make_queue("jobs")
+    result: dict = {}
+
+    def wait_for_one() -> None:
+        try:
+            started = time.monotonic()
+            result["messages"] = tapi.receive("jobs", wait=3)
+            result["ended"] = time.monotonic()
+            result["started"] = started
+        finally:
+            connection.close()
+
+    waiter = threading.Thread(target=wait_for_one)
+    waiter.start()
+    time.sleep(0.3)  # the receive is waiting by now
+    sent_at = time.monotonic()
+    broker.publish(broker.get_queue("jobs"), [broker.NewMessage(body=b'"hello"')])
+    waiter.join(5)
+    assert not waiter.is_alive()
+    assert [m["body"] for m in result["messages"]] == ["hello"]
+    # Woken by the send, long before the 3 s deadline.
+    assert result["ended"] - sent_at < 1.5, result["ended"] - sent_at
+
+
+def test_receive_with_a_consumer_that_left_is_410(api):
+    api.make_queue("jobs")
+    cid = api.post("consumers", {"name": "w", "queues": ["jobs"]}).data["id"]
+    assert api.delete(f"consumers/{cid}").status_code == 200
+    api.send("jobs", "x")
+    r = api.post("queues/jobs/receive", {"consumer": cid})
+    assert r.status_code == 410 and r.data["error"]["code"] == "consumer_dead"
+    assert api.counts("jobs")["ready"] == 1
+
+
+def test_long_poll_on_a_paused_queue_wakes_when_it_is_resumed(tapi, monkeypatch):
+    from queues.api import views
+
+    monkeypatch.setattr(views, "POLL_RECHECK_SECONDS", 30.0)
+    tapi.make_queue("jobs", paused=True)
+    tapi.send("jobs", "held")
+    result: dict = {}
+
+    def wait_for_one() -> None:
+        try:
+            result["messages"] = tapi.receive("jobs", wait=4)
+            result["ended"] = time.monotonic()
+        finally:
+            connection.close()
+
+    waiter = threading.Thread(target=wait_for_one)
+    waiter.start()
+    time.sleep(0.3)
+    assert "messages" not in result  # a paused queue delivers nothing
+    resumed_at = time.monotonic()
+    broker.put_queue("jobs", {"paused": False})
+    waiter.join(5)
+    assert [m["body"] for m in result["messages"]] == ["held"]
+    assert result["ended"] - resumed_at < 1.5, result["ended"] - resumed_at

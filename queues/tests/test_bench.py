@@ -1,0 +1,60 @@
+"""`mq bench` keeps working: every scenario runs end to end at toy sizes.
+
+No speed is asserted here (this machine's speed is not the code's); the
+table's shape and the honesty of its cells are."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+
+from queues import bench
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+SCENARIOS = ["produce_batch", "produce_single", "drain_1", "drain_4", "round_trip", "latency", "claim_big", "dashboard_counts", "dashboard_tick"]
+
+
+@pytest.mark.skipif(connection.vendor != "sqlite", reason="the refusal is about SQLite")
+def test_bench_refuses_to_run_without_postgresql() -> None:
+    with pytest.raises(CommandError, match="PostgreSQL"):
+        call_command("mq", "bench", "--quick", stdout=io.StringIO())
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the bench runs on PostgreSQL")
+def test_bench_runs_every_scenario_and_writes_one_table(tmp_path, monkeypatch) -> None:
+    # A RabbitMQ queue of its own, so a real bench running beside us is untouched.
+    monkeypatch.setattr(bench, "RABBIT_QUEUE", f"mqbench-test-{id(tmp_path)}")
+    out = io.StringIO()
+    try:
+        md = bench.run(sizes=bench.Sizes.tiny(), out=out, results_dir=tmp_path)
+    finally:
+        if bench.rabbit_available() is None:
+            conn, ch = bench._rabbit()
+            ch.queue_delete(bench.RABBIT_QUEUE)
+            conn.close()
+
+    data = json.loads((tmp_path / "latest.json").read_text())
+    assert [row["key"] for row in data["rows"]] == SCENARIOS
+    assert (tmp_path / "latest.md").read_text() == md
+    assert md.splitlines()[0].startswith("| scenario | mqadmin | raw SQL | RabbitMQ | Procrastinate | target | met? |")
+    for row in data["rows"]:
+        mq = row["cells"]["mqadmin"]
+        assert mq["skipped"] is None, (row["key"], mq["skipped"])
+        assert mq["median"] > 0, row["key"]
+        assert row["met"] in ("yes", "no", "?", "—")
+    # Raw SQL runs wherever mqadmin does; each other peer either ran or says why not.
+    by_key = {row["key"]: row for row in data["rows"]}
+    assert by_key["produce_batch"]["cells"]["raw"]["median"] > 0
+    for peer in ("rabbitmq", "procrastinate"):
+        cell = by_key["produce_batch"]["cells"][peer]
+        assert (cell["median"] or 0) > 0 or cell["skipped"], (peer, cell)
+    assert "Machine:" in md
+    # The dashboard's thousand queues are not left behind.
+    from queues.models import Queue
+
+    assert not Queue.objects.filter(name__startswith="bench-dash-").exists()

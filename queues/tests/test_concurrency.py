@@ -1,0 +1,352 @@
+"""Real concurrency on the real database: threads, each with its own
+connection, racing on one queue. Each message is acked exactly once, none is
+lost, none is left in flight, and the counters equal the real counts."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from itertools import pairwise
+from typing import Any
+
+import orjson
+import pytest
+from django.db import connection
+
+from conftest import Api, make_token
+from queues import broker, monitor
+from queues.models import Message, Queue
+
+DEADLINE_SECONDS = 60  # a hung worker fails the test instead of hanging it
+
+
+def run_threads(n: int, target: Callable[[int], Any]) -> list[BaseException]:
+    """Run target(i) in n threads, each closing its own connection; returns their errors."""
+    errors: list[BaseException] = []
+
+    def wrapper(i: int) -> None:
+        try:
+            target(i)
+        except BaseException as exc:  # reported by the test, not lost in the thread
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=wrapper, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(DEADLINE_SECONDS)
+    assert not any(t.is_alive() for t in threads), "a worker hung"
+    return errors
+
+
+def fill(queue: Queue, n: int, **fields: Any) -> list[int]:
+    ids: list[int] = []
+    for start in range(0, n, 1000):
+        batch = [broker.NewMessage(body=orjson.dumps(i), **fields) for i in range(start, min(n, start + 1000))]
+        ids += [int(r.id) for r in broker.publish(queue, batch)]
+    return ids
+
+
+def assert_counters_match(queue: Queue, **totals: int) -> None:
+    broker.fold_stats()
+    c = broker.queue_counts([queue.id])[queue.id]
+    real = Counter(Message.objects.filter(queue=queue).values_list("state", flat=True))
+    assert (c.ready, c.delayed, c.in_flight) == (real["ready"], real["delayed"], real["in_flight"])
+    for name, value in totals.items():
+        assert c.totals[name] == value, (name, c.totals[name], value)
+
+
+def test_many_consumers_drain_thousands_each_acked_exactly_once(transactional_db):
+    n_messages, n_workers = 5000, 6
+    broker.put_queue("drain", {"visibility_timeout": 300})
+    queue = broker.get_queue("drain")
+    ids = fill(queue, n_messages)
+    received: list[list[int]] = [[] for _ in range(n_workers)]
+    acked: list[list[str]] = [[] for _ in range(n_workers)]
+    stale: list[str] = []
+    deadline = time.monotonic() + DEADLINE_SECONDS
+
+    def consume(i: int) -> None:
+        empty = 0
+        while empty < 3 and time.monotonic() < deadline:
+            got = broker.receive(queue, max_messages=10)
+            if not got:
+                empty += 1
+                time.sleep(0.01)
+                continue
+            empty = 0
+            received[i] += [d.id for d in got]
+            result = broker.ack(queue, [d.receipt for d in got])
+            acked[i] += result.done
+            stale.extend(result.stale)
+
+    assert run_threads(n_workers, consume) == []
+    all_received = [m for r in received for m in r]
+    all_acked = [int(m) for a in acked for m in a]
+    assert stale == []
+    # No message was handed to two consumers, none was acked twice, none lost.
+    assert len(all_received) == len(set(all_received)) == n_messages
+    assert sorted(all_acked) == sorted(ids)
+    assert Message.objects.filter(queue=queue).count() == 0
+    # The work really was shared.
+    assert sum(1 for r in received if r) >= 2
+    assert_counters_match(queue, sent_total=n_messages, received_total=n_messages, acked_total=n_messages)
+
+
+def test_consumers_racing_the_lease_sweep_never_lose_or_double_ack(transactional_db):
+    """The monitor expires leases (as if time jumped) while consumers ack:
+    every ack either wins or is stale, each message is acked exactly once."""
+    n_messages, n_workers = 2000, 3
+    broker.put_queue("race", {"visibility_timeout": 30, "max_deliveries": 0})
+    queue = broker.get_queue("race")
+    ids = fill(queue, n_messages)
+    acked: list[str] = []
+    stale: list[str] = []
+    lock = threading.Lock()
+    done = threading.Event()
+    deadline = time.monotonic() + DEADLINE_SECONDS
+
+    def consume(i: int) -> None:
+        if i == n_workers:  # the monitor
+            while not done.is_set() and time.monotonic() < deadline:
+                monitor.tick(now=time.time() + 60)
+                time.sleep(0.005)
+            return
+        while not done.is_set() and time.monotonic() < deadline:
+            got = broker.receive(queue, max_messages=20)
+            if not got:
+                if not Message.objects.filter(queue=queue).exists():
+                    done.set()
+                time.sleep(0.005)
+                continue
+            time.sleep(0.001)  # hold the leases a moment: the sweep may take them
+            result = broker.ack(queue, [d.receipt for d in got])
+            with lock:
+                acked.extend(result.done)
+                stale.extend(result.stale)
+
+    assert run_threads(n_workers + 1, consume) == []
+    assert sorted(int(m) for m in acked) == sorted(ids)  # exactly once each
+    assert Message.objects.count() == 0
+    assert_counters_match(queue, acked_total=n_messages)
+    c = broker.queue_counts([queue.id])[queue.id]
+    assert c.totals["received_total"] == n_messages + c.totals["redelivered_total"]
+    # The race really ran: some leases were swept from under their holders.
+    assert c.totals["redelivered_total"] > 0 and len(stale) == c.totals["redelivered_total"]
+
+
+def test_concurrent_producers_with_one_dedup_id_enqueue_exactly_one(transactional_db):
+    n_producers, rounds = 6, 15
+    broker.put_queue("dedup", {})
+    queue = broker.get_queue("dedup")
+    results: dict[str, list[broker.Published]] = defaultdict(list)
+    lock = threading.Lock()
+    barrier = threading.Barrier(n_producers)
+
+    def produce(i: int) -> None:
+        for r in range(rounds):
+            barrier.wait(DEADLINE_SECONDS)
+            (res,) = broker.publish(queue, [broker.NewMessage(body=orjson.dumps(i), dedup_id=f"key-{r}")])
+            with lock:
+                results[f"key-{r}"].append(res)
+
+    assert run_threads(n_producers, produce) == []
+    assert Message.objects.filter(queue=queue).count() == rounds
+    for r in range(rounds):
+        key = f"key-{r}"
+        (stored,) = Message.objects.filter(queue=queue, dedup_id=key).values_list("id", flat=True)
+        assert len(results[key]) == n_producers
+        assert {p.id for p in results[key]} == {str(stored)}
+        assert sorted(p.duplicate for p in results[key]) == [False] + [True] * (n_producers - 1)
+    assert_counters_match(queue, sent_total=rounds)
+
+
+def test_fifo_queue_drained_by_threads_keeps_one_per_group_in_order(transactional_db):
+    n_groups, per_group, n_workers = 6, 40, 4
+    broker.put_queue("fifo", {"fifo": True, "visibility_timeout": 300})
+    queue = broker.get_queue("fifo")
+    expected: dict[str, list[int]] = defaultdict(list)
+    for k in range(per_group):
+        batch = [broker.NewMessage(body=orjson.dumps([g, k]), group=f"g{g}") for g in range(n_groups)]
+        for g, res in enumerate(broker.publish(queue, batch)):
+            expected[f"g{g}"].append(int(res.id))
+    holding: dict[str, int] = {}  # group -> message id some worker holds
+    violations: list[str] = []
+    delivered: dict[str, list[int]] = defaultdict(list)
+    lock = threading.Lock()
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    total = n_groups * per_group
+    acked = [0]
+
+    def consume(i: int) -> None:
+        while time.monotonic() < deadline:
+            with lock:
+                if acked[0] >= total:
+                    return
+            got = broker.receive(queue, max_messages=4)
+            if not got:
+                time.sleep(0.005)
+                continue
+            with lock:
+                for d in got:
+                    if d.group in holding:
+                        violations.append(f"{d.group}: {d.id} while {holding[d.group]} in flight")
+                    holding[d.group] = d.id
+                    delivered[d.group].append(d.id)
+            time.sleep(0.001)  # hold the lease a moment so overlaps would show
+            with lock:
+                # Let go before the ack commits: a violation can then only
+                # be reported when the broker really leased two at once.
+                for d in got:
+                    holding.pop(d.group, None)
+            result = broker.ack(queue, [d.receipt for d in got])
+            assert result.stale == []
+            with lock:
+                acked[0] += len(result.done)
+
+    assert run_threads(n_workers, consume) == []
+    assert violations == []
+    assert dict(delivered) == dict(expected)  # each group in enqueue order, each once
+    assert Message.objects.filter(queue=queue).count() == 0
+    assert_counters_match(queue, acked_total=total)
+
+
+@pytest.mark.parametrize("n_workers", [3])
+def test_consumers_drain_through_the_api(transactional_db, n_workers):
+    from queues.api.auth import forget
+
+    forget()
+    raw = make_token()
+    admin = Api(raw)
+    admin.make_queue("http", visibility_timeout=300)
+    n_messages = 600
+    for start in range(0, n_messages, 200):
+        admin.send("http", *range(start, start + 200))
+    bodies: list[list[int]] = [[] for _ in range(n_workers)]
+
+    def consume(i: int) -> None:
+        client = Api(raw)
+        empty = 0
+        while empty < 3:
+            got = client.receive("http", max=20)
+            if not got:
+                empty += 1
+                continue
+            empty = 0
+            result = client.ack("http", *[m["receipt"] for m in got])
+            assert result["stale"] == []
+            bodies[i] += [m["body"] for m in got]
+
+    assert run_threads(n_workers, consume) == []
+    all_bodies = [b for per in bodies for b in per]
+    assert sorted(all_bodies) == list(range(n_messages))
+    counts = admin.counts("http")
+    assert (counts["ready"], counts["in_flight"], counts["delayed"]) == (0, 0, 0)
+    assert_counters_match(broker.get_queue("http"), received_total=n_messages, acked_total=n_messages)
+
+
+def test_purge_racing_consumers_keeps_counters_exact(transactional_db):
+    """Purges while consumers receive and ack: whatever each purge actually
+    deleted is what the counters lose, never a message in a state it no
+    longer had."""
+    broker.put_queue("purged", {"visibility_timeout": 300})
+    queue = broker.get_queue("purged")
+    stop = threading.Event()
+    deadline = time.monotonic() + 2.5
+
+    def work(i: int) -> None:
+        if i == 0:  # producer
+            while time.monotonic() < deadline:
+                fill(queue, 50)
+            stop.set()
+        elif i == 1:  # purger
+            while not stop.is_set():
+                broker.purge(queue)
+                time.sleep(0.002)
+        else:  # consumers
+            while not stop.is_set():
+                got = broker.receive(queue, max_messages=10)
+                if got:
+                    broker.ack(queue, [d.receipt for d in got[::2]])
+                    broker.nack(queue, [d.receipt for d in got[1::2]])
+
+    assert run_threads(4, work) == []
+    assert_counters_match(queue)
+    c = broker.queue_counts([queue.id])[queue.id]
+    real = Counter(Message.objects.filter(queue=queue).values_list("state", flat=True))
+    assert c.ready == real["ready"] and c.in_flight == real["in_flight"]
+    t = c.totals
+    # Every message sent is accounted for: acked, purged, or still here.
+    assert t["sent_total"] == t["acked_total"] + t["purged_total"] + sum(real.values())
+
+
+def test_counts_read_while_the_monitor_folds_never_go_backwards(transactional_db):
+    """Only sends happen, so a queue's ready count can only grow: a read that
+    raced a fold must not miss the deltas being folded (nor count them twice)."""
+    broker.put_queue("growing", {})
+    queue = broker.get_queue("growing")
+    stop = threading.Event()
+    deadline = time.monotonic() + 2
+    readings: list[int] = []
+
+    def work(i: int) -> None:
+        if i == 0:
+            while time.monotonic() < deadline:
+                broker.publish(queue, [broker.NewMessage(body=b"1")])
+            stop.set()
+        elif i == 1:
+            while not stop.is_set():
+                broker.fold_stats()
+        else:
+            while not stop.is_set():
+                readings.append(broker.queue_counts([queue.id])[queue.id].ready)
+
+    assert run_threads(3, work) == []
+    drops = [(a, b) for a, b in pairwise(readings) if b < a]
+    assert drops == []
+    sent = Message.objects.filter(queue=queue).count()
+    assert max(readings) <= sent
+    assert_counters_match(queue, sent_total=sent)
+
+
+def test_concurrent_nacks_dead_letter_every_poison_message_and_nothing_else(transactional_db):
+    n_messages, n_workers = 1500, 4
+    broker.put_queue("poison.dlq", {})
+    broker.put_queue("poison", {"max_deliveries": 2, "dead_letter_queue": "poison.dlq", "visibility_timeout": 300})
+    queue, dlq = broker.get_queue("poison"), broker.get_queue("poison.dlq")
+    ids = fill(queue, n_messages)
+    poison = {mid for i, mid in enumerate(ids) if i % 3 == 0}
+    acked: list[int] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + DEADLINE_SECONDS
+
+    def consume(i: int) -> None:
+        empty = 0
+        while empty < 3 and time.monotonic() < deadline:
+            got = broker.receive(queue, max_messages=10)
+            if not got:
+                empty += 1
+                time.sleep(0.01)
+                continue
+            empty = 0
+            bad = [d.receipt for d in got if orjson.loads(d.body) % 3 == 0]
+            good = [d.receipt for d in got if orjson.loads(d.body) % 3 != 0]
+            if bad:
+                assert broker.nack(queue, bad, reason="poison").stale == []
+            if good:
+                result = broker.ack(queue, good)
+                assert result.stale == []
+                with lock:
+                    acked.extend(int(m) for m in result.done)
+
+    assert run_threads(n_workers, consume) == []
+    assert sorted(acked) == sorted(set(ids) - poison)
+    assert set(Message.objects.filter(queue=dlq).values_list("id", flat=True)) == poison
+    assert Message.objects.filter(queue=queue).count() == 0
+    assert_counters_match(queue, dead_lettered_total=len(poison), acked_total=n_messages - len(poison))
+    assert_counters_match(dlq)
+    assert broker.queue_counts([queue.id])[queue.id].dead == len(poison)

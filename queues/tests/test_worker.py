@@ -1,0 +1,187 @@
+"""The Python client and its Worker, for real: against a live `mq serve`
+(API + monitor) on the test database, with workers in threads and, where
+signals matter, in processes of their own."""
+
+from __future__ import annotations
+
+import secrets
+import signal
+import threading
+import time
+
+import pytest
+
+from queues.models import Token
+
+from .live import live_server
+from .workers import read_log, start_worker, stop, wait_for
+
+from mqclient import Client, ConsumerDead, MQError, Worker  # isort: skip - path set by .workers
+
+
+@pytest.fixture(scope="module")
+def server(django_db_setup, django_db_blocker):
+    with live_server() as url:
+        yield url
+
+
+@pytest.fixture
+def token(server, transactional_db) -> str:
+    _token, raw = Token.issue(f"t-{secrets.token_hex(4)}", ["admin"])
+    return raw
+
+
+@pytest.fixture
+def client(server, token) -> Client:
+    return Client(server, token)
+
+
+def run_in_thread(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run, kwargs={"handle_signals": False}, daemon=True)
+    thread.start()
+    return thread
+
+
+def consumer_named(client: Client, name: str) -> dict:
+    return next(c for c in client.consumers() if c["name"] == name)
+
+
+def test_client_sends_receives_acks_nacks_and_extends(client):
+    client.put_queue("jobs", visibility_timeout=30)
+    first = client.send("jobs", {"n": 1}, priority=3, headers={"k": "v"})
+    batch = client.send_batch("jobs", [{"body": 2}, {"body": 3, "dedup_id": "x"}, {"body": 4, "dedup_id": "x"}])
+    assert [m["duplicate"] for m in batch] == [False, False, True]
+    got = client.receive("jobs", max=10)
+    assert [m.body for m in got] == [{"n": 1}, 2, 3]
+    assert got[0].id == first and got[0].headers == {"k": "v"} and got[0].priority == 3
+    assert client.extend("jobs", [got[0].receipt], 60)["extended"] == [first]
+    assert client.nack("jobs", [got[1].receipt], reason="try later")["nacked"] == [got[1].id]
+    assert sorted(client.ack("jobs", [got[0].receipt, got[2].receipt])["acked"]) == sorted([first, got[2].id])
+    again = client.receive("jobs", wait=1)
+    assert again[0].id == got[1].id and again[0].delivery_count == 2
+
+
+def test_client_raises_the_servers_errors(client, server):
+    with pytest.raises(MQError) as missing:
+        client.receive("nope")
+    assert (missing.value.status, missing.value.code) == (404, "queue_not_found")
+    with pytest.raises(MQError) as unauthorized:
+        Client(server, "mqnobody.secret").receive("nope")
+    assert unauthorized.value.status == 401
+    client.put_queue("jobs")
+    reg = client.register("w", ["jobs"], heartbeat_timeout=5)
+    assert client.heartbeat(reg.id)["status"] == "alive"
+    client.leave(reg.id)
+    with pytest.raises(ConsumerDead):
+        client.heartbeat(reg.id)
+
+
+def test_backoff_doubles_per_delivery_up_to_the_maximum():
+    worker = Worker(Client("http://127.0.0.1:1", "t.x"), "q", print, backoff_base=1, backoff_max=30)
+    assert [worker.backoff(n) for n in (1, 2, 3, 4, 5, 6, 20)] == [1, 2, 4, 8, 16, 30, 30]
+
+
+def test_failing_handler_is_retried_with_exponential_backoff(client):
+    client.put_queue("jobs", max_deliveries=10)
+    client.send("jobs", "boom")
+    attempts: list[tuple[float, int]] = []
+
+    def handler(message):
+        attempts.append((time.monotonic(), message.delivery_count))
+        raise ValueError(f"attempt {message.delivery_count} failed")
+
+    worker = Worker(client, "jobs", handler, backoff_base=1, poll_wait=1)
+    thread = run_in_thread(worker)
+    wait_for(lambda: len(attempts) >= 3, timeout=20)
+    worker.stop()
+    thread.join(10)
+    assert [count for _at, count in attempts[:3]] == [1, 2, 3]
+    gaps = [attempts[i + 1][0] - attempts[i][0] for i in range(2)]
+    # Each retry waited at least its backoff: 1 s, then 2 s.
+    assert gaps[0] >= 1 - 0.05 and gaps[1] >= 2 - 0.05
+    waiting = client.request("GET", "/queues/jobs/messages?state=delayed")["messages"]
+    assert waiting and waiting[0]["last_error"] == "ValueError: attempt 3 failed"
+    assert worker.stats["failed"] == 3 and worker.stats["processed"] == 0
+
+
+def test_long_handler_keeps_its_lease_and_is_not_delivered_twice(client):
+    # The lease is 2 s, the work 4 s; a second worker waits for any message
+    # whose lease runs out. Without extensions it would get this one.
+    client.put_queue("slow", visibility_timeout=2)
+    client.send("slow", "bake")
+    handled: list[tuple[str, int]] = []
+
+    def handler(message):
+        handled.append((message.id, message.delivery_count))
+        time.sleep(4)
+
+    workers = [Worker(client, "slow", handler, name=f"w{i}", poll_wait=1) for i in range(2)]
+    threads = [run_in_thread(w) for w in workers]
+    wait_for(lambda: sum(w.stats["processed"] for w in workers) == 1, timeout=20)
+    time.sleep(0.5)  # a redelivery would have reached the idle worker by now
+    for w in workers:
+        w.stop()
+    for t in threads:
+        t.join(10)
+    assert len(handled) == 1 and handled[0][1] == 1
+    assert sum(w.stats["extended"] for w in workers) >= 2
+    assert sum(w.stats["stale"] for w in workers) == 0
+    counts = client.get_queue("slow")
+    assert (counts["ready"], counts["in_flight"]) == (0, 0)
+
+
+def test_sigterm_finishes_started_work_hands_back_the_rest_and_leaves(client, server, token, tmp_path):
+    client.put_queue("jobs", visibility_timeout=60)
+    client.send_batch("jobs", [{"body": {"sleep": 2, "n": i}} for i in range(3)])
+    log = tmp_path / "log"
+    proc = start_worker(server, token, log, "--queue", "jobs", "--prefetch", "1", "--poll-wait", "1", name="w")
+    try:
+        wait_for(lambda: read_log(log), timeout=20)
+        wait_for(lambda: consumer_named(client, "w")["in_flight"] == 2, timeout=5)  # one started, one waiting
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        stop(proc)
+    entries = read_log(log)
+    started = [e.message for e in entries if e.event == "start"]
+    assert len(started) == 1
+    assert [e.message for e in entries if e.event == "done"] == started
+    counts = client.get_queue("jobs")
+    # The started message was finished and acked; the other two are ready for
+    # other workers right away (one handed back, one never taken).
+    assert (counts["ready"], counts["in_flight"]) == (2, 0)
+    assert consumer_named(client, "w")["status"] == "dead"
+
+
+def test_second_sigterm_releases_everything_and_exits(client, server, token, tmp_path):
+    client.put_queue("jobs", visibility_timeout=60)
+    client.send("jobs", {"sleep": 30})
+    log = tmp_path / "log"
+    proc = start_worker(server, token, log, "--queue", "jobs", "--poll-wait", "1", name="w")
+    try:
+        wait_for(lambda: read_log(log), timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 1
+    finally:
+        stop(proc)
+    assert [e.event for e in read_log(log)] == ["start"]
+    counts = client.get_queue("jobs")
+    # Back to ready at once, not after the 60 s lease.
+    assert (counts["ready"], counts["in_flight"]) == (1, 0)
+    assert consumer_named(client, "w")["status"] == "dead"
+    again = client.receive("jobs")
+    assert again and again[0].delivery_count == 2
+
+
+def test_demo_says_how_to_start_a_server_when_none_runs(db):
+    import io
+
+    from queues.demo import run_demo
+
+    from .live import free_port
+
+    out = io.StringIO()
+    assert run_demo(f"http://127.0.0.1:{free_port()}", "mqx.y", out=out) == 1
+    assert "make run" in out.getvalue()
