@@ -26,6 +26,7 @@ page's ``{"type": "history", "queue": name-or-null}``).
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from channels.db import database_sync_to_async
@@ -54,6 +55,13 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         await self.channel_layer.group_discard(GROUP, self.channel_name)
+
+    @classmethod
+    async def decode_json(cls, text_data: str) -> Any:
+        try:
+            return json.loads(text_data)
+        except ValueError:
+            return None  # a garbled request is ignored, the socket stays up
 
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         # The only request a page makes: chart history this process kept.

@@ -161,3 +161,17 @@ async def test_tick_queries_do_not_grow_with_open_dashboards_or_stored_messages(
         frame = await receive_until(comm, lambda f: f["type"] == "queue")
         assert frame["ready"] == 500
         await comm.disconnect()
+
+
+async def test_a_garbled_request_is_ignored_and_the_socket_stays_up():
+    await sync_to_async(make_queue)("orders")
+    cookie = await sync_to_async(session_cookie)(staff=True)
+    comm = communicator(cookie)
+    assert (await comm.connect())[0]
+    await comm.receive_json_from(timeout=5)
+    await comm.send_to(text_data="{not json")
+    await comm.send_json_to({"type": "history", "queue": 42})
+    await comm.send_json_to({"type": "history", "queue": "orders"})
+    answer = await receive_until(comm, lambda f: f["type"] == "history")
+    assert answer["queue"] == "orders"
+    await comm.disconnect()

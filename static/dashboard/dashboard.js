@@ -440,6 +440,9 @@
       set("dead", fmtInt(q.dead)); set("in_rate", fmtRate(q.in_rate)); set("out_rate", fmtRate(q.out_rate));
       set("oldest", q.oldest_ready_at === null || q.oldest_ready_at === undefined ? "–" : fmtAge(serverNow() - q.oldest_ready_at));
       document.getElementById("paused-badge").hidden = !q.paused;
+      // Another operator may pause or resume meanwhile: offer the action that applies now.
+      document.getElementById("pause-form").hidden = !!q.paused;
+      document.getElementById("resume-form").hidden = !q.paused;
       var deadStat = document.querySelector('[data-stat="dead"]');
       if (deadStat) deadStat.classList.toggle("bad", q.dead > 0);
     }
