@@ -29,6 +29,8 @@ from typing import Any
 
 import httpx
 
+from queues import procs
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 QUEUE = "chaos"
@@ -94,7 +96,7 @@ class Harness:
         self.database_url = database_url
         self.workdir = ROOT / "chaos-run"
         self.env = dict(os.environ, DATABASE_URL=database_url, MQ_MONITOR="on", PYTHONUNBUFFERED="1")
-        self.ports = [self._free_port(), self._free_port()]
+        self.ports = [procs.free_port(), procs.free_port()]
         self.nodes: dict[int, subprocess.Popen[bytes] | None] = {p: None for p in self.ports}
         self.workers: dict[int, subprocess.Popen[bytes]] = {}
         self.killed_workers: list[int] = []
@@ -106,28 +108,12 @@ class Harness:
         self.stop = threading.Event()
         self.token = ""
 
-    @staticmethod
-    def _free_port() -> int:
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
     def manage(self, *args: str) -> str:
-        return subprocess.run(
-            [PY, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True
-        ).stdout
+        return procs.manage(self.env, *args)
 
     def setup(self) -> None:
-        import psycopg
-
-        base, _, name = self.database_url.rpartition("/")
-        with psycopg.connect(f"{base.replace('postgres://', 'postgresql://', 1)}/postgres", autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            c.execute(f'CREATE DATABASE "{name}"')
-        self.manage("migrate", "--no-input", "-v0")
-        self.token = self.manage("mq", "token", "create", "chaos", "--scope", "produce,consume,admin").strip().splitlines()[-1]
+        self.env.update(procs.fresh_database(self.database_url), MQ_MONITOR="on")
+        self.token = procs.issue_token(self.env, "chaos")
         self.manage("mq", "queue", "create", DLQ)
         self.manage("mq", "queue", "create", QUEUE, "--visibility-timeout", "4", "--max-deliveries", "20", "--dead-letter", DLQ)
         self.workdir.mkdir(exist_ok=True)
@@ -137,18 +123,10 @@ class Harness:
     # -- processes ------------------------------------------------------------
 
     def start_node(self, port: int) -> None:
-        logf = open(self.workdir / f"node-{port}.log", "a")  # noqa: SIM115
-        self.nodes[port] = subprocess.Popen(
-            [PY, "manage.py", "mq", "serve", "--port", str(port)], cwd=ROOT, env=self.env, stdout=logf, stderr=logf
-        )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code in (200, 503):
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise RuntimeError(f"node {port} did not start")
+        log_path = self.workdir / f"node-{port}.log"
+        with open(log_path, "a") as log:
+            # 503 is up too: a node answers while PostgreSQL restarts.
+            self.nodes[port] = procs.start_server(port, self.env, log, log_path, ok=(200, 503))
 
     def kill_node(self, port: int) -> None:
         proc = self.nodes[port]

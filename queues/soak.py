@@ -12,7 +12,6 @@ import asyncio
 import os
 import re
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+from queues import procs
 
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -49,40 +50,16 @@ class Soak:
         self.errors = 0
         self.ws_messages = 0
 
-    def manage(self, *args: str) -> str:
-        return subprocess.run(
-            [PY, "manage.py", *args], cwd=ROOT, env=self.env, check=True, capture_output=True, text=True
-        ).stdout
-
     def setup(self) -> None:
-        import psycopg
-
-        base, _, name = self.database_url.rpartition("/")
-        with psycopg.connect(f"{base.replace('postgres://', 'postgresql://', 1)}/postgres", autocommit=True) as c:
-            c.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            c.execute(f'CREATE DATABASE "{name}"')
-        self.manage("migrate", "--no-input", "-v0")
-        self.token = self.manage("mq", "token", "create", "soak", "--scope", "produce,consume,admin").strip().splitlines()[-1]
-        out = self.manage("mq", "operator")
+        self.env.update(procs.fresh_database(self.database_url), MQ_MONITOR="on")
+        self.token = procs.issue_token(self.env, "soak")
+        out = procs.manage(self.env, "mq", "operator")
         self.password = re.search(r"password: (\S+)", out).group(1)  # type: ignore[union-attr]
-        self.manage("mq", "queue", "create", QUEUE)
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        procs.manage(self.env, "mq", "queue", "create", QUEUE)
+        self.port = procs.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
-        self.log = open(ROOT / "soak-server.log", "w")  # noqa: SIM115
-        self.server = subprocess.Popen(
-            [PY, "manage.py", "mq", "serve", "--port", str(self.port)], cwd=ROOT, env=self.env,
-            stdout=self.log, stderr=self.log,
-        )
-        for _ in range(100):
-            try:
-                if httpx.get(f"{self.base}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        self.log = open(ROOT / "soak-server.log", "w")  # noqa: SIM115 - the server's lifetime
+        self.server = procs.start_server(self.port, self.env, self.log, ROOT / "soak-server.log")
 
     def session_cookie(self) -> str:
         with httpx.Client(base_url=self.base) as c:

@@ -5,9 +5,6 @@ feed. Screenshots go to screenshots/ (git-ignored) for a person to look at."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -17,6 +14,7 @@ import httpx
 import pytest
 from django.contrib.auth import get_user_model
 
+from queues.procs import serving
 from queues.tests.live import ROOT, free_port, subprocess_env
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,33 +33,8 @@ CHROMIUM_ARGS = [
 @contextmanager
 def serve(port: int) -> Iterator[str]:
     """`mq serve` on a given port (so it can be restarted on the same one)."""
-    url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "mq", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=subprocess_env(MQ_MONITOR="on"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"mq serve exited with {proc.returncode}"
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "mq serve did not start"
-            time.sleep(0.1)
+    with serving(subprocess_env(MQ_MONITOR="on"), port) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def in_thread(fn: Callable[[], object]) -> object:

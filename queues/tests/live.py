@@ -4,27 +4,17 @@ across processes (README session, crash recovery, browsers, boto3)."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
-import httpx
 from django.conf import settings
 
-ROOT = Path(__file__).resolve().parents[2]
+from queues.procs import ROOT, free_port, serving
+
+__all__ = ["ROOT", "free_port", "live_server", "subprocess_env", "database_url_of_test_run"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_database_url() -> str:
+def database_url_of_test_run() -> str:
     """DATABASE_URL naming the database this test run uses."""
     db = settings.DATABASES["default"]
     if db["ENGINE"].endswith("sqlite3"):
@@ -38,44 +28,19 @@ def test_database_url() -> str:
 
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(DATABASE_URL=test_database_url(), PYTHONUNBUFFERED="1", MQ_DB_POOL="on", **extra)
+    env.update(DATABASE_URL=database_url_of_test_run(), PYTHONUNBUFFERED="1", MQ_DB_POOL="on", **extra)
     return env
 
 
 @contextmanager
-def live_server(*, monitor: bool = True, timeout: float = 20.0, **extra_env: str) -> Iterator[str]:
-    """Start `manage.py mq serve` on a free port; yields its base URL."""
+def live_server(*, monitor: bool = True, **extra_env: str) -> Iterator[str]:
+    """Start `manage.py mq serve` on a free port against the test database;
+    yields its base URL."""
     port = free_port()
     env = subprocess_env(MQ_MONITOR="on" if monitor else "off", **extra_env)
-    log = open(ROOT / f".live-server-{port}.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "mq", "serve", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    log_path = ROOT / f".live-server-{port}.log"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mq serve exited with {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"mq serve did not start: {Path(log.name).read_text()[-2000:]}")
-            time.sleep(0.1)
-        yield url
+        with serving(env, port, log_path) as url:
+            yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        Path(log.name).unlink(missing_ok=True)
+        log_path.unlink(missing_ok=True)

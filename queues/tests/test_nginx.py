@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from queues.procs import stop, wait_until_up
+
 from .live import ROOT, free_port, live_server
 
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
@@ -102,27 +104,9 @@ def cluster(transactional_db: None, tmp_path: Path) -> Iterator[Cluster]:
             stderr=subprocess.DEVNULL,
         )
 
-        def stop_nginx() -> None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-        stack.callback(stop_nginx)
+        stack.callback(stop, proc)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + NGINX_START_SECONDS
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                log = tmp_path / "error.log"
-                raise RuntimeError(f"nginx did not start: {log.read_text() if log.exists() else ''}")
-            time.sleep(0.1)
+        wait_until_up(url, proc, what="nginx", timeout=NGINX_START_SECONDS, log=tmp_path / "error.log")
         yield Cluster(url, nodes, tmp_path / "access.log", stack, node_stacks)
 
 
