@@ -86,20 +86,30 @@ class Tally:
                 self.ready_queues.add(queue_id)
 
     def save(self) -> None:
-        """Write the deltas and arrange wake-ups; call inside the transaction."""
+        """Write the deltas and arrange wake-ups; call inside the transaction.
+        One statement: the delta rows, and on PostgreSQL the NOTIFY with them."""
         rows = [
-            QueueStatsDelta(queue_id=qid, **{k: v for k, v in d.items() if v})
+            (qid, *(d.get(f, 0) for f in COUNTER_FIELDS))
             for qid, d in self.deltas.items()
             if any(d.values())
         ]
+        ready = sorted(self.ready_queues)
+        statements: list[str] = []
+        params: list[Any] = []
         if rows:
-            QueueStatsDelta.objects.bulk_create(rows)
-        if self.ready_queues:
-            ready = sorted(self.ready_queues)
-            if dialect().postgres:
-                # Delivered at commit to every process's listener.
-                with connection.cursor() as cur:
-                    cur.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, ",".join(map(str, ready))])
+            values = ", ".join([f"({placeholders(len(rows[0]))})"] * len(rows))
+            statements.append(f"INSERT INTO {DELTA_TABLE} (queue_id, {', '.join(COUNTER_FIELDS)}) VALUES {values}")
+            params += [value for row in rows for value in row]
+        if ready and dialect().postgres:
+            # Delivered at commit to every process's listener.
+            statements.append("SELECT pg_notify(%s, %s)")
+            params += [NOTIFY_CHANNEL, ",".join(map(str, ready))]
+        if statements:
+            # Both in one round trip: a data-modifying WITH always runs.
+            sql = f"WITH d AS ({statements[0]}) {statements[1]}" if len(statements) == 2 else statements[0]
+            with connection.cursor() as cur:
+                cur.execute(sql, params)
+        if ready:
             # Same process: wake at once, without a round trip through the server.
             transaction.on_commit(lambda: notify.wake(ready))
 
@@ -411,7 +421,7 @@ def _publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None 
                 seen = dict(_dedup_message_ids(queue.id, list(taken)))
                 for key, i in taken.items():
                     results[i] = Published(str(seen.get(key) or ""), True)
-        rows: list[Message] = []
+        rows: list[tuple[Any, ...]] = []
         row_index: list[int] = []
         for i, m in enumerate(messages):
             if results[i] is not None:
@@ -421,29 +431,19 @@ def _publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None 
             delay = queue.delay if m.delay is None else m.delay
             state = S.DELAYED if delay > 0 else S.READY
             rows.append(
-                Message(
-                    queue_id=queue.id,
-                    state=state,
-                    priority=m.priority,
-                    body=m.body.decode(),
-                    headers=orjson.dumps(m.headers).decode(),
-                    group_key=m.group or "",
-                    dedup_id=m.dedup_id,
-                    enqueued_at=now,
-                    visible_at=now + delay,
-                )
+                (queue.id, state.value, m.priority, m.body.decode(), orjson.dumps(m.headers).decode(),
+                 m.group or "", m.dedup_id, 0, now, now + delay, "")
             )
             row_index.append(i)
-        if rows:
-            Message.objects.bulk_create(rows)
+        ids = _insert_messages(rows)
         tally = Tally()
-        for i, row in zip(row_index, rows, strict=True):
-            results[i] = Published(str(row.pk), False)
-            tally.move(queue.id, None, row.state)
+        for i, row, pk in zip(row_index, rows, ids, strict=True):
+            results[i] = Published(str(pk), False)
+            tally.move(queue.id, None, row[1])
         tally.add(queue.id, "sent_total", len(rows))
         bind = {
-            dedup: row.pk
-            for i, row in zip(row_index, rows, strict=True)
+            dedup: pk
+            for i, pk in zip(row_index, ids, strict=True)
             if (dedup := messages[i].dedup_id) is not None and dedup in fresh_keys
         }
         _bind_dedup_keys(queue.id, bind)
@@ -454,6 +454,50 @@ def _publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None 
                 results[i] = Published(first.id, True)
         tally.save()
     return [r for r in results if r is not None]
+
+
+# The columns a new message is written with (the lease, consumer, origin and
+# dead_at start out NULL), and their PostgreSQL array types for unnest.
+NEW_MESSAGE_COLUMNS = (
+    ("queue_id", "bigint"),
+    ("state", "varchar"),
+    ("priority", "smallint"),
+    ("body", "text"),
+    ("headers", "text"),
+    ("group_key", "varchar"),
+    ("dedup_id", "varchar"),
+    ("delivery_count", "integer"),
+    ("enqueued_at", "float8"),
+    ("visible_at", "float8"),
+    ("last_error", "text"),
+)
+
+
+def _insert_messages(rows: list[tuple[Any, ...]]) -> list[int]:
+    """Insert a batch in one statement; returns the new ids in row order.
+
+    PostgreSQL gets one array per column through ``unnest`` (11 parameters
+    whatever the batch size), SQLite a VALUES list. Half the cost of
+    ``bulk_create``, which builds and reads back a model instance per row.
+    Ids come from one sequence inside one statement, so they ascend in row
+    order: sorting what RETURNING gives back pairs them with their rows."""
+    if not rows:
+        return []
+    names = ", ".join(name for name, _ in NEW_MESSAGE_COLUMNS)
+    if dialect().postgres:
+        arrays = ", ".join(f"%s::{kind}[]" for _, kind in NEW_MESSAGE_COLUMNS)
+        sql = f"INSERT INTO {MESSAGE_TABLE} ({names}) SELECT * FROM unnest({arrays}) RETURNING id"
+        params: list[Any] = [list(column) for column in zip(*rows, strict=True)]
+    else:
+        row_sql = f"({placeholders(len(NEW_MESSAGE_COLUMNS))})"
+        sql = f"INSERT INTO {MESSAGE_TABLE} ({names}) VALUES {', '.join([row_sql] * len(rows))} RETURNING id"
+        params = [value for row in rows for value in row]
+    with connection.cursor() as cur:
+        cur.execute(sql, params)
+        ids = sorted(r[0] for r in cur.fetchall())
+    if len(ids) != len(rows):
+        raise AssertionError(f"inserted {len(rows)} messages, got {len(ids)} ids back")
+    return ids
 
 
 def _claim_dedup_keys(queue_id: int, keys: list[str], now: float, expires_at: float) -> set[str]:

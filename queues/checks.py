@@ -43,3 +43,24 @@ def check_secrets(app_configs: Any = None, **kwargs: Any) -> list[Warning | Erro
             )
         )
     return problems
+
+
+# Django middleware that must be in MIDDLEWARE, itself or a subclass.
+REQUIRED_MIDDLEWARE = {
+    "django.middleware.security.SecurityMiddleware": "security headers (HSTS, nosniff) and the HTTPS redirect",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware": "the X-Frame-Options header",
+    "django.middleware.csrf.CsrfViewMiddleware": "CSRF protection of the admin's forms",
+}
+
+
+@register()
+def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    from django.utils.module_loading import import_string
+
+    installed = [import_string(path) for path in settings.MIDDLEWARE]
+    problems: list[Warning] = []
+    for path, what in REQUIRED_MIDDLEWARE.items():
+        required = import_string(path)
+        if not any(isinstance(cls, type) and issubclass(cls, required) for cls in installed):
+            problems.append(Warning(f"MIDDLEWARE has no {path} (or subclass of it): responses go without {what}.", id="mq.W004"))
+    return problems

@@ -189,13 +189,15 @@ class Message(models.Model):
     # The lease: a fresh random token per delivery fences stale acks.
     lease_token = models.CharField(max_length=32, null=True, blank=True)
     lease_expires_at = models.FloatField(null=True, blank=True)
+    # Indexed by mq_msg_consumer (a plain btree: no varchar_pattern_ops twin).
     consumer = models.ForeignKey(
-        "Consumer", null=True, blank=True, on_delete=models.SET_NULL, related_name="messages"
+        "Consumer", null=True, blank=True, on_delete=models.SET_NULL, related_name="messages", db_index=False
     )
     # Set when the message was dead-lettered into another queue; redrive
     # sends it back there.
+    # Indexed by the partial mq_msg_origin: almost every row has no origin.
     origin_queue = models.ForeignKey(
-        Queue, null=True, blank=True, on_delete=models.SET_NULL, related_name="dead_lettered"
+        Queue, null=True, blank=True, on_delete=models.SET_NULL, related_name="dead_lettered", db_index=False
     )
     last_error = models.TextField(default="", blank=True)
     dead_at = models.FloatField(null=True, blank=True)
@@ -221,9 +223,8 @@ class Message(models.Model):
             models.Index(
                 fields=["lease_expires_at"], condition=Q(state="in_flight"), name="mq_msg_lease"
             ),
-            models.Index(
-                fields=["consumer"], condition=Q(state="in_flight"), name="mq_msg_consumer"
-            ),
+            # Leases held by a consumer; also serves SET NULL when one is deleted.
+            models.Index(fields=["consumer"], name="mq_msg_consumer"),
             # FIFO group heads.
             models.Index(
                 fields=["queue", "group_key", "id"], condition=~Q(group_key=""), name="mq_msg_group"

@@ -9,6 +9,7 @@ one listening connection per process and event loop, not one per request.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -84,7 +85,8 @@ def _ensure_listener(loop: asyncio.AbstractEventLoop) -> None:
         return
     task = _listeners.get(loop)
     if task is None or task.done():
-        _listeners[loop] = loop.create_task(_listen_forever())
+        # A context of its own: not the request's that happened to start it.
+        _listeners[loop] = loop.create_task(_listen_forever(), context=contextvars.Context())
 
 
 def conninfo() -> str:

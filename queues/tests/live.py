@@ -11,7 +11,7 @@ from django.conf import settings
 
 from queues.procs import ROOT, free_port, serving
 
-__all__ = ["ROOT", "free_port", "live_server", "subprocess_env", "database_url_of_test_run"]
+__all__ = ["ROOT", "database_url_of_test_run", "free_port", "live_server", "subprocess_env"]
 
 
 def database_url_of_test_run() -> str:

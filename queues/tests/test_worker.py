@@ -105,15 +105,17 @@ def test_failing_handler_is_retried_with_exponential_backoff(client):
 
 
 def test_long_handler_keeps_its_lease_and_is_not_delivered_twice(client):
-    # The lease is 2 s, the work 4 s; a second worker waits for any message
-    # whose lease runs out. Without extensions it would get this one.
-    client.put_queue("slow", visibility_timeout=2)
+    # The lease is 3 s, the work 5 s; a second worker waits for any message
+    # whose lease runs out. Without extensions it would get this one. (The
+    # worker extends with a third of the lease left: 1 s of slack for an
+    # extend request on a loaded machine.)
+    client.put_queue("slow", visibility_timeout=3)
     client.send("slow", "bake")
     handled: list[tuple[str, int]] = []
 
     def handler(message):
         handled.append((message.id, message.delivery_count))
-        time.sleep(4)
+        time.sleep(5)
 
     workers = [Worker(client, "slow", handler, name=f"w{i}", poll_wait=1) for i in range(2)]
     threads = [run_in_thread(w) for w in workers]
