@@ -6,7 +6,7 @@ import sqlite3
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, Warning, register
+from django.core.checks import Error, Tags, Warning, register
 
 LOCAL_HOSTS = {"127.0.0.1", "localhost", "[::1]", "::1", "testserver"}
 
@@ -63,4 +63,31 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
         required = import_string(path)
         if not any(isinstance(cls, type) and issubclass(cls, required) for cls in installed):
             problems.append(Warning(f"MIDDLEWARE has no {path} (or subclass of it): responses go without {what}.", id="mq.W004"))
+    return problems
+
+
+@register(Tags.database)
+def check_autovacuum(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[Warning]:
+    """Run by `migrate` and `check --database default`: the messages table
+    churns (every message is inserted, updated and deleted), so without
+    autovacuum its dead rows pile up and every claim wades through them."""
+    from django.db import connections
+
+    problems: list[Warning] = []
+    for alias in databases or []:
+        conn = connections[alias]
+        if conn.vendor != "postgresql":
+            continue
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_setting('autovacuum')")
+            (setting,) = cur.fetchone()
+        if setting != "on":
+            problems.append(
+                Warning(
+                    f"PostgreSQL autovacuum is off on database {alias!r}: acked messages leave dead rows "
+                    "that nothing reclaims, and the messages table and its indexes grow without end.",
+                    hint="Turn autovacuum on (postgresql.conf), or run VACUUM queues_message regularly.",
+                    id="mq.W005",
+                )
+            )
     return problems

@@ -806,3 +806,55 @@ def test_a_batch_costs_a_handful_of_statements_not_one_per_message(db):
     assert len(sent) <= 12, [x["sql"][:80] for x in sent.captured_queries]
     assert len(received) <= 8, [x["sql"][:80] for x in received.captured_queries]
     assert len(acked) <= 8, [x["sql"][:80] for x in acked.captured_queries]
+
+
+def test_a_batch_keeps_its_order_ids_and_fields(db):
+    q = make_queue()
+    results = broker.publish(
+        q,
+        [
+            broker.NewMessage(body=b'"a"', priority=3, headers={"k": "v"}),
+            broker.NewMessage(body=b'"b"', delay=60, group="g"),
+            broker.NewMessage(body=b'"c"', dedup_id="d1"),
+        ],
+    )
+    ids = [int(r.id) for r in results]
+    assert ids == sorted(ids)
+    rows = {m.pk: m for m in Message.objects.filter(pk__in=ids)}
+    a, b, c = (rows[i] for i in ids)
+    assert (a.body, a.priority, a.headers, a.state) == ('"a"', 3, '{"k":"v"}', S.READY)
+    assert (b.body, b.group_key, b.state) == ('"b"', "g", S.DELAYED)
+    assert b.visible_at == pytest.approx(b.enqueued_at + 60)
+    assert (c.body, c.dedup_id, c.delivery_count, c.lease_token, c.consumer_id) == ('"c"', "d1", 0, None, None)
+
+
+def test_churning_tables_are_vacuumed_early_on_postgresql(db):
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL only: SQLite has no autovacuum to tune")
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT relname, reloptions FROM pg_class WHERE relname IN "
+            "('queues_message', 'queues_queuestatsdelta', 'queues_dedupkey')"
+        )
+        options = {name: set(opts or []) for name, opts in cur.fetchall()}
+    assert "autovacuum_vacuum_scale_factor=0" in options["queues_message"]
+    assert "autovacuum_vacuum_threshold=5000" in options["queues_message"]
+    assert "autovacuum_vacuum_threshold=2000" in options["queues_queuestatsdelta"]
+    assert "autovacuum_vacuum_threshold=5000" in options["queues_dedupkey"]
+
+
+def test_autovacuum_off_is_reported_by_the_database_check(db):
+    from django.db import connection
+
+    from queues.checks import check_autovacuum
+
+    if connection.vendor != "postgresql":
+        assert check_autovacuum(databases=["default"]) == []
+        return
+    with connection.cursor() as cur:
+        cur.execute("SELECT current_setting('autovacuum')")
+        (setting,) = cur.fetchone()
+    warnings = check_autovacuum(databases=["default"])
+    assert [w.id for w in warnings] == ([] if setting == "on" else ["mq.W005"])
