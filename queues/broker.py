@@ -53,6 +53,7 @@ from .states import MessageState as S
 MESSAGE_TABLE = Message._meta.db_table
 DEDUP_TABLE = "queues_dedupkey"
 DELTA_TABLE = QueueStatsDelta._meta.db_table
+CONSUMER_TABLE = Consumer._meta.db_table
 
 # Rows one sweep of expired leases takes at most, so one tick stays short.
 SWEEP_BATCH = 1000
@@ -85,31 +86,43 @@ class Tally:
             if target == S.READY:
                 self.ready_queues.add(queue_id)
 
-    def save(self) -> None:
-        """Write the deltas and arrange wake-ups; call inside the transaction.
-        One statement: the delta rows, and on PostgreSQL the NOTIFY with them."""
+    def statements(self) -> tuple[str, str, list[Any]]:
+        """The delta INSERT and (PostgreSQL) the NOTIFY this tally needs, each
+        "" when not needed, and their parameters in that order."""
         rows = [
             (qid, *(d.get(f, 0) for f in COUNTER_FIELDS))
             for qid, d in self.deltas.items()
             if any(d.values())
         ]
-        ready = sorted(self.ready_queues)
-        statements: list[str] = []
+        insert, notify_sql = "", ""
         params: list[Any] = []
         if rows:
             values = ", ".join([f"({placeholders(len(rows[0]))})"] * len(rows))
-            statements.append(f"INSERT INTO {DELTA_TABLE} (queue_id, {', '.join(COUNTER_FIELDS)}) VALUES {values}")
+            insert = f"INSERT INTO {DELTA_TABLE} (queue_id, {', '.join(COUNTER_FIELDS)}) VALUES {values}"
             params += [value for row in rows for value in row]
-        if ready and dialect().postgres:
+        if self.ready_queues and dialect().postgres:
             # Delivered at commit to every process's listener.
-            statements.append("SELECT pg_notify(%s, %s)")
-            params += [NOTIFY_CHANNEL, ",".join(map(str, ready))]
-        if statements:
-            # Both in one round trip: a data-modifying WITH always runs.
-            sql = f"WITH d AS ({statements[0]}) {statements[1]}" if len(statements) == 2 else statements[0]
+            notify_sql = "pg_notify(%s, %s)"
+            params += [NOTIFY_CHANNEL, ",".join(map(str, sorted(self.ready_queues)))]
+        return insert, notify_sql, params
+
+    def save(self) -> None:
+        """Write the deltas and arrange wake-ups; call inside the transaction.
+        One statement: the delta rows, and on PostgreSQL the NOTIFY with them."""
+        insert, notify_sql, params = self.statements()
+        if insert and notify_sql:
+            # One round trip: a data-modifying WITH always runs.
+            sql = f"WITH d AS ({insert}) SELECT {notify_sql}"
+        else:
+            sql = insert or (f"SELECT {notify_sql}" if notify_sql else "")
+        if sql:
             with connection.cursor() as cur:
                 cur.execute(sql, params)
-        if ready:
+        self.wake_at_commit()
+
+    def wake_at_commit(self) -> None:
+        if self.ready_queues:
+            ready = sorted(self.ready_queues)
             # Same process: wake at once, without a round trip through the server.
             transaction.on_commit(lambda: notify.wake(ready))
 
@@ -406,14 +419,22 @@ def _publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None 
                 f"Queue {queue.name!r} holds {waiting} of at most {queue.max_depth} messages.",
                 retry_after=1,
             )
+    first_of: dict[str, int] = {}  # dedup id -> index of its first use in this batch
+    for i, m in enumerate(messages):
+        if m.dedup_id is not None and m.dedup_id not in first_of:
+            first_of[m.dedup_id] = i
+    if not first_of and dialect().postgres:
+        # The common case: no dedup ids. Messages, counters and the NOTIFY
+        # in ONE statement, atomic on its own: one round trip, no BEGIN.
+        new_rows = [_new_row(queue, m, now) for m in messages]
+        tally = _sent_tally(queue, new_rows)
+        ids = _insert_messages(new_rows, tally)
+        tally.wake_at_commit()
+        return [Published(str(pk), False) for pk in ids]
     window = settings.MQ_DEDUP_WINDOW_SECONDS
     results: list[Published | None] = [None] * len(messages)
     with transaction.atomic():
-        first_of: dict[str, int] = {}  # dedup id -> index of its first use in this batch
         fresh_keys: set[str] = set()
-        for i, m in enumerate(messages):
-            if m.dedup_id is not None and m.dedup_id not in first_of:
-                first_of[m.dedup_id] = i
         if first_of:
             fresh_keys = _claim_dedup_keys(queue.id, list(first_of), now, now + window)
             taken = {k: v for k, v in first_of.items() if k not in fresh_keys}
@@ -428,19 +449,11 @@ def _publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None 
                 continue
             if m.dedup_id is not None and first_of[m.dedup_id] != i:
                 continue  # a repeat within the batch: resolved below
-            delay = queue.delay if m.delay is None else m.delay
-            state = S.DELAYED if delay > 0 else S.READY
-            rows.append(
-                (queue.id, state.value, m.priority, m.body.decode(), orjson.dumps(m.headers).decode(),
-                 m.group or "", m.dedup_id, 0, now, now + delay, "")
-            )
+            rows.append(_new_row(queue, m, now))
             row_index.append(i)
         ids = _insert_messages(rows)
-        tally = Tally()
-        for i, row, pk in zip(row_index, rows, ids, strict=True):
+        for i, pk in zip(row_index, ids, strict=True):
             results[i] = Published(str(pk), False)
-            tally.move(queue.id, None, row[1])
-        tally.add(queue.id, "sent_total", len(rows))
         bind = {
             dedup: pk
             for i, pk in zip(row_index, ids, strict=True)
@@ -452,7 +465,7 @@ def _publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None 
                 first = results[first_of[m.dedup_id]]  # type: ignore[index]
                 assert first is not None
                 results[i] = Published(first.id, True)
-        tally.save()
+        _sent_tally(queue, rows).save()
     return [r for r in results if r is not None]
 
 
@@ -473,14 +486,31 @@ NEW_MESSAGE_COLUMNS = (
 )
 
 
-def _insert_messages(rows: list[tuple[Any, ...]]) -> list[int]:
+def _new_row(queue: Queue, m: NewMessage, now: float) -> tuple[Any, ...]:
+    """A message's values in NEW_MESSAGE_COLUMNS order."""
+    delay = queue.delay if m.delay is None else m.delay
+    state = S.DELAYED if delay > 0 else S.READY
+    headers = orjson.dumps(m.headers).decode()
+    return (queue.id, state.value, m.priority, m.body.decode(), headers, m.group or "", m.dedup_id, 0, now, now + delay, "")
+
+
+def _sent_tally(queue: Queue, rows: list[tuple[Any, ...]]) -> Tally:
+    tally = Tally()
+    for row in rows:
+        tally.move(queue.id, None, row[1])
+    tally.add(queue.id, "sent_total", len(rows))
+    return tally
+
+
+def _insert_messages(rows: list[tuple[Any, ...]], tally: Tally | None = None) -> list[int]:
     """Insert a batch in one statement; returns the new ids in row order.
 
     PostgreSQL gets one array per column through ``unnest`` (11 parameters
     whatever the batch size), SQLite a VALUES list. Half the cost of
     ``bulk_create``, which builds and reads back a model instance per row.
-    Ids come from one sequence inside one statement, so they ascend in row
-    order: sorting what RETURNING gives back pairs them with their rows."""
+    With ``tally`` (PostgreSQL), its counter deltas and NOTIFY are written by
+    the same statement. Ids come from one sequence inside one statement, so
+    they ascend in row order: sorting them pairs them with their rows."""
     if not rows:
         return []
     names = ", ".join(name for name, _ in NEW_MESSAGE_COLUMNS)
@@ -488,13 +518,22 @@ def _insert_messages(rows: list[tuple[Any, ...]]) -> list[int]:
         arrays = ", ".join(f"%s::{kind}[]" for _, kind in NEW_MESSAGE_COLUMNS)
         sql = f"INSERT INTO {MESSAGE_TABLE} ({names}) SELECT * FROM unnest({arrays}) RETURNING id"
         params: list[Any] = [list(column) for column in zip(*rows, strict=True)]
+        if tally is not None:
+            delta, notify_sql, tally_params = tally.statements()
+            ctes = f"ins AS ({sql})" + (f", d AS ({delta})" if delta else "")
+            # One output row: the ids, and the NOTIFY called once.
+            sql = f"WITH {ctes} SELECT array_agg(id){', ' + notify_sql if notify_sql else ''} FROM ins"
+            params += tally_params
     else:
+        if tally is not None:
+            raise ValueError("a tally rides along only on PostgreSQL")
         row_sql = f"({placeholders(len(NEW_MESSAGE_COLUMNS))})"
         sql = f"INSERT INTO {MESSAGE_TABLE} ({names}) VALUES {', '.join([row_sql] * len(rows))} RETURNING id"
         params = [value for row in rows for value in row]
     with connection.cursor() as cur:
         cur.execute(sql, params)
-        ids = sorted(r[0] for r in cur.fetchall())
+        fetched = cur.fetchall()
+    ids = sorted(fetched[0][0] or []) if tally is not None else sorted(r[0] for r in fetched)
     if len(ids) != len(rows):
         raise AssertionError(f"inserted {len(rows)} messages, got {len(ids)} ids back")
     return ids
@@ -610,18 +649,26 @@ def receive(
         # Consistent hashing: a live consumer claims only the groups it owns,
         # so a group sticks to one consumer while that consumer lives.
         owned, owned_params = owned_clause(queue.name, consumer_id) if queue.fifo and consumer_id else ("", [])
+        # A consumer that left (or was declared dead) while this receive was
+        # waiting claims nothing: its leases were just released and nobody
+        # would release these. FOR SHARE orders us against the death sentence,
+        # which updates the consumer row before releasing its leases.
+        alive, alive_params = "", []
+        if consumer_id is not None:
+            alive = f" AND EXISTS (SELECT 1 FROM {CONSUMER_TABLE} c WHERE c.id = %s AND c.status <> 'dead'{d.for_share})"
+            alive_params = [consumer_id]
         # SKIP LOCKED closes the race of two receivers claiming one row: each
         # takes rows nobody else holds, without waiting for other claimers.
         sql = (
             f"UPDATE {MESSAGE_TABLE} SET state = 'in_flight', delivery_count = delivery_count + 1, "
             f"lease_token = {d.random_token}, lease_expires_at = %s, consumer_id = %s "
             f"WHERE id IN (SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready'"
-            f"{head}{owned} ORDER BY m.priority DESC, m.id LIMIT %s{d.skip_locked}) "
+            f"{head}{owned}{alive} ORDER BY m.priority DESC, m.id LIMIT %s{d.skip_locked}) "
             f"RETURNING id, body, headers, priority, group_key, delivery_count, enqueued_at, lease_token"
         )
         expires = now + vt
         with connection.cursor() as cur:
-            cur.execute(sql, [expires, consumer_id, queue.id, *owned_params, max_messages])
+            cur.execute(sql, [expires, consumer_id, queue.id, *owned_params, *alive_params, max_messages])
             rows = cur.fetchall()
         if queue.fifo and len(rows) > 1:
             rows = _one_per_group(rows)

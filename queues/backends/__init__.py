@@ -22,6 +22,8 @@ class Dialect:
     skip_locked: str
     #: appended to a SELECT that must keep its rows until commit
     for_update: str
+    #: appended to a SELECT whose rows must not change until commit (others may read)
+    for_share: str
     #: a fresh random 32-character token, computed per row in SQL
     random_token: str
 
@@ -30,6 +32,7 @@ POSTGRES = Dialect(
     postgres=True,
     skip_locked=" FOR UPDATE SKIP LOCKED",
     for_update=" FOR UPDATE",
+    for_share=" FOR SHARE",
     random_token="replace(gen_random_uuid()::text, '-', '')",
 )
 # Under BEGIN IMMEDIATE a SQLite transaction is the only writer: the rows it
@@ -38,6 +41,7 @@ SQLITE = Dialect(
     postgres=False,
     skip_locked="",
     for_update="",
+    for_share="",
     random_token="lower(hex(randomblob(16)))",
 )
 

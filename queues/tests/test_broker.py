@@ -858,3 +858,17 @@ def test_autovacuum_off_is_reported_by_the_database_check(db):
         (setting,) = cur.fetchone()
     warnings = check_autovacuum(databases=["default"])
     assert [w.id for w in warnings] == ([] if setting == "on" else ["mq.W005"])
+
+
+def test_a_receive_for_a_consumer_that_left_meanwhile_claims_nothing(db):
+    # The API refuses a dead consumer when the receive starts; a long poll
+    # that was already waiting when its consumer left must not claim either,
+    # or the message would sit leased to nobody until its timeout.
+    q = make_queue()
+    c = broker.register_consumer("w", ["q"], {}, None)
+    send(q, "x")
+    broker.leave(c.pk)
+    assert broker.receive(q, max_messages=10, consumer_id=c.pk) == []
+    assert live_counts(q)["ready"] == 1
+    other = broker.register_consumer("v", ["q"], {}, None)
+    assert len(broker.receive(q, max_messages=10, consumer_id=other.pk)) == 1

@@ -147,14 +147,20 @@ def test_graceful_leave_releases_at_once(api):
 
 
 def test_a_claim_that_commits_after_the_death_is_swept_back(api):
-    # A receive that checked its consumer just before the monitor declared it
-    # dead can commit its claim just after the release.
+    # A receive that was already waiting when the monitor declared its
+    # consumer dead claims nothing (the claim shares a lock on the consumer
+    # row, which the death sentence updates first). Should a lease to a dead
+    # consumer exist anyway, the monitor's next pass sweeps it back.
     api.make_queue("jobs", visibility_timeout=3600)
     api.send("jobs", "late")
     cid = register(api, timeout=2)["id"]
     now = Consumer.objects.get(pk=cid).last_heartbeat + 3
     health.check_consumers(now=now)
-    broker.receive(broker.get_queue("jobs"), consumer_id=cid)  # the straggler
+    jobs = broker.get_queue("jobs")
+    assert broker.receive(jobs, consumer_id=cid) == []
+    assert api.counts("jobs")["ready"] == 1
+    broker.receive(jobs)
+    Message.objects.filter(state="in_flight").update(consumer_id=cid)  # the straggler
     assert api.counts("jobs")["in_flight"] == 1
     done = health.check_consumers(now=now + 0.25)
     assert done["released"] == 1
