@@ -642,40 +642,51 @@ def receive(
     now = time.time() if now is None else now
     vt = queue.visibility_timeout if visibility_timeout is None else visibility_timeout
     d = dialect()
-    with transaction.atomic():
-        tally = Tally()
-        _promote_due(tally, now, queue_id=queue.id)
-        head = f" AND {FIFO_HEAD}" if queue.fifo else ""
-        # Consistent hashing: a live consumer claims only the groups it owns,
-        # so a group sticks to one consumer while that consumer lives.
-        owned, owned_params = owned_clause(queue.name, consumer_id) if queue.fifo and consumer_id else ("", [])
-        # A consumer that left (or was declared dead) while this receive was
-        # waiting claims nothing: its leases were just released and nobody
-        # would release these. FOR SHARE orders us against the death sentence,
-        # which updates the consumer row before releasing its leases.
-        alive, alive_params = "", []
-        if consumer_id is not None:
-            alive = f" AND EXISTS (SELECT 1 FROM {CONSUMER_TABLE} c WHERE c.id = %s AND c.status <> 'dead'{d.for_share})"
-            alive_params = [consumer_id]
-        # SKIP LOCKED closes the race of two receivers claiming one row: each
-        # takes rows nobody else holds, without waiting for other claimers.
-        sql = (
-            f"UPDATE {MESSAGE_TABLE} SET state = 'in_flight', delivery_count = delivery_count + 1, "
-            f"lease_token = {d.random_token}, lease_expires_at = %s, consumer_id = %s "
-            f"WHERE id IN (SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready'"
-            f"{head}{owned}{alive} ORDER BY m.priority DESC, m.id LIMIT %s{d.skip_locked}) "
-            f"RETURNING id, body, headers, priority, group_key, delivery_count, enqueued_at, lease_token"
-        )
-        expires = now + vt
+    expires = now + vt
+    head = f" AND {FIFO_HEAD}" if queue.fifo else ""
+    # Consistent hashing: a live consumer claims only the groups it owns,
+    # so a group sticks to one consumer while that consumer lives.
+    owned, owned_params = owned_clause(queue.name, consumer_id) if queue.fifo and consumer_id else ("", [])
+    # A consumer that left (or was declared dead) while this receive was
+    # waiting claims nothing: its leases were just released and nobody
+    # would release these. FOR SHARE orders us against the death sentence,
+    # which updates the consumer row before releasing its leases.
+    alive, alive_params = "", []
+    if consumer_id is not None:
+        alive = f" AND EXISTS (SELECT 1 FROM {CONSUMER_TABLE} c WHERE c.id = %s AND c.status <> 'dead'{d.for_share})"
+        alive_params = [consumer_id]
+    # SKIP LOCKED closes the race of two receivers claiming one row: each
+    # takes rows nobody else holds, without waiting for other claimers.
+    claim = (
+        f"UPDATE {MESSAGE_TABLE} SET state = 'in_flight', delivery_count = delivery_count + 1, "
+        f"lease_token = {d.random_token}, lease_expires_at = %s, consumer_id = %s "
+        f"WHERE id IN (SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready'"
+        f"{head}{owned}{alive} ORDER BY m.priority DESC, m.id LIMIT %s{d.skip_locked}) "
+        f"RETURNING id, body, headers, priority, group_key, delivery_count, enqueued_at, lease_token"
+    )
+    params = [expires, consumer_id, queue.id, *owned_params, *alive_params, max_messages]
+    if d.postgres and not queue.fifo:
+        # Two statements, each atomic on its own with its counter delta: the
+        # promotion of due delayed messages (no commit to wait for when there
+        # are none) and the claim. No BEGIN/COMMIT round trips.
+        _promote_due_in_one_statement(queue.id, now)
+        counted = _with_delta(claim, {"ready": "-count(*)", "in_flight": "count(*)", "received_total": "count(*)"})
         with connection.cursor() as cur:
-            cur.execute(sql, [expires, consumer_id, queue.id, *owned_params, *alive_params, max_messages])
+            cur.execute(f"{counted} SELECT * FROM main", [*params, queue.id])
             rows = cur.fetchall()
-        if queue.fifo and len(rows) > 1:
-            rows = _one_per_group(rows)
-        if rows:
-            tally.move(queue.id, S.READY, S.IN_FLIGHT, len(rows))
-            tally.add(queue.id, "received_total", len(rows))
-        tally.save()
+    else:
+        with transaction.atomic():
+            tally = Tally()
+            _promote_due(tally, now, queue_id=queue.id)
+            with connection.cursor() as cur:
+                cur.execute(claim, params)
+                rows = cur.fetchall()
+            if queue.fifo and len(rows) > 1:
+                rows = _one_per_group(rows)
+            if rows:
+                tally.move(queue.id, S.READY, S.IN_FLIGHT, len(rows))
+                tally.add(queue.id, "received_total", len(rows))
+            tally.save()
     deliveries = [
         Delivery(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], expires)
         for r in rows
@@ -696,6 +707,38 @@ def _one_per_group(rows: list[tuple]) -> list[tuple]:
         seen.add(r[4])
         out.append(r)
     return out
+
+
+def _with_delta(statement: str, counters: dict[str, str]) -> str:
+    """``WITH main AS (statement), d AS (INSERT the counter delta computed
+    from main's rows)``: the caller appends its SELECT from ``main`` and
+    passes the queue id after the statement's own parameters. Data-modifying
+    WITH parts always run, so the delta lands with the statement, atomically
+    (PostgreSQL)."""
+    values = ", ".join(counters.get(f, "0") for f in COUNTER_FIELDS)
+    return (
+        f"WITH main AS ({statement}), d AS (INSERT INTO {DELTA_TABLE} (queue_id, {', '.join(COUNTER_FIELDS)}) "
+        f"SELECT %s, {values} FROM main HAVING count(*) > 0)"
+    )
+
+
+def _promote_due_in_one_statement(queue_id: int, now: float) -> int:
+    """PostgreSQL: ``_promote_due`` for one queue as one statement with its
+    delta; wakes waiters when something became ready."""
+    promote = (
+        f"UPDATE {MESSAGE_TABLE} SET state = 'ready' WHERE "
+        + _locked_in_id_order("state = 'delayed' AND visible_at <= %s AND queue_id = %s")
+        + " RETURNING id"
+    )
+    counted = _with_delta(promote, {"delayed": "-count(*)", "ready": "count(*)"})
+    with connection.cursor() as cur:
+        cur.execute(f"{counted} SELECT count(*) FROM main", [now, queue_id, queue_id])
+        (promoted,) = cur.fetchone()
+        if promoted:
+            # Rare (delayed messages came due): tell the other processes too.
+            cur.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(queue_id)])
+            transaction.on_commit(lambda: notify.wake([queue_id]))
+    return int(promoted)
 
 
 def _promote_due(tally: Tally, now: float, *, queue_id: int | None = None) -> int:
