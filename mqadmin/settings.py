@@ -236,6 +236,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MQ_MAX_REQUEST_BYTES", 10 * 1024 * 1024, 
 
 # --- mqadmin options (read lazily through queues.conf so tests can override) ---
 MQ_MONITOR = env_bool("MQ_MONITOR", True)
+# Processes `mq serve` runs on its port (above 1: PostgreSQL and Redis only).
+MQ_WORKERS = env_int("MQ_WORKERS", 1, minimum=1)
 MQ_DEDUP_WINDOW_SECONDS = env_int("MQ_DEDUP_WINDOW_SECONDS", 300, minimum=1)
 MQ_HEARTBEAT_TIMEOUT_SECONDS = env_int("MQ_HEARTBEAT_TIMEOUT_SECONDS", 15, minimum=2)
 MQ_MAX_WAIT_SECONDS = 20

@@ -5,6 +5,7 @@ Thin on purpose: parse, then delegate to the broker, the monitor or daphne.
 
 from __future__ import annotations
 
+import argparse
 import os
 import secrets
 import signal
@@ -45,6 +46,14 @@ class Command(BaseCommand):
         serve.add_argument("--host", default=None, help="Default: $HOST or 127.0.0.1.")
         serve.add_argument("--port", type=int, default=None, help="Default: $PORT or 8000.")
         serve.add_argument("--no-monitor", action="store_true", help="Do not run the monitor here.")
+        serve.add_argument(
+            "--workers",
+            type=int,
+            default=None,
+            help="Processes sharing the port, e.g. one per core (default: $MQ_WORKERS or 1). "
+            "Above 1 needs PostgreSQL and Redis (CHANNEL_LAYER_URL).",
+        )
+        serve.add_argument("--fd", type=int, default=None, help=argparse.SUPPRESS)  # a child of --workers
 
         verbs.add_parser("monitor", help="Run the monitor alone (leader-elected; run one per node).")
 
@@ -107,14 +116,24 @@ class Command(BaseCommand):
 
         host = opts.host or settings.HOST
         port = opts.port or settings.PORT
+        workers = opts.workers if opts.workers is not None else settings.MQ_WORKERS
+        if workers < 1:
+            raise CommandError("--workers must be at least 1.")
+        if workers > 1 and opts.fd is None:
+            from queues.serving import serve_workers
+
+            sys.exit(serve_workers(host, port, workers, ["--no-monitor"] if opts.no_monitor else [], self.stdout))
         if settings.MQ_MONITOR and not opts.no_monitor:
             # daphne has no lifespan hook for Django: start the loop ourselves.
             from queues import monitor
 
             monitor.start_in_background()
-        self.stdout.write(f"mqadmin serving on http://{host}:{port}/  (dashboard /, admin /admin/, API /api/v1/docs)")
-        self.stdout.flush()
-        args = ["--bind", host, "--port", str(port)]
+        if opts.fd is None:
+            self.stdout.write(f"mqadmin serving on http://{host}:{port}/  (dashboard /, admin /admin/, API /api/v1/docs)")
+            self.stdout.flush()
+            args = ["--bind", host, "--port", str(port)]
+        else:
+            args = ["--fd", str(opts.fd)]  # the socket our parent bound (--workers)
         if settings.TRUST_PROXY_HEADERS:
             # Client addresses from X-Forwarded-For: only behind our own proxy,
             # or any client could pick the address the auth brake sees.

@@ -1,0 +1,89 @@
+"""`mq serve --workers N`: one port, N processes, one broker; a dead worker
+is replaced; a stop stops them all; configurations that cannot share refuse
+with one clear sentence."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import httpx
+import psutil
+import pytest
+from django.conf import settings
+
+from conftest import make_token
+from dashboard.tests.test_two_servers import needs_postgres_and_redis
+from queues import serving
+from queues.procs import PY, ROOT, free_port, stop, wait_until_up
+
+from .live import subprocess_env
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_workers_refuse_a_setup_that_cannot_share() -> None:
+    pg, redis = "django.db.backends.postgresql", "redis://127.0.0.1:6379/0"
+    assert "needs PostgreSQL" in serving.sharing_problem("django.db.backends.sqlite3", redis, "127.0.0.1")
+    assert "needs Redis" in serving.sharing_problem(pg, "", "127.0.0.1")
+    assert "IPv4" in serving.sharing_problem(pg, redis, "::1")
+    assert serving.sharing_problem(pg, redis, "0.0.0.0") is None
+
+
+def test_workers_on_sqlite_exit_with_the_reason() -> None:
+    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.sqlite3":
+        pytest.skip("the SQLite refusal is checked on the SQLite run")
+    run = subprocess.run(
+        [PY, "manage.py", "mq", "serve", "--port", str(free_port()), "--workers", "2"],
+        cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=60,
+    )
+    assert run.returncode != 0
+    assert "--workers above 1 needs PostgreSQL" in run.stderr
+
+
+def children_of(proc: subprocess.Popen) -> list[psutil.Process]:
+    return [c for c in psutil.Process(proc.pid).children() if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_two_workers_serve_one_port_replace_a_dead_one_and_stop_together() -> None:
+    redis_url = needs_postgres_and_redis()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    token = make_token()
+    proc = subprocess.Popen(
+        [PY, "manage.py", "mq", "serve", "--port", str(port), "--workers", "2"],
+        cwd=ROOT, env=subprocess_env(CHANNEL_LAYER_URL=redis_url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_until_up(url, proc)
+        workers = children_of(proc)
+        assert len(workers) == 2
+        auth = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(base_url=f"{url}/api/v1", headers=auth, timeout=10) as api:
+            assert api.put("/queues/w", json={}).status_code == 201
+            # Fresh connections: the kernel spreads them over both workers.
+            for i in range(20):
+                r = httpx.post(f"{url}/api/v1/queues/w/messages", json={"body": i}, headers=auth, timeout=10)
+                assert r.status_code == 201
+
+            workers[0].kill()  # SIGKILL: the parent starts another
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                now = children_of(proc)
+                if len(now) == 2 and workers[0].pid not in {c.pid for c in now}:
+                    break
+                time.sleep(0.2)
+            else:
+                pytest.fail("the killed worker was not replaced")
+            wait_until_up(url, proc)
+            got = api.post("/queues/w/receive", json={"max": 100}).json()["messages"]
+            assert sorted(m["body"] for m in got) == list(range(20))
+
+        survivors = children_of(proc)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        _gone, alive = psutil.wait_procs(survivors, timeout=5)
+        assert not alive
+    finally:
+        stop(proc)
