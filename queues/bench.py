@@ -165,7 +165,7 @@ def rounds_of(n: int, fn: Callable[[], float]) -> list[float]:
 # --------------------------------------------------------------------------- #
 
 _INSERT_COLUMNS = "queue_id, state, priority, body, headers, group_key, delivery_count, enqueued_at, visible_at, last_error"
-_DELTA_INSERT = f"INSERT INTO {DELTA_TABLE} (queue_id, {', '.join(COUNTER_FIELDS)}) VALUES (%s{', %s' * len(COUNTER_FIELDS)})"
+_DELTA_INSERT = f"{broker.DELTA_INSERT_INTO} VALUES (%s{', %s' * len(COUNTER_FIELDS)})"
 _CLAIM = (
     f"UPDATE {MESSAGE_TABLE} SET state = 'in_flight', delivery_count = delivery_count + 1, "
     f"lease_token = {POSTGRES.random_token}, lease_expires_at = %s, consumer_id = %s "
@@ -173,10 +173,6 @@ _CLAIM = (
     f"ORDER BY m.priority DESC, m.id LIMIT %s FOR UPDATE SKIP LOCKED) "
     f"RETURNING id, body, headers, priority, group_key, delivery_count, enqueued_at, lease_token"
 )
-
-
-def _promote_sql() -> str:
-    return f"UPDATE {MESSAGE_TABLE} SET state = 'ready' WHERE {broker._locked_in_id_order("state = 'delayed' AND visible_at <= %s AND queue_id = %s")} RETURNING queue_id"
 
 
 def _ack_sql(n_ids: int, n_tokens: int) -> str:
@@ -192,8 +188,11 @@ def _delta(queue_id: int, **counts: int) -> list[Any]:
 
 
 class RawSQL:
-    """One connection issuing exactly what ``broker.publish/receive/ack`` issue
-    (statement for statement; the locking helper is the broker's own)."""
+    """One connection issuing the broker's statements (the same claim, the
+    broker's promote and locking helpers), each call one transaction: insert,
+    counter delta and NOTIFY; promote, claim and delta; delete and delta.
+    The broker itself now folds a send into one statement and a receive into
+    two on PostgreSQL; the floor keeps the transactional form."""
 
     def __init__(self, conninfo: str) -> None:
         self.conn = psycopg.connect(conninfo)
@@ -218,7 +217,7 @@ class RawSQL:
     def claim(self, queue_id: int, n: int) -> list[tuple[int, str]]:
         now = time.time()
         with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.execute(_promote_sql(), [now, queue_id])
+            cur.execute(broker._promote_sql(one_queue=True), [now, queue_id])
             cur.fetchall()
             cur.execute(_CLAIM, [now + 30, None, queue_id, n])
             rows = [(r[0], r[7]) for r in cur.fetchall()]

@@ -54,6 +54,8 @@ MESSAGE_TABLE = Message._meta.db_table
 DEDUP_TABLE = "queues_dedupkey"
 DELTA_TABLE = QueueStatsDelta._meta.db_table
 CONSUMER_TABLE = Consumer._meta.db_table
+# Start of every statement that writes counter deltas (rows follow).
+DELTA_INSERT_INTO = f"INSERT INTO {DELTA_TABLE} (queue_id, {', '.join(COUNTER_FIELDS)})"
 
 # Rows one sweep of expired leases takes at most, so one tick stays short.
 SWEEP_BATCH = 1000
@@ -98,7 +100,7 @@ class Tally:
         params: list[Any] = []
         if rows:
             values = ", ".join([f"({placeholders(len(rows[0]))})"] * len(rows))
-            insert = f"INSERT INTO {DELTA_TABLE} (queue_id, {', '.join(COUNTER_FIELDS)}) VALUES {values}"
+            insert = f"{DELTA_INSERT_INTO} VALUES {values}"
             params += [value for row in rows for value in row]
         if self.ready_queues and dialect().postgres:
             # Delivered at commit to every process's listener.
@@ -717,20 +719,14 @@ def _with_delta(statement: str, counters: dict[str, str]) -> str:
     (PostgreSQL)."""
     values = ", ".join(counters.get(f, "0") for f in COUNTER_FIELDS)
     return (
-        f"WITH main AS ({statement}), d AS (INSERT INTO {DELTA_TABLE} (queue_id, {', '.join(COUNTER_FIELDS)}) "
-        f"SELECT %s, {values} FROM main HAVING count(*) > 0)"
+        f"WITH main AS ({statement}), d AS ({DELTA_INSERT_INTO} SELECT %s, {values} FROM main HAVING count(*) > 0)"
     )
 
 
 def _promote_due_in_one_statement(queue_id: int, now: float) -> int:
     """PostgreSQL: ``_promote_due`` for one queue as one statement with its
     delta; wakes waiters when something became ready."""
-    promote = (
-        f"UPDATE {MESSAGE_TABLE} SET state = 'ready' WHERE "
-        + _locked_in_id_order("state = 'delayed' AND visible_at <= %s AND queue_id = %s")
-        + " RETURNING id"
-    )
-    counted = _with_delta(promote, {"delayed": "-count(*)", "ready": "count(*)"})
+    counted = _with_delta(_promote_sql(one_queue=True), {"delayed": "-count(*)", "ready": "count(*)"})
     with connection.cursor() as cur:
         cur.execute(f"{counted} SELECT count(*) FROM main", [now, queue_id, queue_id])
         (promoted,) = cur.fetchone()
@@ -741,18 +737,18 @@ def _promote_due_in_one_statement(queue_id: int, now: float) -> int:
     return int(promoted)
 
 
+def _promote_sql(*, one_queue: bool) -> str:
+    """Due delayed messages (of one queue: a second parameter) become ready,
+    locked in id order; returns their queue ids. Parameters: now[, queue id]."""
+    where = "state = 'delayed' AND visible_at <= %s" + (" AND queue_id = %s" if one_queue else "")
+    return f"UPDATE {MESSAGE_TABLE} SET state = 'ready' WHERE {_locked_in_id_order(where)} RETURNING queue_id"
+
+
 def _promote_due(tally: Tally, now: float, *, queue_id: int | None = None) -> int:
     """Delayed messages whose time has come become ready."""
-    where = "state = 'delayed' AND visible_at <= %s"
-    params: list[Any] = [now]
-    if queue_id is not None:
-        where += " AND queue_id = %s"
-        params.append(queue_id)
+    params: list[Any] = [now] if queue_id is None else [now, queue_id]
     with connection.cursor() as cur:
-        cur.execute(
-            f"UPDATE {MESSAGE_TABLE} SET state = 'ready' WHERE {_locked_in_id_order(where)} RETURNING queue_id",
-            params,
-        )
+        cur.execute(_promote_sql(one_queue=queue_id is not None), params)
         rows = cur.fetchall()
     per_queue: dict[int, int] = defaultdict(int)
     for (qid,) in rows:
