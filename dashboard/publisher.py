@@ -214,7 +214,7 @@ class Aggregator:
 
     def queue_frames(self, now: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         rows = list(Queue.objects.values_list("id", "name", "paused"))
-        counts = broker.queue_counts([r[0] for r in rows], now=now)
+        counts = broker.queue_counts(now=now)  # every queue, without a list of their ids
         frames: list[dict[str, Any]] = []
         totals: dict[str, Any] = dict.fromkeys(("ready", "delayed", "in_flight", "dead"), 0)
         totals.update(in_rate=0.0, out_rate=0.0, queues=len(rows))

@@ -40,7 +40,7 @@ from django.conf import settings
 from django.db import connection
 
 from . import broker
-from .backends import NOTIFY_CHANNEL, POSTGRES
+from .backends import NOTIFY_CHANNEL
 from .models import COUNTER_FIELDS, Message, Queue, QueueStatsDelta, Token
 
 MESSAGE_TABLE = Message._meta.db_table
@@ -164,23 +164,9 @@ def rounds_of(n: int, fn: Callable[[], float]) -> list[float]:
 # Raw SQL: the broker's own statements, straight through psycopg
 # --------------------------------------------------------------------------- #
 
+# For loading the big queue in one INSERT ... SELECT FROM generate_series.
 _INSERT_COLUMNS = "queue_id, state, priority, body, headers, group_key, delivery_count, enqueued_at, visible_at, last_error"
 _DELTA_INSERT = f"{broker.DELTA_INSERT_INTO} VALUES (%s{', %s' * len(COUNTER_FIELDS)})"
-_CLAIM = (
-    f"UPDATE {MESSAGE_TABLE} SET state = 'in_flight', delivery_count = delivery_count + 1, "
-    f"lease_token = {POSTGRES.random_token}, lease_expires_at = %s, consumer_id = %s "
-    f"WHERE id IN (SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready' "
-    f"ORDER BY m.priority DESC, m.id LIMIT %s FOR UPDATE SKIP LOCKED) "
-    f"RETURNING id, body, headers, priority, group_key, delivery_count, enqueued_at, lease_token"
-)
-
-
-def _ack_sql(n_ids: int, n_tokens: int) -> str:
-    where = (
-        f"queue_id = %s AND id IN ({', '.join(['%s'] * n_ids)}) AND lease_token IN ({', '.join(['%s'] * n_tokens)}) "
-        f"AND state IN ('in_flight', 'ready', 'delayed')"
-    )
-    return f"DELETE FROM {MESSAGE_TABLE} WHERE {broker._locked_in_id_order(where)} RETURNING id, lease_token, state, origin_queue_id"
 
 
 def _delta(queue_id: int, **counts: int) -> list[Any]:
@@ -188,51 +174,40 @@ def _delta(queue_id: int, **counts: int) -> list[Any]:
 
 
 class RawSQL:
-    """One connection issuing the broker's statements (the same claim, the
-    broker's promote and locking helpers), each call one transaction: insert,
-    counter delta and NOTIFY; promote, claim and delta; delete and delta.
-    The broker itself now folds a send into one statement and a receive into
-    two on PostgreSQL; the floor keeps the transactional form."""
+    """The broker's own PostgreSQL statements, built by the broker's own
+    functions, run over one autocommit psycopg connection: a send is one
+    statement (messages, counter delta, NOTIFY), a receive two (promote due
+    delayed messages; claim with its delta), an ack one (delete with its
+    deltas). What separates mqadmin's numbers from these is the HTTP layer:
+    the server, Django, auth, validation, JSON, and the client's side of it."""
 
-    def __init__(self, conninfo: str) -> None:
-        self.conn = psycopg.connect(conninfo)
+    def __init__(self, conninfo: str, queues: dict[int, Queue]) -> None:
+        self.conn = psycopg.connect(conninfo, autocommit=True)
+        self.queues = queues  # loaded beforehand: consumer threads stay off the ORM
 
     def close(self) -> None:
         self.conn.close()
 
+    def queue(self, queue_id: int) -> Queue:
+        return self.queues[queue_id]
+
     def publish(self, queue_id: int, n: int, body: bytes = BODY_BYTES) -> list[int]:
-        now = time.time()
-        text = body.decode()
-        values = ", ".join(["(%s, 'ready', 0, %s, '{}', '', 0, %s, %s, '')"] * n)
-        params: list[Any] = []
-        for _ in range(n):
-            params += [queue_id, text, now, now]
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.execute(f"INSERT INTO {MESSAGE_TABLE} ({_INSERT_COLUMNS}) VALUES {values} RETURNING id", params)
-            ids = [r[0] for r in cur.fetchall()]
-            cur.execute(_DELTA_INSERT, _delta(queue_id, ready=n, sent_total=n))
-            cur.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(queue_id)])
-        return ids
+        queue = self.queue(queue_id)
+        rows = [broker.new_row(queue, broker.NewMessage(body=body), time.time())] * n
+        row = self.conn.execute(*broker.insert_statement(rows, broker.sent_tally(queue, rows))).fetchone()
+        assert row is not None
+        return sorted(row[0])
 
     def claim(self, queue_id: int, n: int) -> list[tuple[int, str]]:
         now = time.time()
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.execute(broker._promote_sql(one_queue=True), [now, queue_id])
-            cur.fetchall()
-            cur.execute(_CLAIM, [now + 30, None, queue_id, n])
-            rows = [(r[0], r[7]) for r in cur.fetchall()]
-            if rows:
-                cur.execute(_DELTA_INSERT, _delta(queue_id, ready=-len(rows), in_flight=len(rows), received_total=len(rows)))
-        return rows
+        self.conn.execute(*broker.promote_statement(queue_id, now))
+        claim, params = broker.claim_statement(self.queue(queue_id), max_messages=n, expires=now + 30)
+        rows = self.conn.execute(*broker.counted_claim_statement(queue_id, claim, params)).fetchall()
+        return [(r[0], r[7]) for r in rows]
 
     def ack(self, queue_id: int, rows: list[tuple[int, str]]) -> int:
-        ids = sorted(r[0] for r in rows)
-        tokens = sorted(r[1] for r in rows)
-        with self.conn.transaction(), self.conn.cursor() as cur:
-            cur.execute(_ack_sql(len(ids), len(tokens)), [queue_id, *ids, *tokens])
-            done = cur.fetchall()
-            cur.execute(_DELTA_INSERT, _delta(queue_id, in_flight=-len(done), acked_total=len(done)))
-        return len(done)
+        parsed = [(mid, token, "") for mid, token in rows]
+        return len(self.conn.execute(*broker.ack_statement(queue_id, parsed)).fetchall())
 
 
 # --------------------------------------------------------------------------- #
@@ -425,6 +400,7 @@ class Bench:
         self.results_dir = results_dir
         self.stats: dict[str, dict[str, Stat]] = {}
         self.queue_ids: dict[str, int] = {}
+        self.queues: dict[int, Queue] = {}
         self.token = ""
         self.url = ""
         self.rabbit_reason: str | None = None
@@ -465,6 +441,7 @@ class Bench:
         for name in ("produce", "single", "drain", "trip", "latency", "small", "big", "raw"):
             queue, _ = broker.put_queue(PREFIX + name, {"visibility_timeout": 300, "max_deliveries": 0})
             self.queue_ids[name] = queue.id
+            self.queues[queue.id] = queue
         for name in ("produce", "single", "drain", "trip", "latency", "small", "raw"):
             self.empty(name)
 
@@ -472,7 +449,7 @@ class Bench:
         broker.purge(Queue.objects.get(pk=self.queue_ids[name]))
 
     def raw(self) -> RawSQL:
-        return RawSQL(conninfo())
+        return RawSQL(conninfo(), self.queues)
 
     def prefill(self, name: str, n: int) -> None:
         raw = self.raw()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import secrets
@@ -28,6 +29,8 @@ QUEUE_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,80}$"
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
 
 
+# Cached: the messages of one batch share their enqueue and lease times.
+@functools.lru_cache(maxsize=4096)
 def epoch_to_iso(value: float | None) -> str | None:
     if value is None:
         return None

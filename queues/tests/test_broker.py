@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from django.db import connection
 
 from queues import broker, monitor
 from queues.exceptions import InvalidValue, MessageTooLarge, QueueInUse, QueueNotFound
@@ -358,6 +359,43 @@ def test_malformed_receipt_is_an_invalid_value(db):
     q = make_queue()
     with pytest.raises(InvalidValue):
         broker.ack(q, ["not-a-receipt"])
+
+
+def test_ack_in_a_dlq_releases_the_origin_dead_count(db):
+    dlq = make_queue("dlq")
+    q = make_queue("q", max_deliveries=1, dead_letter_queue=dlq)
+    send(q, "a", "b", "c")
+    for d in receive(q, 3):
+        broker.nack(q, [d.receipt])
+    assert live_counts(q)["dead"] == 3
+    leased = receive(dlq, 3)
+    result = broker.ack(dlq, [leased[0].receipt, leased[1].receipt, f"{leased[2].id}.{'0' * 32}"])
+    assert result.done == [str(leased[0].id), str(leased[1].id)] and len(result.stale) == 1
+    assert live_counts(q)["dead"] == 1 and live_counts(dlq)["in_flight"] == 1
+    assert_counts_exact(q, dlq)
+    assert broker.queue_counts([dlq.id])[dlq.id].totals["acked_total"] == 2
+
+
+def test_a_receipt_pairs_its_id_with_its_own_token_only(db):
+    # Two live receipts: one's id with the other's token names no message.
+    q = make_queue()
+    send(q, "a", "b")
+    d1, d2 = receive(q, 2)
+    crossed = [f"{d1.id}.{d2.lease_token}", f"{d2.id}.{d1.lease_token}"]
+    assert broker.ack(q, crossed).stale == crossed
+    assert broker.extend(q, crossed, 60)[0].stale == crossed
+    assert broker.nack(q, crossed).stale == crossed
+    assert Message.objects.filter(state=S.IN_FLIGHT).count() == 2
+    assert broker.ack(q, [d2.receipt, d1.receipt]).done == [str(d2.id), str(d1.id)]
+    assert_counts_exact(q)
+
+
+def test_no_receipts_change_nothing(db):
+    q = make_queue()
+    send(q, "x")
+    receive(q)
+    assert broker.ack(q, []).done == [] and broker.nack(q, []).done == [] and broker.extend(q, [], 60)[0].done == []
+    assert Message.objects.get().state == S.IN_FLIGHT
 
 
 def test_mixed_ack_reports_acked_and_stale_separately(db):
@@ -806,6 +844,23 @@ def test_a_batch_costs_a_handful_of_statements_not_one_per_message(db):
     assert len(sent) <= 12, [x["sql"][:80] for x in sent.captured_queries]
     assert len(received) <= 8, [x["sql"][:80] for x in received.captured_queries]
     assert len(acked) <= 8, [x["sql"][:80] for x in acked.captured_queries]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-statement forms are PostgreSQL's")
+def test_on_postgresql_send_is_one_statement_receive_two_ack_one(db):
+    from django.test.utils import CaptureQueriesContext
+
+    dlq = make_queue("dlq")
+    q = make_queue("q", dead_letter_queue=dlq)
+    with CaptureQueriesContext(connection) as sent:
+        send(q, *range(100))
+    with CaptureQueriesContext(connection) as received:
+        got = receive(q, 100)
+    with CaptureQueriesContext(connection) as acked:
+        result = broker.ack(q, [d.receipt for d in got])
+    assert len(result.done) == 100
+    assert [len(sent), len(received), len(acked)] == [1, 2, 1]
+    assert_counts_exact(q, dlq)
 
 
 def test_a_batch_keeps_its_order_ids_and_fields(db):
