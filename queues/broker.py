@@ -716,16 +716,24 @@ def claim_statement(
     # which updates the consumer row before releasing its leases.
     alive, alive_params = "", []
     if consumer_id is not None:
-        alive = f" AND EXISTS (SELECT 1 FROM {CONSUMER_TABLE} c WHERE c.id = %s AND c.status <> 'dead'{d.for_share})"
+        alive = f"EXISTS (SELECT 1 FROM {CONSUMER_TABLE} c WHERE c.id = %s AND c.status <> 'dead'{d.for_share})"
         alive_params = [consumer_id]
-    # SKIP LOCKED closes the race of two receivers claiming one row: each
-    # takes rows nobody else holds, without waiting for other claimers.
-    claim = (
+    lease = (
         f"UPDATE {MESSAGE_TABLE} SET state = 'in_flight', delivery_count = delivery_count + 1, "
         f"lease_token = {d.random_token}, lease_expires_at = %s, consumer_id = %s "
-        f"WHERE id IN (SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready'"
-        f"{head}{owned}{alive} ORDER BY m.priority DESC, m.id LIMIT %s{d.skip_locked}) "
-        f"RETURNING id, body, headers, priority, group_key, delivery_count, enqueued_at, lease_token"
+    )
+    returning = " RETURNING id, body, headers, priority, group_key, delivery_count, enqueued_at, lease_token"
+    # SKIP LOCKED closes the race of two receivers claiming one row: each
+    # takes rows nobody else holds, without waiting for other claimers.
+    if d.postgres and not queue.fifo:
+        # mq_ready_head (migration 0006): the same selection, planned so it
+        # always walks the claim index, whatever the statistics say.
+        gate = f" WHERE {alive}" if alive else ""
+        claim = f"{lease}WHERE id = ANY(ARRAY(SELECT mq_ready_head(%s, %s){gate})){returning}"
+        return claim, [expires, consumer_id, queue.id, max_messages, *alive_params]
+    claim = (
+        f"{lease}WHERE id IN (SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready'"
+        f"{head}{owned}{' AND ' + alive if alive else ''} ORDER BY m.priority DESC, m.id LIMIT %s{d.skip_locked}){returning}"
     )
     return claim, [expires, consumer_id, queue.id, *owned_params, *alive_params, max_messages]
 

@@ -863,6 +863,33 @@ def test_on_postgresql_send_is_one_statement_receive_two_ack_one(db):
     assert_counts_exact(q, dlq)
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the claim function is PostgreSQL's")
+def test_on_postgresql_the_claim_walks_the_claim_index_even_on_stale_statistics(db):
+    # Statistics taken while the queue was empty: planned as a plain
+    # subquery, the claim would sort all 3,000 ready rows for each receive.
+    q = make_queue()
+    with connection.cursor() as cur:
+        cur.execute("ANALYZE queues_message")
+    send(q, *range(3000))
+    claim, _ = broker.claim_statement(q, max_messages=10, expires=T0 + 30)
+    assert "mq_ready_head(" in claim
+    with connection.cursor() as cur:
+        cur.execute("SELECT proconfig FROM pg_proc WHERE proname = 'mq_ready_head'")
+        (config,) = cur.fetchone()
+        assert "enable_sort=off" in config
+        # The function's own query, under the function's setting.
+        cur.execute("SET LOCAL enable_sort = off")
+        cur.execute(
+            "EXPLAIN SELECT m.id FROM queues_message m WHERE m.queue_id = %s AND m.state = 'ready' "
+            "ORDER BY m.priority DESC, m.id LIMIT 10 FOR UPDATE SKIP LOCKED",
+            [q.id],
+        )
+        plan = "\n".join(r[0] for r in cur.fetchall())
+    assert "mq_msg_claim" in plan and "Sort" not in plan, plan
+    got = receive(q, 10)
+    assert [d.id for d in got] == sorted(d.id for d in got) and len(got) == 10
+
+
 def test_a_batch_keeps_its_order_ids_and_fields(db):
     q = make_queue()
     results = broker.publish(
