@@ -6,7 +6,16 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mqadmin.settings")
 
+from functools import lru_cache
+
 import django
+import twisted.web.http
+
+# Twisted, under daphne, parses the Content-Type of every POST through the
+# email package to decide whether to decode a form body into request.args,
+# which daphne never reads: 8 % of a small API call's CPU. The answer
+# depends only on the header's bytes, and clients send the same few.
+twisted.web.http._parseContentType = lru_cache(maxsize=256)(twisted.web.http._parseContentType)
 
 # Django must be set up before anything imports models.
 django.setup(set_prefix=False)

@@ -41,10 +41,11 @@ from django.db import connection
 
 from . import broker
 from .backends import NOTIFY_CHANNEL
-from .models import COUNTER_FIELDS, Message, Queue, QueueStatsDelta, Token
+from .models import COUNTER_FIELDS, Message, Queue, QueueStats, QueueStatsDelta, Token
 
 MESSAGE_TABLE = Message._meta.db_table
 DELTA_TABLE = QueueStatsDelta._meta.db_table
+STATS_TABLE = QueueStats._meta.db_table
 RESULTS_DIR = Path(settings.BASE_DIR) / "bench-results"
 PREFIX = "bench-"
 RABBIT_QUEUE = "mqbench"
@@ -406,6 +407,7 @@ class Bench:
         self.rabbit_reason: str | None = None
         self.procrastinate_reason: str | None = None
         self.machine: dict[str, Any] = {}
+        self.autovacuum = True
 
     # -- output ------------------------------------------------------------
 
@@ -435,7 +437,9 @@ class Bench:
             sync = cur.fetchone()[0]
             cur.execute("SELECT version()")
             pg_version = cur.fetchone()[0].split(" on ")[0]
-        self.machine = machine_info() | {"postgresql": pg_version, "synchronous_commit": sync}
+            cur.execute("SHOW autovacuum")
+            self.autovacuum = cur.fetchone()[0] == "on"
+        self.machine = machine_info() | {"postgresql": pg_version, "synchronous_commit": sync, "autovacuum": self.autovacuum}
         Token.objects.filter(name__startswith="bench-").delete()
         _, self.token = Token.issue(f"bench-{os.getpid()}", ["admin", "produce", "consume"], "*")
         for name in ("produce", "single", "drain", "trip", "latency", "small", "big", "raw"):
@@ -447,6 +451,17 @@ class Bench:
 
     def empty(self, name: str) -> None:
         broker.purge(Queue.objects.get(pk=self.queue_ids[name]))
+        self.vacuum()
+
+    def vacuum(self, *, full_scan: bool = False) -> None:
+        """Where autovacuum is off (as on the machines this ran on), do its
+        work between rounds: every round deletes what it made, and a table
+        that only gathers dead rows slows each round down more than the last,
+        which is not what a database in production looks like."""
+        if self.autovacuum and not full_scan:
+            return
+        with psycopg.connect(conninfo(), autocommit=True) as conn:
+            conn.execute(f"VACUUM (ANALYZE) {MESSAGE_TABLE}, {DELTA_TABLE}, {STATS_TABLE}")
 
     def raw(self) -> RawSQL:
         return RawSQL(conninfo(), self.queues)
@@ -706,8 +721,7 @@ class Bench:
                 [qid, BODY_BYTES.decode(), now, now, missing],
             )
             cur.execute(_DELTA_INSERT, _delta(qid, ready=missing, sent_total=missing))
-        with psycopg.connect(conninfo(), autocommit=True) as conn:
-            conn.execute(f"ANALYZE {MESSAGE_TABLE}")
+        self.vacuum(full_scan=True)
         self.say(f"   loaded in {time.perf_counter() - t:.0f}s")
 
     def scenario_big(self) -> None:
@@ -1237,7 +1251,8 @@ def markdown(rows: list[Row], machine: dict[str, Any], sizes: Sizes) -> str:
     lines += [
         "",
         f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB, {m.get('os')}, "
-        f"Python {m.get('python')}, {m.get('postgresql')} (synchronous_commit={m.get('synchronous_commit')}), "
+        f"Python {m.get('python')}, {m.get('postgresql')} (synchronous_commit={m.get('synchronous_commit')}"
+        f"{'' if m.get('autovacuum', True) else ', autovacuum off: the benchmark vacuums between rounds'}), "
         f"RabbitMQ {m.get('rabbitmq') or '?'}. Load average before/after: {m.get('load_average_before')} / "
         f"{m.get('load_average_after')}; run took {m.get('duration_s')} s.",
         f"Median of {sizes.rounds} rounds (min-max); latency: percentiles over {sizes.latency * sizes.rounds} sends.",

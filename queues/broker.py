@@ -1276,17 +1276,20 @@ async def aget_queue(name: str) -> Queue:
         return copy.copy(hit[1])
     return await _aget_queue(name)
 
-areceive = sync_to_async(receive)
 
-
-@sync_to_async
-def arelease_connection() -> None:
-    """Give this request's database connection back (to the pool, on
-    PostgreSQL) before a long wait, so waiting receives hold no connection.
-    Inside a caller's transaction (tests, or code that called us in one)
-    the connection is the caller's and is left alone."""
-    if not connection.in_atomic_block:
+def receive_before_wait(queue: Queue, **options: Any) -> list[Delivery]:
+    """``receive`` for a long poll. When nothing was leased, the request's
+    database connection goes back (to the pool, on PostgreSQL) in the same
+    thread hand-off, so a receive waiting for a wake-up holds no connection.
+    Inside a caller's transaction (tests, or code that called us in one) the
+    connection is the caller's and is left alone."""
+    deliveries = receive(queue, **options)
+    if not deliveries and not connection.in_atomic_block:
         connection.close()
+    return deliveries
+
+
+areceive = sync_to_async(receive_before_wait)
 
 
 # --------------------------------------------------------------------------- #

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
+from asgiref.sync import sync_to_async
 from django.http import HttpRequest
 from django.utils import timezone
 from ninja.security import HttpBearer
@@ -73,16 +75,23 @@ def record_failure(address: str) -> None:
             _failures.clear()
 
 
+def _cached(key_id: str, secret: str, now: float) -> Token | None:
+    with _cache_lock:
+        cached = _cache.get(key_id)
+    if cached and cached[2] > now and cached[1] == secret:
+        return cached[0]
+    return None
+
+
 def verify(raw: str) -> Token:
     """The active token for ``<key id>.<secret>``; raises Unauthorized."""
     key_id, sep, secret = raw.strip().partition(".")
     if not sep or not key_id or not secret or len(raw) > 200:
         raise Unauthorized("Malformed API token: expected <key id>.<secret>.")
     now = time.monotonic()
-    with _cache_lock:
-        cached = _cache.get(key_id)
-    if cached and cached[2] > now and cached[1] == secret:
-        return cached[0]
+    cached = _cached(key_id, secret, now)
+    if cached is not None:
+        return cached
     token = Token.objects.filter(key_id=key_id, revoked_at__isnull=True).first()
     # Compare in constant time even when the key id is unknown.
     if token is None:
@@ -99,10 +108,33 @@ def verify(raw: str) -> Token:
 
 
 class BearerAuth(HttpBearer):
+    """``on_loop=True`` for async views: a token verified lately is accepted
+    on the event loop; only one that needs its database lookup goes to the
+    request's thread (ninja would send every check there)."""
+
+    def __init__(self, *, on_loop: bool = False) -> None:
+        super().__init__()
+        self.is_async = on_loop  # what ninja looks at
+
     def authenticate(self, request: HttpRequest, token: str) -> Token:
         return verify(token)
 
-    def __call__(self, request: HttpRequest) -> Token:
+    def __call__(self, request: HttpRequest) -> Any:
+        if self.is_async:
+            return self._on_loop(request)
+        return self._check(request)
+
+    async def _on_loop(self, request: HttpRequest) -> Token:
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        key_id, _, secret = value.strip().partition(".")
+        if scheme.lower() == "bearer" and key_id and secret:
+            token = _cached(key_id, secret, time.monotonic())
+            if token is not None:
+                check_failure_budget(request.META.get("REMOTE_ADDR") or "unknown")
+                return token
+        return await sync_to_async(self._check)(request)
+
+    def _check(self, request: HttpRequest) -> Token:
         header = request.headers.get("Authorization", "")
         scheme, _, value = header.partition(" ")
         if not header:

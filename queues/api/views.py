@@ -13,9 +13,9 @@ from ninja import Body, Query, Router
 
 from .. import broker, notify
 from ..exceptions import InvalidValue
-from ..models import Consumer, Scope, epoch_to_iso
+from ..models import Consumer, Queue, Scope, epoch_to_iso
 from . import schemas as s
-from .auth import require
+from .auth import BearerAuth, require
 
 router = Router()
 
@@ -120,25 +120,29 @@ def send(request: HttpRequest, name: str, payload: Body[s.SendIn]) -> HttpRespon
     return json_response({"messages": [r.to_dict() for r in results]}, 201)
 
 
-@router.post("/queues/{name}/receive", response={200: s.ReceiveOut, **ERRORS}, summary="Lease messages (long poll with wait)")
+@router.post(
+    "/queues/{name}/receive",
+    auth=BearerAuth(on_loop=True),
+    response={200: s.ReceiveOut, **ERRORS},
+    summary="Lease messages (long poll with wait)",
+)
 async def receive(request: HttpRequest, name: str, payload: s.ReceiveIn | None = None) -> HttpResponse:
     p = payload or s.ReceiveIn.model_validate({})
     require(request, Scope.CONSUME, name)
     queue = await broker.aget_queue(name)
-    if p.consumer is not None:
-        await _acheck_consumer(p.consumer)
     deadline = time.monotonic() + p.wait
+    options = {"max_messages": p.max, "visibility_timeout": p.visibility_timeout, "consumer_id": p.consumer}
+    # A consumer is checked in the same thread hand-off as the first look.
+    look = broker.areceive if p.consumer is None else _areceive_checked
     while True:
         # Register before looking, so a send between the look and the wait
         # still wakes us.
         with notify.waiter(queue.id) as waiter:
-            deliveries = await broker.areceive(
-                queue, max_messages=p.max, visibility_timeout=p.visibility_timeout, consumer_id=p.consumer
-            )
+            deliveries = await look(queue, **options)
+            look = broker.areceive
             remaining = deadline - time.monotonic()
             if deliveries or remaining <= 0:
                 return json_response({"messages": [d.to_dict() for d in deliveries]})
-            await broker.arelease_connection()
             await waiter.wait(min(remaining, POLL_RECHECK_SECONDS))
         # Pick up pause/resume and config changes made while we waited.
         queue = await broker.aget_queue(name)
@@ -155,7 +159,10 @@ def _check_consumer(consumer_id: str) -> None:
         raise ConsumerDead()
 
 
-_acheck_consumer = sync_to_async(_check_consumer)
+@sync_to_async
+def _areceive_checked(queue: Queue, **options: Any) -> list[broker.Delivery]:
+    _check_consumer(options["consumer_id"])
+    return broker.receive_before_wait(queue, **options)
 
 
 @router.post("/queues/{name}/ack", response={200: s.AckOut, **ERRORS}, summary="Acknowledge (delete) messages")

@@ -385,7 +385,6 @@ async def receive_message(call: Call, p: Params) -> dict[str, Any]:
             remaining = deadline - time.monotonic()
             if deliveries or remaining <= 0:
                 break
-            await broker.arelease_connection()
             await waiter.wait(min(remaining, POLL_RECHECK_SECONDS))
         queue = await broker.aget_queue(name)
     if not deliveries:

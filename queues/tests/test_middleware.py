@@ -1,7 +1,9 @@
 """The middleware stack: machine endpoints skip sessions, CSRF cookies and
 login; every response keeps its security headers; pages keep CSRF. Checked on
-both of Django's paths: the sync handler (Client) and the ASGI one
-(AsyncClient), where our subclasses run their hooks on the event loop."""
+three paths: Django's sync handler (Client), Django's ASGI one (AsyncClient),
+where our subclasses run their hooks on the event loop, and the ASGI handler
+`mq serve` runs (mqadmin/handlers.py), which serves a sync view with the sync
+middleware chain on one request thread."""
 
 from __future__ import annotations
 
@@ -22,14 +24,43 @@ def has_security_headers(response: Any) -> bool:
     return all(response.headers.get(k) == v for k, v in SECURITY_HEADERS.items())
 
 
-@pytest.fixture(params=["sync", "asgi"])
+class Served:
+    """What a test needs of a response from the served handler."""
+
+    def __init__(self, raw: dict[str, Any]) -> None:
+        self.status_code = raw["status"]
+        self.content = raw["body"]
+        self.headers = {k.decode().title(): v.decode() for k, v in raw["headers"]}
+        cookies = [v.decode() for k, v in raw["headers"] if k.lower() == b"set-cookie"]
+        self.cookies = {c.split("=", 1)[0]: c for c in cookies}
+
+
+def serve(method: str, path: str, data: str = "", content_type: str = "", headers: dict[str, str] | None = None) -> Served:
+    """One request through the ASGI application `mq serve` runs."""
+    from asgiref.sync import async_to_sync
+    from channels.testing import HttpCommunicator
+
+    from mqadmin.asgi import application
+
+    pairs = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    if content_type:
+        pairs.append((b"content-type", content_type.encode()))
+    pairs.append((b"host", b"testserver"))
+    communicator = HttpCommunicator(application, method.upper(), path, body=data.encode(), headers=pairs)
+    return Served(async_to_sync(communicator.get_response)(timeout=10))
+
+
+@pytest.fixture(params=["sync", "asgi", "served"])
 def fetch(request: pytest.FixtureRequest) -> Any:
-    """``fetch(method, path, **kw)`` through the sync or the ASGI handler."""
+    """``fetch(method, path, **kw)`` through the sync handler, Django's ASGI
+    handler, or ours."""
     from asgiref.sync import async_to_sync
 
     if request.param == "sync":
         client = Client()
         return lambda method, path, **kw: getattr(client, method)(path, **kw)
+    if request.param == "served":
+        return serve
     aclient = AsyncClient()
     return lambda method, path, **kw: async_to_sync(getattr(aclient, method))(path, **kw)
 
@@ -70,3 +101,65 @@ def test_a_stack_without_the_security_middleware_is_reported() -> None:
     with override_settings(MIDDLEWARE=without):
         messages = [m.msg for m in run_checks() if m.id == "mq.W004"]
     assert len(messages) == 3, messages
+
+
+@pytest.fixture
+def request_jobs(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """Counts the jobs handed to request threads, and notes the thread that
+    request_started and request_finished ran on."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.core import signals
+
+    seen: dict[str, Any] = {"jobs": 0}
+    real_submit = ThreadPoolExecutor.submit
+
+    def counting_submit(self: ThreadPoolExecutor, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        if self._thread_name_prefix == "request":
+            seen["jobs"] += 1
+        return real_submit(self, fn, *args, **kwargs)
+
+    def started(**kw: Any) -> None:
+        seen["started"] = threading.get_ident()
+
+    def finished(**kw: Any) -> None:
+        seen["finished"] = threading.get_ident()
+
+    monkeypatch.setattr(ThreadPoolExecutor, "submit", counting_submit)
+    signals.request_started.connect(started)
+    signals.request_finished.connect(finished)
+    yield seen
+    signals.request_started.disconnect(started)
+    signals.request_finished.disconnect(finished)
+
+
+def test_a_sync_view_is_served_in_one_hand_off_to_its_thread(request_jobs: dict[str, Any]) -> None:
+    """request_started, the middleware, the view and request_finished run in
+    one call on the request's thread, not on the event loop: one job for the
+    whole request (Django's ASGI path needs three)."""
+    import threading
+
+    response = serve("get", "/healthz")
+    assert response.status_code == 200, response.content
+    assert request_jobs["jobs"] == 1
+    assert request_jobs["started"] == request_jobs["finished"] != threading.get_ident()
+
+
+def test_an_async_view_runs_request_started_in_its_first_hand_off(request_jobs: dict[str, Any]) -> None:
+    """The receive (an async view): request_started rides with the claim, so
+    the request takes two jobs (claim, then request_finished once the
+    response is out), both on the request's thread."""
+    import threading
+
+    import orjson
+
+    auth = {"Authorization": f"Bearer {make_token()}"}
+    assert serve("put", "/api/v1/queues/hop", data="{}", content_type="application/json", headers=auth).status_code == 201
+    assert serve("post", "/api/v1/queues/hop/messages", data='{"body": 1}', content_type="application/json", headers=auth).status_code == 201
+    request_jobs["jobs"] = 0
+    got = serve("post", "/api/v1/queues/hop/receive", data='{"wait": 1}', content_type="application/json", headers=auth)
+    assert got.status_code == 200, got.content
+    assert [m["body"] for m in orjson.loads(got.content)["messages"]] == [1]
+    assert request_jobs["jobs"] == 2
+    assert request_jobs["started"] == request_jobs["finished"] != threading.get_ident()
