@@ -177,8 +177,8 @@ def _delta(queue_id: int, **counts: int) -> list[Any]:
 class RawSQL:
     """The broker's own PostgreSQL statements, built by the broker's own
     functions, run over one autocommit psycopg connection: a send is one
-    statement (messages, counter delta, NOTIFY), a receive two (promote due
-    delayed messages; claim with its delta), an ack one (delete with its
+    statement (messages, counter delta, NOTIFY), a receive one (promote due
+    delayed messages and claim, with their deltas), an ack one (delete with its
     deltas). What separates mqadmin's numbers from these is the HTTP layer:
     the server, Django, auth, validation, JSON, and the client's side of it."""
 
@@ -201,9 +201,8 @@ class RawSQL:
 
     def claim(self, queue_id: int, n: int) -> list[tuple[int, str]]:
         now = time.time()
-        self.conn.execute(*broker.promote_statement(queue_id, now))
         claim, params = broker.claim_statement(self.queue(queue_id), max_messages=n, expires=now + 30)
-        rows = self.conn.execute(*broker.counted_claim_statement(queue_id, claim, params)).fetchall()
+        rows, _ = broker.split_promoted(self.conn.execute(*broker.promoting_claim_statement(queue_id, now, claim, params)).fetchall())
         return [(r[0], r[7]) for r in rows]
 
     def ack(self, queue_id: int, rows: list[tuple[int, str]]) -> int:
@@ -290,35 +289,29 @@ def mq_server(log_path: Path, timeout: float = 30.0) -> Iterator[str]:
 
 
 class Api:
-    """A keep-alive HTTP client of one mqadmin server (one per thread)."""
+    """mqadmin's own Python client (clients/python: the standard library's
+    http.client, one kept-alive connection per thread), as an application
+    or `mq worker` uses it."""
 
     def __init__(self, url: str, token: str) -> None:
-        self.http = httpx.Client(
-            base_url=url,
-            timeout=60,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-        )
+        from mqclient import Client
+
+        self.client = Client(url, token, timeout=60)
 
     def close(self) -> None:
-        self.http.close()
-
-    def post(self, path: str, data: Any) -> Any:
-        r = self.http.post(path, content=orjson.dumps(data))
-        if r.status_code >= 300:
-            raise RuntimeError(f"POST {path}: {r.status_code} {r.text[:300]}")
-        return orjson.loads(r.content)
+        self.client.close()
 
     def send(self, queue: str, bodies: list[Any]) -> None:
         if len(bodies) == 1:
-            self.post(f"/api/v1/queues/{queue}/messages", {"body": bodies[0]})
+            self.client.send(queue, bodies[0])
         else:
-            self.post(f"/api/v1/queues/{queue}/messages", {"messages": [{"body": b} for b in bodies]})
+            self.client.send_batch(queue, [{"body": b} for b in bodies])
 
     def receive(self, queue: str, n: int, wait: int = 0) -> list[dict[str, Any]]:
-        return self.post(f"/api/v1/queues/{queue}/receive", {"max": n, "wait": wait})["messages"]
+        return [{"body": m.body, "receipt": m.receipt} for m in self.client.receive(queue, max=n, wait=wait)]
 
     def ack(self, queue: str, receipts: list[str]) -> None:
-        self.post(f"/api/v1/queues/{queue}/ack", {"receipts": receipts})
+        self.client.ack(queue, receipts)
 
 
 # --------------------------------------------------------------------------- #

@@ -672,13 +672,23 @@ def receive(
     expires = now + vt
     claim, params = claim_statement(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id)
     if d.postgres and not queue.fifo:
-        # Two statements, each atomic on its own with its counter delta: the
-        # promotion of due delayed messages (no commit to wait for when there
-        # are none) and the claim. No BEGIN/COMMIT round trips.
-        _promote_due_in_one_statement(queue.id, now)
+        # One statement, atomic on its own with its counter deltas: due
+        # delayed messages become ready, and ready ones are claimed. No
+        # BEGIN/COMMIT round trips.
         with connection.cursor() as cur:
-            cur.execute(*counted_claim_statement(queue.id, claim, params))
-            rows = cur.fetchall()
+            cur.execute(*promoting_claim_statement(queue.id, now, claim, params))
+            rows, promoted = split_promoted(cur.fetchall())
+            if promoted:
+                # Rare: delayed messages came due. The statement's snapshot
+                # did not see them ready; claim again for what is missing,
+                # and tell other processes' waiting receives.
+                _announce_ready(cur, queue.id)
+                if len(rows) < max_messages:
+                    again, params = claim_statement(
+                        queue, max_messages=max_messages - len(rows), expires=expires, consumer_id=consumer_id
+                    )
+                    cur.execute(*counted_claim_statement(queue.id, again, params))
+                    rows += cur.fetchall()
     else:
         with transaction.atomic():
             tally = Tally()
@@ -767,32 +777,44 @@ def _with_delta(statement: str, counters: dict[str, str]) -> str:
     return f"WITH main AS ({statement}), d AS ({_delta_from_main(counters)} HAVING count(*) > 0)"
 
 
-def _delta_from_main(counters: dict[str, str], queue: str = "%s") -> str:
-    """INSERT one delta row per group of ``main``'s rows: ``counters`` maps a
-    counter to its SQL expression (the others are 0), ``queue`` is the queue
-    id's expression (a parameter unless given)."""
+def _delta_from_main(counters: dict[str, str], queue: str = "%s", source: str = "main") -> str:
+    """INSERT one delta row per group of ``main``'s (or ``source``'s) rows:
+    ``counters`` maps a counter to its SQL expression (the others are 0),
+    ``queue`` is the queue id's expression (a parameter unless given)."""
     values = ", ".join(counters.get(f, "0") for f in COUNTER_FIELDS)
-    return f"{DELTA_INSERT_INTO} SELECT {queue}, {values} FROM main"
+    return f"{DELTA_INSERT_INTO} SELECT {queue}, {values} FROM {source}"
 
 
-def _promote_due_in_one_statement(queue_id: int, now: float) -> int:
-    """PostgreSQL: ``_promote_due`` for one queue as one statement with its
-    delta; wakes waiters when something became ready."""
-    with connection.cursor() as cur:
-        cur.execute(*promote_statement(queue_id, now))
-        (promoted,) = cur.fetchone()
-        if promoted:
-            # Rare (delayed messages came due): tell the other processes too.
-            cur.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(queue_id)])
-            transaction.on_commit(lambda: notify.wake([queue_id]))
-    return int(promoted)
+def promoting_claim_statement(queue_id: int, now: float, claim: str, params: list[Any]) -> tuple[str, list[Any]]:
+    """PostgreSQL: one statement that makes the queue's due delayed messages
+    ready and runs the claim, each with its counter delta. Its rows are the
+    claimed messages, then, when messages came due, one row whose id is NULL
+    and whose last column counts them (``split_promoted``). They are not
+    among the claimed: one statement sees one snapshot, where they were
+    still delayed."""
+    promote = _promote_sql(one_queue=True)
+    promoted_delta = _delta_from_main({"delayed": "-count(*)", "ready": "count(*)"}, source="promoted")
+    claimed = _with_delta(claim, {"ready": "-count(*)", "in_flight": "count(*)", "received_total": "count(*)"})
+    sql = (
+        f"WITH promoted AS ({promote}), pd AS ({promoted_delta} HAVING count(*) > 0), {claimed.removeprefix('WITH ')} "
+        f"SELECT *, 0 FROM main UNION ALL "
+        f"SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*) FROM promoted HAVING count(*) > 0"
+    )
+    return sql, [now, queue_id, queue_id, *params, queue_id]
 
 
-def promote_statement(queue_id: int, now: float) -> tuple[str, list[Any]]:
-    """PostgreSQL: the queue's due delayed messages become ready, with the
-    counter delta, one statement; returns how many."""
-    counted = _with_delta(_promote_sql(one_queue=True), {"delayed": "-count(*)", "ready": "count(*)"})
-    return f"{counted} SELECT count(*) FROM main", [now, queue_id, queue_id]
+def split_promoted(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int]:
+    """A ``promoting_claim_statement``'s rows: the claimed ones (without the
+    count column) and how many delayed messages became ready."""
+    claimed = [r[:-1] for r in rows if r[0] is not None]
+    return claimed, sum(r[-1] for r in rows if r[0] is None)
+
+
+def _announce_ready(cur: Any, queue_id: int) -> None:
+    """Messages of this queue became ready outside a send: wake the receives
+    waiting on it, in this process at once, in others by NOTIFY."""
+    cur.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(queue_id)])
+    transaction.on_commit(lambda: notify.wake([queue_id]))
 
 
 def _promote_sql(*, one_queue: bool) -> str:

@@ -23,13 +23,6 @@ from queues.models import Scope, Token
 SCOPES = {s.value for s in Scope}
 
 
-# The worker client is a package of its own (clients/python), importable
-# without Django; `mq worker` and `mq demo` use it from this checkout.
-CLIENT_PATH = str(settings.BASE_DIR / "clients" / "python")
-if CLIENT_PATH not in sys.path:
-    sys.path.append(CLIENT_PATH)
-
-
 def _local_url() -> str:
     """This deployment's own server, as `mq serve` binds it."""
     host = "127.0.0.1" if settings.HOST in ("0.0.0.0", "::", "") else settings.HOST
