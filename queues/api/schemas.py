@@ -97,6 +97,15 @@ class ReceiveIn(Strict):
     visibility_timeout: int | None = Field(None, ge=0, le=MAX_SECONDS)
     wait: float = Field(0, ge=0, le=20)
     consumer: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    ack: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = Field(
+        None,
+        max_length=1000,
+        description=(
+            "Receipts to acknowledge before leasing, in the same call (what POST …/ack does): "
+            "a consumer's next receive carries the acks of what it finished. The answer then "
+            "has `acked` and `stale` as /ack's has."
+        ),
+    )
 
 
 class DeliveryOut(Schema):
@@ -113,6 +122,8 @@ class DeliveryOut(Schema):
 
 class ReceiveOut(Schema):
     messages: list[DeliveryOut]
+    acked: list[str] | None = Field(None, description="With `ack`: the ids acknowledged.")
+    stale: list[str] | None = Field(None, description="With `ack`: the receipts that were stale.")
 
 
 class AckIn(Strict):

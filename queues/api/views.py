@@ -132,17 +132,25 @@ async def receive(request: HttpRequest, name: str, payload: s.ReceiveIn | None =
     queue = await broker.aget_queue(name)
     deadline = time.monotonic() + p.wait
     options = {"max_messages": p.max, "visibility_timeout": p.visibility_timeout, "consumer_id": p.consumer}
-    # A consumer is checked in the same thread hand-off as the first look.
-    look = broker.areceive if p.consumer is None else _areceive_checked
+    # The consumer's check and the acks go in the same thread hand-off as
+    # the first look.
+    first = p.consumer is not None or p.ack is not None
+    acked = None
     while True:
         # Register before looking, so a send between the look and the wait
         # still wakes us.
         with notify.waiter(queue.id) as waiter:
-            deliveries = await look(queue, **options)
-            look = broker.areceive
+            if first:
+                deliveries, acked = await _afirst_look(queue, p.ack, **options)
+                first = False
+            else:
+                deliveries = await broker.areceive(queue, **options)
             remaining = deadline - time.monotonic()
             if deliveries or remaining <= 0:
-                return json_response({"messages": [d.to_dict() for d in deliveries]})
+                out: dict[str, Any] = {"messages": [d.to_dict() for d in deliveries]}
+                if acked is not None:
+                    out |= {"acked": acked.done, "stale": acked.stale}
+                return json_response(out)
             await waiter.wait(min(remaining, POLL_RECHECK_SECONDS))
         # Pick up pause/resume and config changes made while we waited.
         queue = await broker.aget_queue(name)
@@ -160,9 +168,17 @@ def _check_consumer(consumer_id: str) -> None:
 
 
 @sync_to_async
-def _areceive_checked(queue: Queue, **options: Any) -> list[broker.Delivery]:
-    _check_consumer(options["consumer_id"])
-    return broker.receive_before_wait(queue, **options)
+def _afirst_look(
+    queue: Queue, receipts: list[str] | None, **options: Any
+) -> tuple[list[broker.Delivery], broker.ReceiptResult | None]:
+    """A receive's first look with what rides on it: the consumer's check
+    (nothing is acked for a consumer that is unknown or dead), then the acks
+    (before the claim, so a long poll holds no finished message), then the
+    claim."""
+    if options["consumer_id"] is not None:
+        _check_consumer(options["consumer_id"])
+    acked = None if receipts is None else broker.ack(queue, receipts) if receipts else broker.ReceiptResult()
+    return broker.receive_before_wait(queue, **options), acked
 
 
 @router.post("/queues/{name}/ack", response={200: s.AckOut, **ERRORS}, summary="Acknowledge (delete) messages")

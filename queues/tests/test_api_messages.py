@@ -137,6 +137,58 @@ def test_already_acked_receipt_is_stale(api):
     assert api.ack("jobs", m["receipt"]) == {"acked": [], "stale": [m["receipt"]]}
 
 
+def test_a_receive_can_carry_the_acks_of_what_was_finished(api):
+    api.make_queue("jobs")
+    api.send("jobs", "a", "b", "c")
+    first = api.receive("jobs", max=2)
+    api.receive("jobs")  # leases "c"
+    r = api.post("queues/jobs/receive", {"max": 10, "ack": [m["receipt"] for m in first]})
+    assert r.status_code == 200, r.content
+    assert sorted(r.data["acked"]) == sorted(m["id"] for m in first) and r.data["stale"] == []
+    assert [m["body"] for m in r.data["messages"]] == []  # "c" was leased by the call above
+    counts = api.counts("jobs")
+    assert (counts["ready"], counts["in_flight"]) == (0, 1)
+    assert not Message.objects.filter(id__in=[int(m["id"]) for m in first]).exists()
+
+
+def test_acks_on_a_receive_report_stale_receipts_and_answer_an_empty_list(api):
+    api.make_queue("jobs")
+    api.send("jobs", "a", "b")
+    (m,) = api.receive("jobs")
+    api.ack("jobs", m["receipt"])
+    r = api.post("queues/jobs/receive", {"ack": [m["receipt"]]})
+    assert r.data["acked"] == [] and r.data["stale"] == [m["receipt"]]
+    assert [x["body"] for x in r.data["messages"]] == ["b"]
+    assert api.post("queues/jobs/receive", {"ack": []}).data == {"messages": [], "acked": [], "stale": []}
+    # Without "ack" the answer is the contract's plain one.
+    assert api.post("queues/jobs/receive", {}).data == {"messages": []}
+
+
+@pytest.mark.parametrize(
+    ("ack", "status"),
+    [(["x"] * 1001, 422), ([""], 422), (["a" * 201], 422), ("not-a-list", 400), ([1, 2], 400)],
+    ids=["too-many", "empty-receipt", "too-long", "not-a-list", "not-strings"],
+)
+def test_bad_acks_on_a_receive_are_refused_and_nothing_is_acked_or_leased(api, ack, status):
+    api.make_queue("jobs")
+    api.send("jobs", "a", "b")
+    (m,) = api.receive("jobs")
+    r = api.post("queues/jobs/receive", {"ack": [m["receipt"], *ack] if isinstance(ack, list) else ack})
+    assert r.status_code == status, r.content
+    counts = api.counts("jobs")
+    assert (counts["ready"], counts["in_flight"]) == (1, 1)
+
+
+def test_acks_on_a_receive_for_an_unknown_consumer_ack_nothing(api):
+    api.make_queue("jobs")
+    api.send("jobs", "a", "b")
+    (m,) = api.receive("jobs")
+    r = api.post("queues/jobs/receive", {"consumer": "nobody", "ack": [m["receipt"]]})
+    assert r.status_code == 404 and r.data["error"]["code"] == "consumer_not_found"
+    counts = api.counts("jobs")
+    assert (counts["ready"], counts["in_flight"]) == (1, 1)
+
+
 def test_nack_with_delay_and_reason(api):
     api.make_queue("jobs")
     api.send("jobs", "x")

@@ -61,6 +61,19 @@ def test_client_sends_receives_acks_nacks_and_extends(client):
     assert again[0].id == got[1].id and again[0].delivery_count == 2
 
 
+def test_client_acks_and_receives_in_one_call(client):
+    client.put_queue("batches")
+    client.send_batch("batches", [{"body": i} for i in range(5)])
+    acked, first = client.ack_and_receive("batches", [], max=3)
+    assert acked == {"acked": [], "stale": []} and [m.body for m in first] == [0, 1, 2]
+    acked, rest = client.ack_and_receive("batches", [m.receipt for m in first], max=3, wait=1)
+    assert sorted(acked["acked"]) == sorted(m.id for m in first) and acked["stale"] == []
+    assert [m.body for m in rest] == [3, 4]
+    acked, none = client.ack_and_receive("batches", [m.receipt for m in rest] + [first[0].receipt])
+    assert acked["stale"] == [first[0].receipt] and none == []
+    assert client.get_queue("batches")["in_flight"] == 0
+
+
 def test_client_raises_the_servers_errors(client, server):
     with pytest.raises(MQError) as missing:
         client.receive("nope")
