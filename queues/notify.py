@@ -26,7 +26,7 @@ LISTENER_RETRY_SECONDS = 1.0
 
 _lock = threading.Lock()
 _waiters: dict[int, set[asyncio.Future[None]]] = {}
-_listeners: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+_listeners: dict[asyncio.AbstractEventLoop, tuple[asyncio.Task[None], dict[str, object]]] = {}
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -83,10 +83,23 @@ def waiter(queue_id: int) -> Iterator[Waiter]:
 def _ensure_listener(loop: asyncio.AbstractEventLoop) -> None:
     if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
         return
-    task = _listeners.get(loop)
-    if task is None or task.done():
+    _forget_closed_loops()
+    entry = _listeners.get(loop)
+    if entry is None or entry[0].done():
+        held: dict[str, object] = {}
         # A context of its own: not the request's that happened to start it.
-        _listeners[loop] = loop.create_task(_listen_forever(), context=contextvars.Context())
+        _listeners[loop] = (loop.create_task(_listen_forever(held), context=contextvars.Context()), held)
+
+
+def _forget_closed_loops() -> None:
+    """A loop that was closed with its listener pending (a sync caller's
+    short-lived loop, under async_to_sync) never ran the listener's cleanup:
+    close its connection here, or every such loop would keep one open."""
+    for loop in [loop for loop in _listeners if loop.is_closed()]:
+        _task, held = _listeners.pop(loop)
+        conn = held.get("conn")
+        if conn is not None:
+            conn.pgconn.finish()  # type: ignore[attr-defined]
 
 
 def conninfo() -> str:
@@ -103,12 +116,13 @@ def conninfo() -> str:
     return make_conninfo(**{k: v for k, v in params.items() if v})
 
 
-async def _listen_forever() -> None:
+async def _listen_forever(held: dict[str, object]) -> None:
     import psycopg
 
     while True:
         try:
             conn = await psycopg.AsyncConnection.connect(conninfo(), autocommit=True)
+            held["conn"] = conn
             async with conn:
                 await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                 # Whatever was sent while we were not listening is not lost:
@@ -126,4 +140,4 @@ async def _listen_forever() -> None:
 
 
 def listener_running() -> bool:
-    return any(not t.done() for t in _listeners.values())
+    return any(not task.done() for task, _ in _listeners.values())
