@@ -748,9 +748,13 @@ def claim_statement(
     return claim, [expires, consumer_id, queue.id, *owned_params, *alive_params, max_messages]
 
 
+# A claim's counter delta: its rows went from ready to in flight.
+CLAIM_COUNTERS = {"ready": "-count(*)", "in_flight": "count(*)", "received_total": "count(*)"}
+
+
 def counted_claim_statement(queue_id: int, claim: str, params: list[Any]) -> tuple[str, list[Any]]:
     """PostgreSQL: the claim with its counter delta, one statement."""
-    counted = _with_delta(claim, {"ready": "-count(*)", "in_flight": "count(*)", "received_total": "count(*)"})
+    counted = _with_delta(claim, CLAIM_COUNTERS)
     return f"{counted} SELECT * FROM main", [*params, queue_id]
 
 
@@ -774,7 +778,12 @@ def _with_delta(statement: str, counters: dict[str, str]) -> str:
     passes the queue id after the statement's own parameters. Data-modifying
     WITH parts always run, so the delta lands with the statement, atomically
     (PostgreSQL)."""
-    return f"WITH main AS ({statement}), d AS ({_delta_from_main(counters)} HAVING count(*) > 0)"
+    return f"WITH {_main_and_delta(statement, counters)}"
+
+
+def _main_and_delta(statement: str, counters: dict[str, str]) -> str:
+    """``_with_delta``'s two WITH parts, for a statement that has others."""
+    return f"main AS ({statement}), d AS ({_delta_from_main(counters)} HAVING count(*) > 0)"
 
 
 def _delta_from_main(counters: dict[str, str], queue: str = "%s", source: str = "main") -> str:
@@ -794,9 +803,9 @@ def promoting_claim_statement(queue_id: int, now: float, claim: str, params: lis
     still delayed."""
     promote = _promote_sql(one_queue=True)
     promoted_delta = _delta_from_main({"delayed": "-count(*)", "ready": "count(*)"}, source="promoted")
-    claimed = _with_delta(claim, {"ready": "-count(*)", "in_flight": "count(*)", "received_total": "count(*)"})
+    claimed = _main_and_delta(claim, CLAIM_COUNTERS)
     sql = (
-        f"WITH promoted AS ({promote}), pd AS ({promoted_delta} HAVING count(*) > 0), {claimed.removeprefix('WITH ')} "
+        f"WITH promoted AS ({promote}), pd AS ({promoted_delta} HAVING count(*) > 0), {claimed} "
         f"SELECT *, 0 FROM main UNION ALL "
         f"SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*) FROM promoted HAVING count(*) > 0"
     )
