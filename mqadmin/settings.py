@@ -97,6 +97,12 @@ def database_from_url(url: str) -> dict:
                 "max_size": env_int("MQ_DB_POOL_MAX", 20, minimum=1),
                 "timeout": 10,
             }
+        if env_bool("MQ_DB_PREPARE", True):
+            # Lets the broker's hot statements be prepared (queues.backends.
+            # prepared_cursor); Django's own cursors bind on the client and
+            # never prepare. Off for a pooler that cannot keep prepared
+            # statements (PgBouncer before 1.21 in transaction mode).
+            options["prepare_threshold"] = 5  # psycopg's default: prepared at the 5th run
     return config
 
 

@@ -25,7 +25,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models.signals import post_delete, post_save
 
 from . import events, notify
-from .backends import NOTIFY_CHANNEL, dialect, placeholders
+from .backends import NOTIFY_CHANNEL, dialect, placeholders, prepared_cursor
 from .exceptions import (
     ConsumerDead,
     ConsumerNotFound,
@@ -557,7 +557,7 @@ def _insert_messages(rows: list[tuple[Any, ...]], tally: Tally | None = None) ->
     their rows."""
     if not rows:
         return []
-    with connection.cursor() as cur:
+    with prepared_cursor() as cur:
         cur.execute(*insert_statement(rows, tally))
         fetched = cur.fetchall()
     ids = sorted(fetched[0][0] or []) if tally is not None else sorted(r[0] for r in fetched)
@@ -675,7 +675,7 @@ def receive(
         # One statement, atomic on its own with its counter deltas: due
         # delayed messages become ready, and ready ones are claimed. No
         # BEGIN/COMMIT round trips.
-        with connection.cursor() as cur:
+        with prepared_cursor() as cur:
             cur.execute(*promoting_claim_statement(queue.id, now, claim, params))
             rows, promoted = split_promoted(cur.fetchall())
             if promoted:
@@ -942,7 +942,7 @@ def ack(queue: Queue, receipts: Sequence[str]) -> ReceiptResult:
     stale ack changes nothing."""
     parsed = parse_receipts(receipts)
     if dialect().postgres:
-        with connection.cursor() as cur:
+        with prepared_cursor() as cur:
             cur.execute(*ack_statement(queue.id, parsed))
             found = cur.fetchall()
         return _match_receipts(parsed, found)

@@ -8,7 +8,10 @@ Both run the same statements where they can; the differences are row locking
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from django.db import connection
 
@@ -52,3 +55,39 @@ def dialect() -> Dialect:
 
 def placeholders(count: int) -> str:
     return ", ".join(["%s"] * count)
+
+
+@contextmanager
+def prepared_cursor() -> Iterator[Any]:
+    """A cursor for the broker's hot statements (a send's insert, a claim, an
+    ack), used like ``connection.cursor()``.
+
+    On PostgreSQL these statements bind their parameters on the server, so
+    psycopg prepares each one after a few runs on a connection (the pool
+    keeps connections): planned once instead of at every call. Django binds
+    on the client, which never prepares; the plan of a claim, a WITH of four
+    parts, cost about 0.5 ms on the 2-core machine, as much as running it.
+    These statements' texts are fixed (their rows travel as one JSON
+    parameter), so a connection holds a handful of plans. The cursor is
+    Django's wrapper around psycopg's server-side binding cursor: errors are
+    Django's, and query logging and execute wrappers see the statements.
+    ``MQ_DB_PREPARE=off`` (no ``prepare_threshold``) gives Django's cursor."""
+    if connection.vendor != "postgresql" or connection.settings_dict["OPTIONS"].get("prepare_threshold") is None:
+        with connection.cursor() as cur:
+            yield cur
+        return
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    with connection.wrap_database_errors:
+        raw = _server_binding_cursor(connection.connection)
+    cur = connection.make_debug_cursor(raw) if connection.queries_logged else connection.make_cursor(raw)
+    with cur:
+        yield cur
+
+
+def _server_binding_cursor(conn: Any) -> Any:
+    # Imported here: Django's PostgreSQL backend needs psycopg, which a
+    # SQLite-only setup may lack.
+    from django.db.backends.postgresql.base import ServerBindingCursor
+
+    return ServerBindingCursor(conn)

@@ -875,6 +875,24 @@ def test_on_postgresql_send_receive_and_ack_are_one_statement_each(db):
     assert_counts_exact(q, dlq)
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_on_postgresql_the_hot_statements_are_prepared_on_a_kept_connection(db):
+    # Planned once per connection, not at every call: after a few runs the
+    # send's insert, the claim and the ack are prepared statements.
+    q = make_queue()
+    for i in range(6):
+        send(q, i, i + 100)
+        got = receive(q, 2)
+        assert len(broker.ack(q, [d.receipt for d in got]).done) == 2
+    with connection.cursor() as cur:
+        cur.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cur.fetchall()]
+    assert any(s.startswith("WITH ins AS (INSERT INTO queues_message") for s in prepared), prepared
+    assert any("mq_ready_head(" in s for s in prepared), prepared
+    assert any(s.startswith("WITH main AS (DELETE FROM queues_message") for s in prepared), prepared
+    assert_counts_exact(q)
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the claim function is PostgreSQL's")
 def test_on_postgresql_the_claim_walks_the_claim_index_even_on_stale_statistics(db):
     # Statistics taken while the queue was empty: planned as a plain
