@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import re
+import secrets
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -437,13 +438,16 @@ def _publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None 
         # The common case: no dedup ids. Messages, counters and the NOTIFY
         # in ONE statement, atomic on its own: one round trip, no BEGIN.
         new_rows = [new_row(queue, m, now) for m in messages]
-        tally = sent_tally(queue, new_rows)
-        ids = _insert_messages(new_rows, tally)
+        with Handing(queue, now) as handing:
+            handing.lease(new_rows)
+            tally = sent_tally(queue, new_rows)
+            ids = _insert_messages(new_rows, tally)
+            handing.inserted(ids)
         tally.wake_at_commit()
         return [Published(str(pk), False) for pk in ids]
     window = settings.MQ_DEDUP_WINDOW_SECONDS
     results: list[Published | None] = [None] * len(messages)
-    with transaction.atomic():
+    with Handing(queue, now) as handing, transaction.atomic():
         fresh_keys: set[str] = set()
         if first_of:
             fresh_keys = _claim_dedup_keys(queue.id, list(first_of), now, now + window)
@@ -461,7 +465,9 @@ def _publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None 
                 continue  # a repeat within the batch: resolved below
             rows.append(new_row(queue, m, now))
             row_index.append(i)
+        handing.lease(rows)
         ids = _insert_messages(rows)
+        handing.inserted(ids)
         for i, pk in zip(row_index, ids, strict=True):
             results[i] = Published(str(pk), False)
         bind = {
@@ -493,7 +499,12 @@ NEW_MESSAGE_COLUMNS = (
     ("enqueued_at", "float8"),
     ("visible_at", "float8"),
     ("last_error", "text"),
+    # Set only for a message handed to a waiting receive (``Handing``).
+    ("lease_token", "varchar"),
+    ("lease_expires_at", "float8"),
+    ("consumer_id", "varchar"),
 )
+_STATE, _PRIORITY, _BODY, _HEADERS, _GROUP, _DELIVERIES, _ENQUEUED = 1, 2, 3, 4, 5, 7, 8
 
 
 def new_row(queue: Queue, m: NewMessage, now: float) -> tuple[Any, ...]:
@@ -501,15 +512,79 @@ def new_row(queue: Queue, m: NewMessage, now: float) -> tuple[Any, ...]:
     delay = queue.delay if m.delay is None else m.delay
     state = S.DELAYED if delay > 0 else S.READY
     headers = orjson.dumps(m.headers).decode()
-    return (queue.id, state.value, m.priority, m.body.decode(), headers, m.group or "", m.dedup_id, 0, now, now + delay, "")
+    return (queue.id, state.value, m.priority, m.body.decode(), headers, m.group or "", m.dedup_id, 0, now, now + delay, "", None, None, None)
 
 
 def sent_tally(queue: Queue, rows: list[tuple[Any, ...]]) -> Tally:
     tally = Tally()
     for row in rows:
-        tally.move(queue.id, None, row[1])
+        tally.move(queue.id, None, row[_STATE])
     tally.add(queue.id, "sent_total", len(rows))
+    tally.add(queue.id, "received_total", sum(1 for row in rows if row[_STATE] == S.IN_FLIGHT))
     return tally
+
+
+class Handing:
+    """Leases a send's new ready messages to receives waiting on the queue in
+    this process, in the send's own INSERT: such a receive answers as soon
+    as the send commits, without a claim of its own (a claim, a thread
+    hand-off and a loop turn less on the way from send to consumer).
+
+    ``lease(rows)`` rewrites the rows of the messages it hands (in flight,
+    first delivery, a lease and its token, the receive's consumer), before
+    the INSERT; ``inserted(ids)`` records their ids; leaving the block after
+    the commit hands each receive its deliveries. A block that raises hands
+    nothing: the receives look again for themselves. Inside a caller's
+    transaction nothing is handed (a rollback after we leave would take back
+    what we handed), nor for a paused or FIFO queue (a group's order is the
+    claim's to keep)."""
+
+    def __init__(self, queue: Queue, now: float) -> None:
+        self.queue = queue
+        self.now = now
+        self.eligible = not (queue.paused or queue.fifo or connection.in_atomic_block)
+        self.given: list[tuple[notify.Waiter, list[int]]] = []  # waiter, indexes into rows
+        self.rows: list[tuple[Any, ...]] = []
+        self.ids: list[int] = []
+
+    def lease(self, rows: list[tuple[Any, ...]]) -> None:
+        self.rows = rows
+        if not self.eligible:
+            return
+        ready = [i for i, row in enumerate(rows) if row[_STATE] == S.READY]
+        if not ready:
+            return
+        waiters = notify.take(self.queue.id, len(ready))
+        # As a claim takes them: highest priority first, then oldest.
+        ready.sort(key=lambda i: (-rows[i][_PRIORITY], i))
+        for w in waiters:
+            assert w.offer is not None
+            mine, ready = ready[: w.offer.max_messages], ready[w.offer.max_messages :]
+            self.given.append((w, mine))
+            vt = self.queue.visibility_timeout if w.offer.visibility_timeout is None else w.offer.visibility_timeout
+            for i in mine:
+                row = list(rows[i])
+                row[_STATE], row[_DELIVERIES] = S.IN_FLIGHT.value, 1
+                row[-3:] = [secrets.token_hex(16), self.now + vt, w.offer.consumer_id]
+                rows[i] = tuple(row)
+
+    def inserted(self, ids: list[int]) -> None:
+        self.ids = ids
+
+    def __enter__(self) -> Handing:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        for w, mine in self.given:
+            if exc_type is not None or not mine:
+                notify.hand(w, True)
+                continue
+            out = []
+            for i in mine:
+                r = self.rows[i]
+                out.append(Delivery(self.ids[i], r[_BODY], r[_HEADERS], r[_PRIORITY], r[_GROUP], 1, r[_ENQUEUED], r[-3], r[-2]))
+            out.sort(key=lambda d: (-d.priority, d.id))
+            notify.hand(w, out)
 
 
 def json_rows(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:

@@ -4,6 +4,11 @@ Waiters are asyncio futures registered per queue id. ``wake()`` may be called
 from any thread (the broker runs in worker threads) and resolves them on their
 own event loop. Across processes PostgreSQL's LISTEN/NOTIFY carries the wake:
 one listening connection per process and event loop, not one per request.
+
+A waiting receive may also offer to take messages: a send in the same
+process then leases its new messages to it in the send's own INSERT and
+hands them over after the commit (``take``/``hand``; ``broker.Handing``), so
+the receive answers without a claim of its own.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 
@@ -25,59 +32,135 @@ log = logging.getLogger(__name__)
 LISTENER_RETRY_SECONDS = 1.0
 
 _lock = threading.Lock()
-_waiters: dict[int, set[asyncio.Future[None]]] = {}
+# Per queue, the receives waiting on it, oldest first.
+_waiters: dict[int, dict[asyncio.Future[Any], Waiter]] = {}
 _listeners: dict[asyncio.AbstractEventLoop, tuple[asyncio.Task[None], dict[str, object]]] = {}
 
 
-def _resolve(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+@dataclass(frozen=True)
+class Offer:
+    """What a waiting receive would lease, were a message ready: a send in
+    this process may lease its new messages to it directly (``take``)."""
 
-
-def wake(queue_ids: Iterable[int]) -> None:
-    """Wake every receive waiting on these queues (any thread)."""
-    with _lock:
-        futures = [f for qid in queue_ids for f in _waiters.pop(qid, ())]
-    for future in futures:
-        loop = future.get_loop()
-        if loop.is_closed():
-            continue
-        loop.call_soon_threadsafe(_resolve, future)
+    max_messages: int
+    visibility_timeout: int | None = None
+    consumer_id: str | None = None
 
 
 class Waiter:
-    def __init__(self, future: asyncio.Future[None]) -> None:
-        self.future = future
+    """A receive waiting on a queue. ``wait()`` ends with True (woken: look
+    again), False (timed out) or a list of deliveries a send handed it."""
 
-    async def wait(self, timeout: float) -> bool:
-        """True when woken, False on timeout."""
+    def __init__(self, future: asyncio.Future[Any], offer: Offer | None) -> None:
+        self.future = future
+        self.offer = offer
+        # Only while it waits may a send take it; once taken, only that
+        # send resolves it (a wake-up or the timeout leave it alone).
+        self.armed = False
+        self.taken = False
+
+    async def wait(self, timeout: float) -> bool | list[Any]:
+        loop = asyncio.get_running_loop()
+        with _lock:
+            self.armed = self.offer is not None and not self.future.done()
+        # The timeout resolves the same future a wake-up does: the waiting
+        # task resumes one loop turn after either (``wait_for`` over a
+        # ``shield`` took several, each behind whatever else the loop had
+        # queued, such as the sender's response).
+        handle = loop.call_later(timeout, _time_out, self)
         try:
-            await asyncio.wait_for(asyncio.shield(self.future), timeout)
-            return True
-        except TimeoutError:
-            return False
+            result: bool | list[Any] = await self.future
+            return result
+        finally:
+            handle.cancel()
+            with _lock:
+                self.armed = False
+
+
+def _resolve(future: asyncio.Future[Any], result: Any = True) -> None:
+    if not future.done():
+        future.set_result(result)
+    elif isinstance(result, list):
+        # The receive was cancelled (its client hung up) while a send leased
+        # it these: they come back when their visibility timeout runs out,
+        # as after any delivery whose response was lost.
+        log.info("a waiting receive went away; %d messages handed to it return at their visibility timeout", len(result))
+
+
+def _time_out(waiter: Waiter) -> None:
+    with _lock:
+        if waiter.taken:
+            return  # the send that took it resolves it
+    _resolve(waiter.future, False)
+
+
+def _settle(waiter: Waiter, result: Any) -> None:
+    loop = waiter.future.get_loop()
+    if loop.is_closed():
+        _resolve(waiter.future, result)  # only logs what was lost
+        return
+    loop.call_soon_threadsafe(_resolve, waiter.future, result)
+
+
+def wake(queue_ids: Iterable[int]) -> None:
+    """Wake every receive waiting on these queues (any thread), but those a
+    send has taken: that send resolves them."""
+    woken: list[Waiter] = []
+    with _lock:
+        for qid in queue_ids:
+            group = _waiters.pop(qid, None)
+            if not group:
+                continue
+            kept = {f: w for f, w in group.items() if w.taken}
+            woken += [w for w in group.values() if not w.taken]
+            if kept:
+                _waiters[qid] = kept
+    for w in woken:
+        _settle(w, True)
+
+
+def take(queue_id: int, messages: int) -> list[Waiter]:
+    """Waiting receives of this queue (oldest first) with offers covering up
+    to ``messages`` ready messages, taken for a send (any thread): the send
+    must then ``hand`` each of them its deliveries, or True to look again."""
+    taken: list[Waiter] = []
+    with _lock:
+        for w in _waiters.get(queue_id, {}).values():
+            if messages <= 0:
+                break
+            if w.armed and not w.taken and w.offer is not None and not w.future.done():
+                w.taken, w.armed = True, False
+                taken.append(w)
+                messages -= w.offer.max_messages
+    return taken
+
+
+def hand(waiter: Waiter, result: list[Any] | bool) -> None:
+    """Resolve a taken waiter: its deliveries, or True to look for itself."""
+    _settle(waiter, result)
 
 
 @contextmanager
-def waiter(queue_id: int) -> Iterator[Waiter]:
+def waiter(queue_id: int, offer: Offer | None = None) -> Iterator[Waiter]:
     """Register interest *before* checking the queue, so a message that arrives
-    between the empty check and the wait still wakes us (no lost wake-up)."""
+    between the empty check and the wait still wakes us (no lost wake-up).
+    With an ``offer``, a send in this process may lease messages to it."""
     loop = asyncio.get_running_loop()
     _ensure_listener(loop)
-    future: asyncio.Future[None] = loop.create_future()
+    w = Waiter(loop.create_future(), offer)
     with _lock:
-        _waiters.setdefault(queue_id, set()).add(future)
+        _waiters.setdefault(queue_id, {})[w.future] = w
     try:
-        yield Waiter(future)
+        yield w
     finally:
         with _lock:
             group = _waiters.get(queue_id)
             if group is not None:
-                group.discard(future)
+                group.pop(w.future, None)
                 if not group:
                     del _waiters[queue_id]
-        if not future.done():
-            future.cancel()
+        if not w.future.done():
+            w.future.cancel()
 
 
 def _ensure_listener(loop: asyncio.AbstractEventLoop) -> None:

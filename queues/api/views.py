@@ -136,22 +136,27 @@ async def receive(request: HttpRequest, name: str, payload: s.ReceiveIn | None =
     # the first look.
     first = p.consumer is not None or p.ack is not None
     acked = None
+    # While it waits, a send in this process may lease it messages directly.
+    offer = notify.Offer(p.max, p.visibility_timeout, p.consumer)
     while True:
         # Register before looking, so a send between the look and the wait
         # still wakes us.
-        with notify.waiter(queue.id) as waiter:
+        with notify.waiter(queue.id, offer) as waiter:
             if first:
                 deliveries, acked = await _afirst_look(queue, p.ack, **options)
                 first = False
             else:
                 deliveries = await broker.areceive(queue, **options)
             remaining = deadline - time.monotonic()
+            if not deliveries and remaining > 0:
+                handed = await waiter.wait(min(remaining, POLL_RECHECK_SECONDS))
+                if isinstance(handed, list):
+                    deliveries = handed
             if deliveries or remaining <= 0:
                 out: dict[str, Any] = {"messages": [d.to_dict() for d in deliveries]}
                 if acked is not None:
                     out |= {"acked": acked.done, "stale": acked.stale}
                 return json_response(out)
-            await waiter.wait(min(remaining, POLL_RECHECK_SECONDS))
         # Pick up pause/resume and config changes made while we waited.
         queue = await broker.aget_queue(name)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import datetime
 
 import pytest
 from django.db import connection
@@ -365,6 +366,24 @@ def test_receive_with_wait_and_nothing_sent_returns_empty(api):
     assert time.monotonic() - started >= 0.3
 
 
+def waiting_receive(tapi, queue: str, **body) -> tuple[threading.Thread, dict]:
+    """A receive on another thread (its own connection), given time to
+    start waiting. The result dict gets its messages and when it ended."""
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["messages"] = tapi.receive(queue, **body)
+            result["ended"] = time.monotonic()
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    time.sleep(0.3)  # the receive is waiting by now
+    return thread, result
+
+
 def test_long_poll_wakes_early_when_a_message_arrives(tapi, monkeypatch):
     """A receive waiting up to 3 s returns soon after a send from another
     thread. Its periodic re-check is pushed out of the way, so only the
@@ -373,20 +392,7 @@ def test_long_poll_wakes_early_when_a_message_arrives(tapi, monkeypatch):
 
     monkeypatch.setattr(views, "POLL_RECHECK_SECONDS", 30.0)
     tapi.make_queue("jobs")
-    result: dict = {}
-
-    def wait_for_one() -> None:
-        try:
-            started = time.monotonic()
-            result["messages"] = tapi.receive("jobs", wait=3)
-            result["ended"] = time.monotonic()
-            result["started"] = started
-        finally:
-            connection.close()
-
-    waiter = threading.Thread(target=wait_for_one)
-    waiter.start()
-    time.sleep(0.3)  # the receive is waiting by now
+    waiter, result = waiting_receive(tapi, "jobs", wait=3)
     sent_at = time.monotonic()
     broker.publish(broker.get_queue("jobs"), [broker.NewMessage(body=b'"hello"')])
     waiter.join(5)
@@ -394,6 +400,56 @@ def test_long_poll_wakes_early_when_a_message_arrives(tapi, monkeypatch):
     assert [m["body"] for m in result["messages"]] == ["hello"]
     # Woken by the send, long before the 3 s deadline.
     assert result["ended"] - sent_at < 1.5, result["ended"] - sent_at
+
+
+def test_a_send_hands_its_messages_to_a_receive_waiting_in_this_process(tapi, monkeypatch):
+    """The send leases its new messages to the waiting receive in its own
+    INSERT: the receive answers without a claim of its own, with the
+    messages a claim would have chosen (highest priority, then oldest, up
+    to its max), on leases as real as a claim's."""
+    from queues.api import views
+
+    monkeypatch.setattr(views, "POLL_RECHECK_SECONDS", 30.0)
+    tapi.make_queue("jobs", visibility_timeout=120)
+    cid = tapi.post("consumers", {"name": "w", "queues": ["jobs"]}).data["id"]
+    looks: list[dict] = []
+    claim = broker.receive
+    monkeypatch.setattr(broker, "receive", lambda queue, **kw: looks.append(kw) or claim(queue, **kw))
+    waiter, result = waiting_receive(tapi, "jobs", wait=3, max=2, consumer=cid, visibility_timeout=60)
+    sent_at = time.time()
+    new = [broker.NewMessage(body=b'"a"'), broker.NewMessage(body=b'"b"', priority=5), broker.NewMessage(body=b'"c"')]
+    broker.publish(broker.get_queue("jobs"), new)
+    waiter.join(5)
+    got = result["messages"]
+    assert [m["body"] for m in got] == ["b", "a"]
+    assert len(looks) == 1  # the first look (empty): no claim after the send
+    assert [m["delivery_count"] for m in got] == [1, 1]
+    expires = datetime.fromisoformat(got[0]["lease_expires_at"]).timestamp()
+    assert sent_at + 55 < expires < sent_at + 65  # the receive's visibility timeout
+    counts = broker.queue_counts()[broker.get_queue("jobs").id]
+    assert (counts.ready, counts.in_flight, counts.totals["received_total"], counts.totals["sent_total"]) == (1, 2, 2, 3)
+    held = Message.objects.filter(queue__name="jobs", state="in_flight")
+    assert sorted(held.values_list("consumer_id", flat=True)) == [cid, cid]
+    assert tapi.ack("jobs", *(m["receipt"] for m in got))["acked"] == [m["id"] for m in got]
+    assert [m["body"] for m in tapi.receive("jobs")] == ["c"]
+
+
+def test_a_send_inside_a_callers_transaction_hands_nothing(tapi, monkeypatch):
+    # Were the caller to roll back after the send returned, the handed
+    # messages would not exist: the receive looks for itself after the commit.
+    from django.db import transaction
+
+    from queues.api import views
+
+    monkeypatch.setattr(views, "POLL_RECHECK_SECONDS", 30.0)
+    tapi.make_queue("jobs")
+    waiter, result = waiting_receive(tapi, "jobs", wait=3)
+    with transaction.atomic():
+        broker.publish(broker.get_queue("jobs"), [broker.NewMessage(body=b'"kept"')])
+        assert broker.queue_counts()[broker.get_queue("jobs").id].in_flight == 0
+    waiter.join(5)
+    assert [m["body"] for m in result["messages"]] == ["kept"]
+    assert broker.queue_counts()[broker.get_queue("jobs").id].totals["received_total"] == 1
 
 
 def test_receive_with_a_consumer_that_left_is_410(api):
@@ -412,18 +468,7 @@ def test_long_poll_on_a_paused_queue_wakes_when_it_is_resumed(tapi, monkeypatch)
     monkeypatch.setattr(views, "POLL_RECHECK_SECONDS", 30.0)
     tapi.make_queue("jobs", paused=True)
     tapi.send("jobs", "held")
-    result: dict = {}
-
-    def wait_for_one() -> None:
-        try:
-            result["messages"] = tapi.receive("jobs", wait=4)
-            result["ended"] = time.monotonic()
-        finally:
-            connection.close()
-
-    waiter = threading.Thread(target=wait_for_one)
-    waiter.start()
-    time.sleep(0.3)
+    waiter, result = waiting_receive(tapi, "jobs", wait=4)
     assert "messages" not in result  # a paused queue delivers nothing
     resumed_at = time.monotonic()
     broker.put_queue("jobs", {"paused": False})

@@ -1,0 +1,71 @@
+"""Waiting receives: wake-ups, timeouts, and the hand-off of a send's new
+messages to a receive waiting in the same process (notify.take/hand)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from queues import notify
+
+
+@pytest.fixture(autouse=True)
+def no_listener(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The LISTEN connection is PostgreSQL's business, not these tests'.
+    monkeypatch.setattr(notify, "_ensure_listener", lambda loop: None)
+
+
+def in_thread(fn, *args):  # type: ignore[no-untyped-def]
+    """Run fn as a sender does: on another thread."""
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fn(*args)))
+    t.start()
+    t.join(5)
+    return out[0] if out else None
+
+
+def test_a_timeout_ends_a_wait_with_false_and_a_wake_with_true() -> None:
+    async def main() -> tuple:
+        with notify.waiter(1) as w:
+            timed_out = await w.wait(0.05)
+        with notify.waiter(1) as w:
+            asyncio.get_running_loop().call_later(0.05, notify.wake, [1])
+            woken = await w.wait(5)
+        return timed_out, woken
+
+    assert asyncio.run(main()) == (False, True)
+
+
+def test_only_a_waiting_receive_with_an_offer_is_taken_and_only_as_many_as_needed() -> None:
+    async def main() -> list:
+        with notify.waiter(7) as plain, notify.waiter(7, notify.Offer(2)) as a, notify.waiter(7, notify.Offer(2)) as b:
+            assert in_thread(notify.take, 7, 5) == []  # nobody waits yet: they are looking
+            waits = [asyncio.ensure_future(w.wait(5)) for w in (plain, a, b)]
+            await asyncio.sleep(0)
+            taken = in_thread(notify.take, 7, 3)  # 3 messages: a takes 2, b the third
+            assert taken == [a, b]
+            assert in_thread(notify.take, 7, 3) == []  # taken once
+            notify.wake([7])  # the plain waiter wakes; the taken ones wait for their send
+            await asyncio.sleep(0.01)
+            assert waits[0].done() and not waits[1].done() and not waits[2].done()
+            in_thread(notify.hand, a, ["m1", "m2"])
+            in_thread(notify.hand, b, True)  # its send failed: it looks for itself
+            return [await t for t in waits]
+
+    assert asyncio.run(main()) == [True, ["m1", "m2"], True]
+
+
+def test_a_taken_receive_outwaits_its_timeout_for_what_it_was_handed() -> None:
+    async def main() -> object:
+        with notify.waiter(3, notify.Offer(1)) as w:
+            wait = asyncio.ensure_future(w.wait(0.05))
+            await asyncio.sleep(0)
+            assert in_thread(notify.take, 3, 1) == [w]
+            await asyncio.sleep(0.2)  # past the timeout: still waiting for its send
+            assert not wait.done()
+            in_thread(notify.hand, w, ["m"])
+            return await wait
+
+    assert asyncio.run(main()) == ["m"]
