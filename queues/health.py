@@ -14,7 +14,8 @@ import logging
 import time
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, FloatField, Q, Value
+from django.db.models.functions import Greatest
 
 from . import broker, events
 from .models import Consumer, ConsumerStatus, Message
@@ -37,6 +38,8 @@ def check_consumers(now: float | None = None) -> dict[str, int]:
     """One health pass (the monitor's tick hook). Returns how many consumers
     turned suspect and dead and how many messages went back to ready."""
     now = time.time() if now is None else now
+    if not _anything_due(now):
+        return {"suspect": 0, "dead": 0, "released": 0}
     done = {"suspect": _mark_suspects(now), "dead": 0, "released": 0}
     for consumer in Consumer.objects.filter(
         status__in=[ConsumerStatus.ALIVE, ConsumerStatus.SUSPECT],
@@ -49,6 +52,21 @@ def check_consumers(now: float | None = None) -> dict[str, int]:
     done["released"] += _release_stragglers(now)
     Consumer.objects.filter(status=ConsumerStatus.DEAD, dead_at__lt=now - DEAD_CONSUMER_KEEP_SECONDS).delete()
     return done
+
+
+def _anything_due(now: float) -> bool:
+    """One query, the whole pass when it answers yes: is a consumer late
+    enough to turn suspect or dead, dead recently enough to be swept for
+    stragglers, or dead long enough to forget? The pass itself runs four
+    or more queries, four times a second; with healthy consumers (or none)
+    there is nothing for them to find."""
+    interval = Greatest(Value(1.0), F("heartbeat_timeout") / Value(3.0), output_field=FloatField())
+    return Consumer.objects.filter(
+        Q(status=ConsumerStatus.ALIVE, last_heartbeat__lt=Value(now) - interval * Value(1 + SUSPECT_GRACE))
+        | Q(status__in=[ConsumerStatus.ALIVE, ConsumerStatus.SUSPECT], last_heartbeat__lt=now - F("heartbeat_timeout"))
+        | Q(status=ConsumerStatus.DEAD, dead_at__gte=now - STRAGGLER_WINDOW_SECONDS)
+        | Q(status=ConsumerStatus.DEAD, dead_at__lt=now - DEAD_CONSUMER_KEEP_SECONDS)
+    ).exists()
 
 
 def _mark_suspects(now: float) -> int:

@@ -75,6 +75,21 @@ def test_one_missed_interval_makes_suspect_and_a_beat_makes_alive_again(api):
     assert consumer_row(api, cid)["status"] == "alive"
 
 
+def test_a_health_pass_over_healthy_consumers_is_one_query(api):
+    # It runs four times a second: with nothing late, dead or to forget,
+    # one query answers, and the suspect cutoff is the pass's own (the
+    # timeout's third, plus grace).
+    from django.test.utils import CaptureQueriesContext
+
+    api.make_queue("jobs")
+    cid = register(api, timeout=6)["id"]  # interval 2 s, suspect after 3 s
+    beat = Consumer.objects.get(pk=cid).last_heartbeat
+    with CaptureQueriesContext(connection) as queries:
+        assert health.check_consumers(now=beat + 2.9) == {"suspect": 0, "dead": 0, "released": 0}
+    assert len(queries) == 1
+    assert health.check_consumers(now=beat + 3.1)["suspect"] == 1
+
+
 def test_suspect_consumer_keeps_its_leases(api):
     api.make_queue("jobs")
     api.send("jobs", "a")

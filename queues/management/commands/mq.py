@@ -6,6 +6,7 @@ Thin on purpose: parse, then delegate to the broker, the monitor or daphne.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import secrets
 import signal
@@ -131,6 +132,15 @@ class Command(BaseCommand):
             # Client addresses from X-Forwarded-For: only behind our own proxy,
             # or any client could pick the address the auth brake sees.
             args.append("--proxy-headers")
+        # What the server holds for its life (Django, the URL conf, the
+        # app) is loaded now and kept out of the garbage collector's passes:
+        # without this a pass of its oldest generation scanned all of it,
+        # 40-80 ms in which no request moved, and younger passes took up to
+        # 15 ms instead of 1.5.
+        import mqadmin.asgi  # noqa: F401
+
+        gc.collect()
+        gc.freeze()
         CommandLineInterface().run([*args, settings.ASGI_APPLICATION.replace(".application", ":application")])
 
     def do_monitor(self, opts: Namespace) -> None:
