@@ -200,3 +200,64 @@ def test_demo_says_how_to_start_a_server_when_none_runs(db):
     out = io.StringIO()
     assert run_demo(f"http://127.0.0.1:{free_port()}", "mqx.y", out=out) == 1
     assert "make run" in out.getvalue()
+
+
+class CountingClient(Client):
+    """Counts the acks a worker sends on their own and those riding on a receive."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.calls = {"ack": 0, "ack_and_receive": 0}
+
+    def ack(self, *args, **kwargs):
+        self.calls["ack"] += 1
+        return super().ack(*args, **kwargs)
+
+    def ack_and_receive(self, *args, **kwargs):
+        self.calls["ack_and_receive"] += 1
+        return super().ack_and_receive(*args, **kwargs)
+
+
+def test_worker_acks_ride_on_its_next_receive(client, server, token):
+    # One handler, no prefetch: when it finishes, the fetcher is waiting for
+    # its slot, so the ack goes with the next receive: one request a message.
+    client.put_queue("rides")
+    client.send_batch("rides", [{"body": i} for i in range(30)])
+    counting = CountingClient(server, token)
+    done: list[int] = []
+    worker = Worker(counting, "rides", lambda m: done.append(m.body), poll_wait=1)
+    thread = run_in_thread(worker)
+    wait_for(lambda: len(done) == 30, timeout=20)
+    wait_for(lambda: client.get_queue("rides")["in_flight"] == 0, timeout=5)
+    worker.stop()
+    thread.join(10)
+    assert sorted(done) == list(range(30))
+    assert (client.get_queue("rides")["ready"], worker.stats["processed"], worker.stats["stale"]) == (0, 30, 0)
+    assert counting.calls["ack_and_receive"] >= 29
+    assert counting.calls["ack"] <= 1
+
+
+def test_worker_acks_of_handlers_that_finish_together_go_in_one_request(client, server, token):
+    # Four handlers released at once while the fetcher long-polls an empty
+    # queue: their acks cannot wait for a receive; they go now, together.
+    client.put_queue("together")
+    client.send_batch("together", [{"body": i} for i in range(4)])
+    counting = CountingClient(server, token)
+    gate = threading.Event()
+    started: list[int] = []
+
+    def handler(message):
+        started.append(message.body)
+        gate.wait(10)
+
+    worker = Worker(counting, "together", handler, concurrency=4, prefetch=4, poll_wait=5)
+    thread = run_in_thread(worker)
+    wait_for(lambda: len(started) == 4, timeout=10)
+    time.sleep(0.3)  # the fetcher is in its long poll (free prefetch slots)
+    gate.set()
+    wait_for(lambda: client.get_queue("together")["in_flight"] == 0, timeout=5)
+    worker.stop()
+    thread.join(10)
+    assert worker.stats["processed"] == 4
+    assert 1 <= counting.calls["ack"] <= 3  # not one per message
+    assert counting.calls["ack_and_receive"] == 0

@@ -7,7 +7,10 @@ be consumed without thinking about it.
 - extends the lease of a handler that runs long, so a slow message is not
   delivered twice;
 - acks when the handler returns, nacks with exponential backoff when it
-  raises;
+  raises; an ack rides on the fetcher's next receive when the fetcher is
+  waiting for the handler's slot (one request a message, not two), else it
+  goes at once, in one request with those of other handlers that finish
+  meanwhile;
 - on SIGTERM (or SIGINT) finishes the messages it has started, hands back
   the ones it has not, and leaves; a second signal releases everything at
   once and exits.
@@ -98,6 +101,17 @@ class Worker:
         self._force = threading.Event()
         self._wake = threading.Event()
         self._running = 0
+        # Acks waiting for the fetcher's next receive; whether the fetcher is
+        # inside a receive now (then an ack cannot wait for it).
+        self._deferred: list[str] = []
+        self._fetching = False
+        # Acks to send, and whether a thread is sending them (group commit:
+        # whoever finds none in flight sends all that gathered meanwhile).
+        self._to_ack: list[str] = []
+        self._acking = False
+        # Receipts whose ack may have landed in a request that failed: a
+        # stale answer on them is not a lost lease.
+        self._maybe_acked: set[str] = set()
 
     # -- public ----------------------------------------------------------------
 
@@ -142,6 +156,7 @@ class Worker:
             if self._stopping.is_set():
                 self._hand_back_unstarted()
                 if self._idle():
+                    self._flush_acks()
                     self._leave()
                     log.info("worker %s stopped gracefully", self.name)
                     return 0
@@ -208,17 +223,31 @@ class Worker:
             free = 1
             while self._slots.acquire(blocking=False):
                 free += 1
+            with self._lock:
+                acks, self._deferred = self._deferred, []
+                self._fetching = True
             try:
-                messages = self.client.receive(
-                    self.queue, max=min(free, 100), wait=self.poll_wait, consumer=self.consumer_id
-                )
+                if acks:
+                    result, messages = self.client.ack_and_receive(
+                        self.queue, acks, max=min(free, 100), wait=self.poll_wait, consumer=self.consumer_id
+                    )
+                    self._note_stale(acks, result.get("stale", []))
+                else:
+                    messages = self.client.receive(
+                        self.queue, max=min(free, 100), wait=self.poll_wait, consumer=self.consumer_id
+                    )
             except (ConsumerDead, ConsumerNotFound):
                 messages = []
+                self._send_acks(acks)  # refused before any ack was applied
                 self._reregister()
             except (OSError, MQError) as exc:
                 messages = []
+                self._send_acks(acks, maybe_acked=True)
                 log.warning("receive failed (%s); retrying", exc)
                 self._stopping.wait(RETRY_SECONDS)
+            finally:
+                with self._lock:
+                    self._fetching = False
             now = time.monotonic()
             for message in messages:
                 lease = _Lease(message, now + self.lease_seconds)
@@ -272,7 +301,7 @@ class Worker:
             self._settle("nack", message, delay=delay, reason=f"{type(exc).__name__}: {exc}")
             return
         self._count("processed")
-        self._settle("ack", message)
+        self._ack(message.receipt)
 
     def backoff(self, delivery_count: int) -> int:
         """Seconds before a failed message is tried again: doubling from
@@ -285,19 +314,88 @@ class Worker:
             return  # everything was released; any answer would be stale
         for _attempt in range(3):
             try:
-                if verb == "ack":
-                    result = self.client.ack(self.queue, [message.receipt])
-                else:
-                    result = self.client.nack(self.queue, [message.receipt], **kw)
-                if result.get("stale"):
-                    self._count("stale")
-                    log.warning(
-                        "%s of message %s was stale: its lease had been handed to another consumer", verb, message.id
-                    )
+                result = self.client.nack(self.queue, [message.receipt], **kw)
+                self._note_stale([message.receipt], result.get("stale", []), verb)
                 return
             except (OSError, MQError) as exc:
                 log.warning("%s of message %s failed (%s); retrying", verb, message.id, exc)
                 time.sleep(RETRY_SECONDS)
+
+    # -- acks ------------------------------------------------------------------
+
+    def _ack(self, receipt: str) -> None:
+        """A finished message's ack. While the fetcher waits for a free slot
+        (this handler's, about to be released), the ack rides on its next
+        receive; else it goes now."""
+        with self._lock:
+            if not self._fetching and not self._stopping.is_set():
+                self._deferred.append(receipt)
+                return
+        self._send_acks([receipt])
+
+    def _send_acks(self, receipts: list[str], *, maybe_acked: bool = False) -> None:
+        """Send acks now. A thread that finds none in flight sends these and
+        all that gather while it does, a request at a time; the others
+        return at once, leaving theirs to it."""
+        if not receipts:
+            return
+        with self._lock:
+            self._to_ack += receipts
+            if maybe_acked:
+                self._maybe_acked.update(receipts)
+            if self._acking:
+                return
+            self._acking = True
+        try:
+            while True:
+                with self._lock:
+                    batch, self._to_ack = self._to_ack, []
+                    if not batch:
+                        self._acking = False
+                        return
+                self._post_acks(batch)
+        except BaseException:
+            with self._lock:
+                self._acking = False
+            raise
+
+    def _post_acks(self, receipts: list[str]) -> None:
+        if self._force.is_set():
+            return  # everything was released; any answer would be stale
+        for _attempt in range(3):
+            try:
+                result = self.client.ack(self.queue, receipts)
+                self._note_stale(receipts, result.get("stale", []))
+                return
+            except (OSError, MQError) as exc:
+                log.warning("ack of %d message(s) failed (%s); retrying", len(receipts), exc)
+                with self._lock:
+                    self._maybe_acked.update(receipts)
+                time.sleep(RETRY_SECONDS)
+
+    def _flush_acks(self) -> None:
+        """Before leaving: send the acks that waited for a receive, and wait
+        for any in flight (leaving would hand their messages to others)."""
+        with self._lock:
+            deferred, self._deferred = self._deferred, []
+        self._send_acks(deferred)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._acking and not self._to_ack:
+                    return
+            time.sleep(0.01)
+
+    def _note_stale(self, sent: list[str], stale: list[str], verb: str = "ack") -> None:
+        """Count the stale answers of a request that landed (on ``sent``)."""
+        with self._lock:
+            lost = [r for r in stale if r not in self._maybe_acked]
+            self._maybe_acked.difference_update(sent)
+            self.stats["stale"] += len(lost)
+        for receipt in lost:
+            log.warning(
+                "%s of message %s was stale: its lease had been handed to another consumer", verb, receipt.split(".")[0]
+            )
 
     def _hand_back_unstarted(self) -> None:
         """On a graceful stop, messages fetched but not started go back at
