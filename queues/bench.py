@@ -161,6 +161,19 @@ def rounds_of(n: int, fn: Callable[[], float]) -> list[float]:
     return [fn() for _ in range(n)]
 
 
+@dataclass
+class Measure:
+    """One peer's round of a scenario (a rate). ``twin``, when given, is a
+    variant measured right after it in every round, whose median ``twin_note``
+    formats into the cell's note."""
+
+    peer: str
+    fn: Callable[[], float]
+    note: str = ""
+    twin: Callable[[], float] | None = None
+    twin_note: str = ""
+
+
 # --------------------------------------------------------------------------- #
 # Raw SQL: the broker's own statements, straight through psycopg
 # --------------------------------------------------------------------------- #
@@ -418,13 +431,30 @@ class Bench:
         self.stats.setdefault(key, {})[peer] = stat
         self.say(f"  {key:<24} {peer:<14} {stat.cell()}")
 
-    def guarded(self, key: str, peer: str, fn: Callable[[], Stat]) -> None:
-        """Run one measurement; a failure is reported in its cell, not fatal."""
-        try:
-            stat = fn()
-        except Exception as exc:
-            stat = skipped(f"failed: {type(exc).__name__}: {str(exc)[:120]}")
-        self.put(key, peer, stat)
+    def interleaved(self, key: str, measures: list[Measure]) -> None:
+        """Every peer's rounds in turn (mqadmin, raw SQL, RabbitMQ,
+        Procrastinate, then mqadmin again...): a slow spell of the shared
+        machine hits them all alike, so the ratios hold where the absolute
+        numbers move. A peer that fails is reported so, not fatal."""
+        values: dict[str, list[float]] = {m.peer: [] for m in measures}
+        twins: dict[str, list[float]] = {m.peer: [] for m in measures}
+        failed: dict[str, str] = {}
+        for _ in range(self.s.rounds):
+            for m in measures:
+                if m.peer in failed:
+                    continue
+                try:
+                    values[m.peer].append(m.fn())
+                    if m.twin is not None:
+                        twins[m.peer].append(m.twin())
+                except Exception as exc:
+                    failed[m.peer] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+        for m in measures:
+            if m.peer in failed:
+                self.put(key, m.peer, skipped(failed[m.peer]))
+                continue
+            note = m.twin_note.format(statistics.median(twins[m.peer])) if m.twin is not None else m.note
+            self.put(key, m.peer, Stat(values[m.peer], note=note))
 
     # -- setup -------------------------------------------------------------
 
@@ -523,8 +553,6 @@ class Bench:
                 api.close()
                 self.empty("single")
 
-        self.guarded("produce_batch", "mqadmin", lambda: Stat(rounds_of(s.rounds, mq_batches)))
-        self.guarded("produce_single", "mqadmin", lambda: Stat(rounds_of(s.rounds, mq_singles)))
 
         def raw_produce(per: int, count: int) -> float:
             raw = self.raw()
@@ -537,15 +565,18 @@ class Bench:
                 raw.close()
                 self.empty("raw")
 
+        batches, singles = [Measure("mqadmin", mq_batches)], [Measure("mqadmin", mq_singles)]
         if "raw" in self.peers:
-            self.guarded("produce_batch", "raw", lambda: Stat(rounds_of(s.rounds, lambda: raw_produce(100, s.batches))))
-            self.guarded("produce_single", "raw", lambda: Stat(rounds_of(s.rounds, lambda: raw_produce(1, s.singles))))
+            batches.append(Measure("raw", lambda: raw_produce(100, s.batches)))
+            singles.append(Measure("raw", lambda: raw_produce(1, s.singles)))
         if self.rabbit_reason is None:
-            self.guarded("produce_batch", "rabbitmq", lambda: Stat(rounds_of(s.rounds, lambda: rabbit_publish(s.batches * 100, confirms=False)), note="(no confirms)"))
-            self.guarded("produce_single", "rabbitmq", lambda: Stat(rounds_of(s.rounds, lambda: rabbit_publish(s.singles, confirms=True)), note="(confirms)"))
+            batches.append(Measure("rabbitmq", lambda: rabbit_publish(s.batches * 100, confirms=False), "(no confirms)"))
+            singles.append(Measure("rabbitmq", lambda: rabbit_publish(s.singles, confirms=True), "(confirms)"))
         if self.procrastinate_reason is None:
-            self.guarded("produce_batch", "procrastinate", lambda: Stat(rounds_of(s.rounds, lambda: procrastinate_defer(s.batches, 100)), note="(batch_defer)"))
-            self.guarded("produce_single", "procrastinate", lambda: Stat(rounds_of(s.rounds, lambda: procrastinate_defer(s.singles, 1)), note="(defer)"))
+            batches.append(Measure("procrastinate", lambda: procrastinate_defer(s.batches, 100), "(batch_defer)"))
+            singles.append(Measure("procrastinate", lambda: procrastinate_defer(s.singles, 1), "(defer)"))
+        self.interleaved("produce_batch", batches)
+        self.interleaved("produce_single", singles)
 
     def mq_drain(self, name: str, consumers: int, total: int, per: int, *, separate_acks: bool = False) -> float:
         """Consumers lease ``per`` at a time and ack them all. Each receive
@@ -602,48 +633,61 @@ class Bench:
         s = self.s
         self.say("3. receive 100 + ack 100")
         for n in (1, 4):
-            key = f"drain_{n}"
-            self.guarded(key, "mqadmin", lambda n=n: self.mq_drain_stat("drain", n, s.drain, 100))
+            measures = [self.mq_drain_measure("drain", n, s.drain, 100)]
             if "raw" in self.peers:
-                self.guarded(key, "raw", lambda n=n: Stat(rounds_of(s.rounds, lambda: self.raw_drain("raw", n, s.drain, 100))))
+                measures.append(Measure("raw", lambda n=n: self.raw_drain("raw", n, s.drain, 100)))
             if self.rabbit_reason is None:
-                self.guarded(key, "rabbitmq", lambda n=n: Stat(rounds_of(s.rounds, lambda: rabbit_drain(n, s.drain, prefetch=100)), note="(manual ack)"))
+                measures.append(Measure("rabbitmq", lambda n=n: rabbit_drain(n, s.drain, prefetch=100), "(manual ack)"))
             if self.procrastinate_reason is None:
                 # A worker takes one job at a time: it drains a smaller batch.
-                self.guarded(key, "procrastinate", lambda n=n: Stat(rounds_of(s.rounds, lambda: procrastinate_worker(s.trips, n)), note=f"(worker, concurrency {n})"))
+                measures.append(Measure("procrastinate", lambda n=n: procrastinate_worker(s.trips, n), f"(worker, concurrency {n})"))
+            self.interleaved(f"drain_{n}", measures)
 
-    def mq_drain_stat(self, name: str, consumers: int, total: int, per: int) -> Stat:
-        """The drain with acks riding on receives, and, in its note, the
-        median with an ack call of its own per batch."""
-        piggyback, separate = [], []
-        for _ in range(self.s.rounds):
-            # Alternate, so drift on a shared machine hits both alike.
-            piggyback.append(self.mq_drain(name, consumers, total, per))
-            separate.append(self.mq_drain(name, consumers, total, per, separate_acks=True))
-        return Stat(piggyback, note=f"(acks ride on the next receive; with an ack call of their own: {statistics.median(separate):,.0f}/s)")
+    def mq_drain_measure(self, name: str, consumers: int, total: int, per: int) -> Measure:
+        """The drain with acks riding on receives, and, as its twin (in the
+        note), with an ack call of its own per batch."""
+        return Measure(
+            "mqadmin",
+            lambda: self.mq_drain(name, consumers, total, per),
+            twin=lambda: self.mq_drain(name, consumers, total, per, separate_acks=True),
+            twin_note="(acks ride on the next receive; with an ack call of their own: {:,.0f}/s)",
+        )
 
     def scenario_round_trip(self) -> None:
         s = self.s
         self.say("4. one message per round trip")
-        self.guarded("round_trip", "mqadmin", lambda: self.mq_drain_stat("trip", 1, s.trips, 1))
+        measures = [self.mq_drain_measure("trip", 1, s.trips, 1)]
         if "raw" in self.peers:
-            self.guarded("round_trip", "raw", lambda: Stat(rounds_of(s.rounds, lambda: self.raw_drain("raw", 1, s.trips, 1))))
+            measures.append(Measure("raw", lambda: self.raw_drain("raw", 1, s.trips, 1)))
         if self.rabbit_reason is None:
-            self.guarded("round_trip", "rabbitmq", lambda: Stat(rounds_of(s.rounds, lambda: rabbit_drain(1, s.trips, prefetch=1)), note="(prefetch 1)"))
+            measures.append(Measure("rabbitmq", lambda: rabbit_drain(1, s.trips, prefetch=1), "(prefetch 1)"))
         if self.procrastinate_reason is None:
-            self.guarded("round_trip", "procrastinate", lambda: Stat(rounds_of(s.rounds, lambda: procrastinate_worker(s.trips, 1)), note="(worker)"))
+            measures.append(Measure("procrastinate", lambda: procrastinate_worker(s.trips, 1), "(worker)"))
+        self.interleaved("round_trip", measures)
 
     def scenario_latency(self) -> None:
         s = self.s
-        n = s.latency * s.rounds
         self.say("5. send -> long-polling consumer")
-        self.guarded("latency", "mqadmin", lambda: latency_stat(self.mq_latency(n)))
+        peers: list[tuple[str, Callable[[int], list[float]], str]] = [("mqadmin", self.mq_latency, "")]
         if "raw" in self.peers:
-            self.guarded("latency", "raw", lambda: latency_stat(self.raw_latency(n), "(LISTEN/NOTIFY + claim)"))
+            peers.append(("raw", self.raw_latency, "(LISTEN/NOTIFY + claim)"))
         if self.rabbit_reason is None:
-            self.guarded("latency", "rabbitmq", lambda: latency_stat(rabbit_latency(n), "(push)"))
+            peers.append(("rabbitmq", rabbit_latency, "(push)"))
         if self.procrastinate_reason is None:
-            self.guarded("latency", "procrastinate", lambda: latency_stat(procrastinate_latency(n), "(worker)"))
+            peers.append(("procrastinate", procrastinate_latency, "(worker)"))
+        # Rounds of sends for each peer in turn, as the rates are measured:
+        # a slow spell of the machine lands in every peer's percentiles alike.
+        samples: dict[str, list[float]] = {peer: [] for peer, _, _ in peers}
+        failed: dict[str, str] = {}
+        for _ in range(s.rounds):
+            for peer, measure, _note in peers:
+                if peer not in failed:
+                    try:
+                        samples[peer] += measure(s.latency)
+                    except Exception as exc:
+                        failed[peer] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+        for peer, _measure, note in peers:
+            self.put("latency", peer, skipped(failed[peer]) if peer in failed else latency_stat(samples[peer], note))
 
     def mq_latency(self, n: int) -> list[float]:
         queue = PREFIX + "latency"
