@@ -10,6 +10,7 @@ ready. Each has an ``a``-prefixed async twin for async views.
 from __future__ import annotations
 
 import copy
+import logging
 import re
 import secrets
 import time
@@ -51,6 +52,7 @@ from .models import (
 )
 from .states import MessageState as S
 
+log = logging.getLogger(__name__)
 MESSAGE_TABLE = Message._meta.db_table
 DEDUP_TABLE = "queues_dedupkey"
 DELTA_TABLE = QueueStatsDelta._meta.db_table
@@ -1208,6 +1210,42 @@ def _release_rows(rows: list[tuple], *, now: float, reason: str) -> int:
         _release(queues[qid], items, tally, now=now, reason=reason, kind="redelivery")
     tally.save()
     return len(rows)
+
+
+def release_unanswered(queue_id: int, deliveries: Sequence[Delivery]) -> int:
+    """Messages a send leased to a waiting receive that went away before it
+    could answer (its client hung up in between): back to ready at once, as
+    if never delivered, instead of at their visibility timeout. Each is
+    fenced by its lease token: one whose lease moved on is left alone.
+    Returns how many."""
+    from django.db.models import F, Q
+
+    match = Q()
+    for d in deliveries:
+        match |= Q(pk=d.id, lease_token=d.lease_token)
+    with transaction.atomic():
+        n = Message.objects.filter(match, queue_id=queue_id, state=S.IN_FLIGHT).update(
+            state=S.READY, lease_token=None, lease_expires_at=None, consumer=None, delivery_count=F("delivery_count") - 1
+        )
+        if n:
+            tally = Tally()
+            tally.move(queue_id, S.IN_FLIGHT, S.READY, n)
+            tally.save()
+    return n
+
+
+def _release_unanswered_now(queue_id: int, deliveries: list[Delivery]) -> None:
+    """``release_unanswered`` on a thread of its own (from the event loop)."""
+    try:
+        n = release_unanswered(queue_id, deliveries)
+        log.info("a waiting receive went away before answering: %d handed message(s) back to ready", n)
+    except Exception:
+        log.exception("could not release %d handed message(s); they return at their visibility timeout", len(deliveries))
+    finally:
+        connection.close()
+
+
+notify.on_unanswered = _release_unanswered_now
 
 
 def release_consumer(consumer_id: str, *, reason: str = "consumer left", now: float | None = None) -> int:

@@ -17,7 +17,7 @@ import asyncio
 import contextvars
 import logging
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -51,9 +51,10 @@ class Waiter:
     """A receive waiting on a queue. ``wait()`` ends with True (woken: look
     again), False (timed out) or a list of deliveries a send handed it."""
 
-    def __init__(self, future: asyncio.Future[Any], offer: Offer | None) -> None:
+    def __init__(self, future: asyncio.Future[Any], offer: Offer | None, queue_id: int = 0) -> None:
         self.future = future
         self.offer = offer
+        self.queue_id = queue_id
         # Only while it waits may a send take it; once taken, only that
         # send resolves it (a wake-up or the timeout leave it alone).
         self.armed = False
@@ -77,14 +78,26 @@ class Waiter:
                 self.armed = False
 
 
+# Called (on a thread of its own) with the queue id and the deliveries a
+# send handed to a receive that had gone away; set by the broker.
+on_unanswered: Callable[[int, list[Any]], None] | None = None
+
+
 def _resolve(future: asyncio.Future[Any], result: Any = True) -> None:
     if not future.done():
         future.set_result(result)
-    elif isinstance(result, list):
-        # The receive was cancelled (its client hung up) while a send leased
-        # it these: they come back when their visibility timeout runs out,
-        # as after any delivery whose response was lost.
-        log.info("a waiting receive went away; %d messages handed to it return at their visibility timeout", len(result))
+
+
+def _deliver(waiter: Waiter, result: Any) -> None:
+    if not waiter.future.done():
+        waiter.future.set_result(result)
+    elif isinstance(result, list) and result:
+        # The receive was cancelled (its client hung up) after a send leased
+        # it these: back to ready now, not at their visibility timeout.
+        if on_unanswered is None:
+            log.warning("%d messages handed to a receive that went away return at their visibility timeout", len(result))
+        else:
+            waiter.future.get_loop().run_in_executor(None, on_unanswered, waiter.queue_id, result)
 
 
 def _time_out(waiter: Waiter) -> None:
@@ -97,9 +110,11 @@ def _time_out(waiter: Waiter) -> None:
 def _settle(waiter: Waiter, result: Any) -> None:
     loop = waiter.future.get_loop()
     if loop.is_closed():
-        _resolve(waiter.future, result)  # only logs what was lost
+        if isinstance(result, list) and result and on_unanswered is not None:
+            # Nobody will answer: release them, off the sender's thread.
+            threading.Thread(target=on_unanswered, args=(waiter.queue_id, result), daemon=True).start()
         return
-    loop.call_soon_threadsafe(_resolve, waiter.future, result)
+    loop.call_soon_threadsafe(_deliver, waiter, result)
 
 
 def wake(queue_ids: Iterable[int]) -> None:
@@ -147,7 +162,7 @@ def waiter(queue_id: int, offer: Offer | None = None) -> Iterator[Waiter]:
     With an ``offer``, a send in this process may lease messages to it."""
     loop = asyncio.get_running_loop()
     _ensure_listener(loop)
-    w = Waiter(loop.create_future(), offer)
+    w = Waiter(loop.create_future(), offer, queue_id)
     with _lock:
         _waiters.setdefault(queue_id, {})[w.future] = w
     try:

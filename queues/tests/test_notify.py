@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import pytest
 
@@ -69,3 +70,50 @@ def test_a_taken_receive_outwaits_its_timeout_for_what_it_was_handed() -> None:
             return await wait
 
     assert asyncio.run(main()) == ["m"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_messages_handed_to_a_receive_that_went_away_are_ready_again_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The receive's client hangs up after a send took it and before the send
+    # could hand it its message: the message is ready again at once (not in
+    # an hour, at its visibility timeout), as if never delivered.
+    from queues import broker
+    from queues.models import Message
+
+    queue, _ = broker.put_queue("jobs", {"visibility_timeout": 3600})
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    waiting: dict = {}
+
+    async def receive() -> object:
+        with notify.waiter(queue.id, notify.Offer(1)) as w:
+            waiting["w"] = w
+            return await w.wait(30)
+
+    pending = asyncio.run_coroutine_threadsafe(receive(), loop)
+    deadline = time.monotonic() + 5
+    while not (waiting.get("w") and waiting["w"].armed) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    take = notify.take
+
+    def take_then_hang_up(queue_id: int, messages: int) -> list:
+        taken = take(queue_id, messages)
+        pending.cancel()  # the client goes away
+        while not waiting["w"].future.done():
+            time.sleep(0.01)
+        return taken
+
+    monkeypatch.setattr(notify, "take", take_then_hang_up)
+    try:
+        (sent,) = broker.publish(queue, [broker.NewMessage(body=b'"lost?"')])
+        deadline = time.monotonic() + 5
+        while Message.objects.get(pk=sent.id).state != "ready" and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+    message = Message.objects.get(pk=sent.id)
+    assert (message.state, message.delivery_count, message.lease_token, message.consumer_id) == ("ready", 0, None, None)
+    counts = broker.queue_counts()[queue.id]
+    assert (counts.ready, counts.in_flight) == (1, 0)
+    (again,) = broker.receive(queue)
+    assert again.delivery_count == 1
