@@ -507,6 +507,8 @@ NEW_MESSAGE_COLUMNS = (
     ("consumer_id", "varchar"),
 )
 _STATE, _PRIORITY, _BODY, _HEADERS, _GROUP, _DELIVERIES, _ENQUEUED = 1, 2, 3, 4, 5, 7, 8
+_TOKEN, _EXPIRES = 11, 12
+_LEASE = slice(_TOKEN, None)  # token, expiry, consumer
 
 
 def new_row(queue: Queue, m: NewMessage, now: float) -> tuple[Any, ...]:
@@ -567,7 +569,7 @@ class Handing:
             for i in mine:
                 row = list(rows[i])
                 row[_STATE], row[_DELIVERIES] = S.IN_FLIGHT.value, 1
-                row[-3:] = [secrets.token_hex(16), self.now + vt, w.offer.consumer_id]
+                row[_LEASE] = [secrets.token_hex(16), self.now + vt, w.offer.consumer_id]
                 rows[i] = tuple(row)
 
     def inserted(self, ids: list[int]) -> None:
@@ -584,7 +586,7 @@ class Handing:
             out = []
             for i in mine:
                 r = self.rows[i]
-                out.append(Delivery(self.ids[i], r[_BODY], r[_HEADERS], r[_PRIORITY], r[_GROUP], 1, r[_ENQUEUED], r[-3], r[-2]))
+                out.append(Delivery(self.ids[i], r[_BODY], r[_HEADERS], r[_PRIORITY], r[_GROUP], 1, r[_ENQUEUED], r[_TOKEN], r[_EXPIRES]))
             out.sort(key=lambda d: (-d.priority, d.id))
             notify.hand(w, out)
 

@@ -34,6 +34,19 @@ STRAGGLER_WINDOW_SECONDS = 60.0
 DEAD_CONSUMER_KEEP_SECONDS = 24 * 3600.0
 
 
+def _silent(now: float) -> Q:
+    """Alive or suspect consumers silent past their heartbeat timeout."""
+    return Q(status__in=[ConsumerStatus.ALIVE, ConsumerStatus.SUSPECT], last_heartbeat__lt=now - F("heartbeat_timeout"))
+
+
+def _recently_dead(now: float) -> Q:
+    return Q(status=ConsumerStatus.DEAD, dead_at__gte=now - STRAGGLER_WINDOW_SECONDS)
+
+
+def _forgotten(now: float) -> Q:
+    return Q(status=ConsumerStatus.DEAD, dead_at__lt=now - DEAD_CONSUMER_KEEP_SECONDS)
+
+
 def check_consumers(now: float | None = None) -> dict[str, int]:
     """One health pass (the monitor's tick hook). Returns how many consumers
     turned suspect and dead and how many messages went back to ready."""
@@ -41,16 +54,13 @@ def check_consumers(now: float | None = None) -> dict[str, int]:
     if not _anything_due(now):
         return {"suspect": 0, "dead": 0, "released": 0}
     done = {"suspect": _mark_suspects(now), "dead": 0, "released": 0}
-    for consumer in Consumer.objects.filter(
-        status__in=[ConsumerStatus.ALIVE, ConsumerStatus.SUSPECT],
-        last_heartbeat__lt=now - F("heartbeat_timeout"),
-    ):
+    for consumer in Consumer.objects.filter(_silent(now)):
         released = declare_dead(consumer, now=now)
         if released is not None:
             done["dead"] += 1
             done["released"] += released
     done["released"] += _release_stragglers(now)
-    Consumer.objects.filter(status=ConsumerStatus.DEAD, dead_at__lt=now - DEAD_CONSUMER_KEEP_SECONDS).delete()
+    Consumer.objects.filter(_forgotten(now)).delete()
     return done
 
 
@@ -63,9 +73,9 @@ def _anything_due(now: float) -> bool:
     interval = Greatest(Value(1.0), F("heartbeat_timeout") / Value(3.0), output_field=FloatField())
     return Consumer.objects.filter(
         Q(status=ConsumerStatus.ALIVE, last_heartbeat__lt=Value(now) - interval * Value(1 + SUSPECT_GRACE))
-        | Q(status__in=[ConsumerStatus.ALIVE, ConsumerStatus.SUSPECT], last_heartbeat__lt=now - F("heartbeat_timeout"))
-        | Q(status=ConsumerStatus.DEAD, dead_at__gte=now - STRAGGLER_WINDOW_SECONDS)
-        | Q(status=ConsumerStatus.DEAD, dead_at__lt=now - DEAD_CONSUMER_KEEP_SECONDS)
+        | _silent(now)
+        | _recently_dead(now)
+        | _forgotten(now)
     ).exists()
 
 
@@ -92,11 +102,7 @@ def declare_dead(consumer: Consumer, *, now: float) -> int | None:
         # The conditional update closes the race with a late heartbeat: the
         # beat either lands first (this matches nothing) or finds the
         # consumer dead and gets 410; never both.
-        won = Consumer.objects.filter(
-            pk=consumer.pk,
-            status__in=[ConsumerStatus.ALIVE, ConsumerStatus.SUSPECT],
-            last_heartbeat__lt=now - F("heartbeat_timeout"),
-        ).update(status=ConsumerStatus.DEAD, dead_at=now)
+        won = Consumer.objects.filter(_silent(now), pk=consumer.pk).update(status=ConsumerStatus.DEAD, dead_at=now)
         if not won:
             return None
         released = broker.release_consumer(
@@ -118,11 +124,7 @@ def declare_dead(consumer: Consumer, *, now: float) -> int | None:
 
 
 def _release_stragglers(now: float) -> int:
-    recent = list(
-        Consumer.objects.filter(status=ConsumerStatus.DEAD, dead_at__gte=now - STRAGGLER_WINDOW_SECONDS).values_list(
-            "id", flat=True
-        )
-    )
+    recent = list(Consumer.objects.filter(_recently_dead(now)).values_list("id", flat=True))
     if not recent:
         return 0
     holding = set(

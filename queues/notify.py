@@ -51,7 +51,7 @@ class Waiter:
     """A receive waiting on a queue. ``wait()`` ends with True (woken: look
     again), False (timed out) or a list of deliveries a send handed it."""
 
-    def __init__(self, future: asyncio.Future[Any], offer: Offer | None, queue_id: int = 0) -> None:
+    def __init__(self, future: asyncio.Future[Any], offer: Offer | None, queue_id: int) -> None:
         self.future = future
         self.offer = offer
         self.queue_id = queue_id
@@ -83,11 +83,6 @@ class Waiter:
 on_unanswered: Callable[[int, list[Any]], None] | None = None
 
 
-def _resolve(future: asyncio.Future[Any], result: Any = True) -> None:
-    if not future.done():
-        future.set_result(result)
-
-
 def _deliver(waiter: Waiter, result: Any) -> None:
     if not waiter.future.done():
         waiter.future.set_result(result)
@@ -104,10 +99,12 @@ def _time_out(waiter: Waiter) -> None:
     with _lock:
         if waiter.taken:
             return  # the send that took it resolves it
-    _resolve(waiter.future, False)
+    _deliver(waiter, False)
 
 
-def _settle(waiter: Waiter, result: Any) -> None:
+def hand(waiter: Waiter, result: list[Any] | bool) -> None:
+    """Resolve a waiter from any thread: True (look again), or the
+    deliveries a send leased to it after taking it."""
     loop = waiter.future.get_loop()
     if loop.is_closed():
         if isinstance(result, list) and result and on_unanswered is not None:
@@ -131,7 +128,7 @@ def wake(queue_ids: Iterable[int]) -> None:
             if kept:
                 _waiters[qid] = kept
     for w in woken:
-        _settle(w, True)
+        hand(w, True)
 
 
 def take(queue_id: int, messages: int) -> list[Waiter]:
@@ -148,11 +145,6 @@ def take(queue_id: int, messages: int) -> list[Waiter]:
                 taken.append(w)
                 messages -= w.offer.max_messages
     return taken
-
-
-def hand(waiter: Waiter, result: list[Any] | bool) -> None:
-    """Resolve a taken waiter: its deliveries, or True to look for itself."""
-    _settle(waiter, result)
 
 
 @contextmanager

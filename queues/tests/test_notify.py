@@ -11,6 +11,8 @@ import pytest
 
 from queues import notify
 
+from .workers import wait_for
+
 
 @pytest.fixture(autouse=True)
 def no_listener(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -91,9 +93,7 @@ def test_messages_handed_to_a_receive_that_went_away_are_ready_again_at_once(mon
             return await w.wait(30)
 
     pending = asyncio.run_coroutine_threadsafe(receive(), loop)
-    deadline = time.monotonic() + 5
-    while not (waiting.get("w") and waiting["w"].armed) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: waiting.get("w") and waiting["w"].armed, timeout=5, interval=0.01)
     take = notify.take
 
     def take_then_hang_up(queue_id: int, messages: int) -> list:
@@ -106,9 +106,7 @@ def test_messages_handed_to_a_receive_that_went_away_are_ready_again_at_once(mon
     monkeypatch.setattr(notify, "take", take_then_hang_up)
     try:
         (sent,) = broker.publish(queue, [broker.NewMessage(body=b'"lost?"')])
-        deadline = time.monotonic() + 5
-        while Message.objects.get(pk=sent.id).state != "ready" and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for(lambda: Message.objects.get(pk=sent.id).state == "ready", timeout=5, interval=0.02)
     finally:
         loop.call_soon_threadsafe(loop.stop)
     message = Message.objects.get(pk=sent.id)

@@ -298,7 +298,7 @@ class Worker:
                 exc_info=True,
             )
             self._count("failed")
-            self._settle("nack", message, delay=delay, reason=f"{type(exc).__name__}: {exc}")
+            self._nack(message, delay=delay, reason=f"{type(exc).__name__}: {exc}")
             return
         self._count("processed")
         self._ack(message.receipt)
@@ -309,16 +309,16 @@ class Worker:
         seconds = self.backoff_base * 2 ** max(0, delivery_count - 1)
         return math.ceil(min(self.backoff_max, seconds))
 
-    def _settle(self, verb: str, message: Message, **kw: Any) -> None:
+    def _nack(self, message: Message, **kw: Any) -> None:
         if self._force.is_set():
             return  # everything was released; any answer would be stale
         for _attempt in range(3):
             try:
                 result = self.client.nack(self.queue, [message.receipt], **kw)
-                self._note_stale([message.receipt], result.get("stale", []), verb)
+                self._note_stale([message.receipt], result.get("stale", []), "nack")
                 return
             except (OSError, MQError) as exc:
-                log.warning("%s of message %s failed (%s); retrying", verb, message.id, exc)
+                log.warning("nack of message %s failed (%s); retrying", message.id, exc)
                 time.sleep(RETRY_SECONDS)
 
     # -- acks ------------------------------------------------------------------
