@@ -9,13 +9,15 @@ ready. Each has an ``a``-prefixed async twin for async views.
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import functools
 import logging
 import re
 import secrets
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1215,9 +1217,10 @@ def _release_rows(rows: list[tuple], *, now: float, reason: str) -> int:
 
 
 def release_unanswered(queue_id: int, deliveries: Sequence[Delivery]) -> int:
-    """Messages a send leased to a waiting receive that went away before it
-    could answer (its client hung up in between): back to ready at once, as
-    if never delivered, instead of at their visibility timeout. Each is
+    """Messages leased to a receive that went away before it could answer
+    (its client hung up during its claim, or before a send could hand it
+    what it leased for it): back to ready at once, as if never delivered,
+    instead of at their visibility timeout. Each is
     fenced by its lease token: one whose lease moved on is left alone.
     Returns how many."""
     from django.db.models import F, Q
@@ -1240,14 +1243,35 @@ def _release_unanswered_now(queue_id: int, deliveries: list[Delivery]) -> None:
     """``release_unanswered`` on a thread of its own (from the event loop)."""
     try:
         n = release_unanswered(queue_id, deliveries)
-        log.info("a waiting receive went away before answering: %d handed message(s) back to ready", n)
+        log.info("a receive went away before answering: %d message(s) leased to it back to ready", n)
     except Exception:
-        log.exception("could not release %d handed message(s); they return at their visibility timeout", len(deliveries))
+        log.exception("could not release %d message(s) leased to a receive that went away; they return at their visibility timeout", len(deliveries))
     finally:
         connection.close()
 
 
 notify.on_unanswered = _release_unanswered_now
+
+
+async def unlost[T](queue_id: int, look: Awaitable[T], leased: Callable[[T], list[Delivery]]) -> T:
+    """Await a receive's look (a claim on a worker thread) so that, should the
+    receive be cancelled meanwhile (its client hung up), what the look leases
+    goes back to ready as soon as the claim finishes, as if never delivered,
+    instead of at its visibility timeout: no client will ever see it."""
+    task = asyncio.ensure_future(look)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(functools.partial(_release_if_leased, queue_id, leased))
+        raise
+
+
+def _release_if_leased(queue_id: int, leased: Callable[[Any], list[Delivery]], task: asyncio.Future[Any]) -> None:
+    if task.cancelled() or task.exception() is not None:
+        return
+    deliveries = leased(task.result())
+    if deliveries:
+        task.get_loop().run_in_executor(None, _release_unanswered_now, queue_id, deliveries)
 
 
 def release_consumer(consumer_id: str, *, reason: str = "consumer left", now: float | None = None) -> int:

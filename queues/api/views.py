@@ -142,11 +142,13 @@ async def receive(request: HttpRequest, name: str, payload: s.ReceiveIn | None =
         # Register before looking, so a send between the look and the wait
         # still wakes us.
         with notify.waiter(queue.id, offer) as waiter:
+            # Should the client hang up while a look runs, what it leased
+            # is ready again at once (``unlost``).
             if first:
-                deliveries, acked = await _afirst_look(queue, p.ack, **options)
+                deliveries, acked = await broker.unlost(queue.id, _afirst_look(queue, p.ack, **options), _leased)
                 first = False
             else:
-                deliveries = await broker.areceive(queue, **options)
+                deliveries = await broker.unlost(queue.id, broker.areceive(queue, **options), list)
             remaining = deadline - time.monotonic()
             if not deliveries and remaining > 0:
                 handed = await waiter.wait(min(remaining, POLL_RECHECK_SECONDS))
@@ -170,6 +172,10 @@ def _check_consumer(consumer_id: str) -> None:
         raise ConsumerNotFound(f"No consumer with id {consumer_id!r}; register first.")
     if status == ConsumerStatus.DEAD:
         raise ConsumerDead()
+
+
+def _leased(look: tuple[list[broker.Delivery], Any]) -> list[broker.Delivery]:
+    return look[0]
 
 
 @sync_to_async

@@ -14,6 +14,8 @@ from django.db import connection
 from queues import broker, monitor
 from queues.models import Message
 
+from .workers import wait_for
+
 
 def later(seconds: float) -> None:
     """Let the monitor see a clock ``seconds`` ahead: leases and delays due by then act."""
@@ -450,6 +452,68 @@ def test_a_send_inside_a_callers_transaction_hands_nothing(tapi, monkeypatch):
     waiter.join(5)
     assert [m["body"] for m in result["messages"]] == ["kept"]
     assert broker.queue_counts()[broker.get_queue("jobs").id].totals["received_total"] == 1
+
+
+@pytest.mark.parametrize("acks", [False, True], ids=["receive", "ack_and_receive"])
+def test_what_a_receive_leased_is_ready_again_at_once_when_its_client_hangs_up_during_the_claim(tapi, monkeypatch, acks):
+    """Django cancels a view whose client disconnects. The claim it was
+    waiting for still runs to the end on its thread; what it leased is
+    ready again at once, as if never delivered, not in an hour at its
+    visibility timeout. Acks that rode on the receive stay done."""
+    import asyncio
+    import json
+
+    from django.core.asgi import get_asgi_application
+
+    tapi.make_queue("jobs", visibility_timeout=3600)
+    tapi.send("jobs", "done")
+    (done,) = tapi.receive("jobs")
+    waiting = tapi.send("jobs", "a", "b")
+    claimed = threading.Event()
+    hung_up = threading.Event()
+    claim = broker.receive
+
+    def slow_claim(queue, **kw):  # type: ignore[no-untyped-def]
+        hung_up.wait(5)  # the client is gone before the claim runs
+        got = claim(queue, **kw)
+        claimed.set()
+        return got
+
+    monkeypatch.setattr(broker, "receive", slow_claim)
+    body = {"max": 10, **({"ack": [done["receipt"]]} if acks else {})}
+    sent: list[dict] = []
+
+    async def client() -> None:
+        messages = [{"type": "http.request", "body": json.dumps(body).encode(), "more_body": False}]
+
+        async def receive() -> dict:
+            if messages:
+                return messages.pop()
+            await asyncio.sleep(0.2)
+            hung_up.set()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+            "path": "/api/v1/queues/jobs/receive", "raw_path": b"/api/v1/queues/jobs/receive", "query_string": b"",
+            "headers": [(b"content-type", b"application/json"), (b"authorization", tapi.headers["Authorization"].encode())],
+            "client": ("127.0.0.1", 5000), "server": ("testserver", 80),
+        }
+        await get_asgi_application()(scope, receive, send)
+
+    asyncio.run(client())
+    assert sent == []  # never answered
+    assert claimed.wait(5)
+    jobs = broker.get_queue("jobs")
+    wait_for(lambda: broker.queue_counts()[jobs.id].ready == 2, timeout=5, interval=0.02)
+    left = Message.objects.filter(pk__in=[int(i) for i in waiting]).order_by("id")
+    assert [(m.state, m.delivery_count, m.lease_token) for m in left] == [("ready", 0, None)] * 2
+    assert Message.objects.filter(pk=int(done["id"])).exists() is not acks
+    assert broker.queue_counts()[jobs.id].in_flight == (0 if acks else 1)
+    assert [m["body"] for m in tapi.receive("jobs", max=10)] == ["a", "b"]
 
 
 def test_receive_with_a_consumer_that_left_is_410(api):
