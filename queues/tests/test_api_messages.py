@@ -454,16 +454,23 @@ def test_a_send_inside_a_callers_transaction_hands_nothing(tapi, monkeypatch):
     assert broker.queue_counts()[broker.get_queue("jobs").id].totals["received_total"] == 1
 
 
+@pytest.mark.parametrize("handler", ["django", "served"])
 @pytest.mark.parametrize("acks", [False, True], ids=["receive", "ack_and_receive"])
-def test_what_a_receive_leased_is_ready_again_at_once_when_its_client_hangs_up_during_the_claim(tapi, monkeypatch, acks):
-    """Django cancels a view whose client disconnects. The claim it was
-    waiting for still runs to the end on its thread; what it leased is
-    ready again at once, as if never delivered, not in an hour at its
-    visibility timeout. Acks that rode on the receive stay done."""
+def test_what_a_receive_leased_is_ready_again_at_once_when_its_client_hangs_up_during_the_claim(tapi, monkeypatch, acks, handler):
+    """A view whose client disconnects is cancelled (by Django's ASGI
+    handler, or the one `mq serve` runs). The claim it was waiting for
+    still runs to the end on its thread; what it leased is ready again at
+    once, as if never delivered, not in an hour at its visibility timeout.
+    Acks that rode on the receive stay done."""
     import asyncio
     import json
 
-    from django.core.asgi import get_asgi_application
+    if handler == "served":
+        from mqadmin.asgi import application
+    else:
+        from django.core.asgi import get_asgi_application
+
+        application = get_asgi_application()
 
     tapi.make_queue("jobs", visibility_timeout=3600)
     tapi.send("jobs", "done")
@@ -502,7 +509,7 @@ def test_what_a_receive_leased_is_ready_again_at_once_when_its_client_hangs_up_d
             "headers": [(b"content-type", b"application/json"), (b"authorization", tapi.headers["Authorization"].encode())],
             "client": ("127.0.0.1", 5000), "server": ("testserver", 80),
         }
-        await get_asgi_application()(scope, receive, send)
+        await application(scope, receive, send)
 
     asyncio.run(client())
     assert sent == []  # never answered
