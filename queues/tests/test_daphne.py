@@ -40,3 +40,41 @@ def test_daphne_reads_twisted_http_without_the_deprecation_proxy() -> None:
     # The lookups Content-Type parsing did through the email package are cached.
     assert twisted.web.http._parseContentType(b"application/json") == twisted.web.http._parseContentType(b"application/json")
     assert twisted.web.http._parseContentType.cache_info().hits >= 1  # type: ignore[attr-defined]
+
+
+def test_a_finished_request_is_forgotten_at_once_and_a_failed_one_left_for_daphnes_checker() -> None:
+    # daphne reaped finished requests only in a once-a-second pass over all
+    # of them, on the event loop: the busier the server, the longer the stall.
+    import asyncio
+
+    import daphne.server
+
+    async def main() -> None:
+        server = daphne.server.Server.__new__(daphne.server.Server)  # no reactor needed
+        server.connections = {}
+        finish = asyncio.Event()
+
+        async def app(scope: dict, receive: object, send: object) -> None:
+            await finish.wait()
+            if scope["path"] == "/boom":
+                raise RuntimeError("boom")
+
+        server.application = app
+        ok, failed, streaming = object(), object(), object()
+        for protocol, path in ((ok, "/ok"), (failed, "/boom"), (streaming, "/ok")):
+            server.connections[protocol] = {}
+            server.create_application(protocol, {"type": "http", "path": path})
+        server.protocol_disconnected(ok)  # the response went out; the app is still returning
+        server.protocol_disconnected(failed)
+        assert ok in server.connections
+        finish.set()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert ok not in server.connections  # forgotten as its application returned
+        assert failed in server.connections  # daphne's checker logs its exception
+        assert streaming in server.connections  # still connected
+        server.protocol_disconnected(streaming)
+        assert streaming not in server.connections  # its application had already returned
+        server.connections[failed]["application_instance"].exception()  # retrieved: no "never retrieved" noise
+
+    asyncio.run(main())
