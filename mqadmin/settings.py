@@ -242,6 +242,8 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MQ_MAX_REQUEST_BYTES", 10 * 1024 * 1024, 
 
 # --- mqadmin options (read lazily through queues.conf so tests can override) ---
 MQ_MONITOR = env_bool("MQ_MONITOR", True)
+# PostgreSQL with autovacuum off: the monitor vacuums the queue tables itself.
+MQ_VACUUM = env_bool("MQ_VACUUM", True)
 # Processes `mq serve` runs on its port (above 1: PostgreSQL and Redis only).
 MQ_WORKERS = env_int("MQ_WORKERS", 1, minimum=1)
 MQ_DEDUP_WINDOW_SECONDS = env_int("MQ_DEDUP_WINDOW_SECONDS", 300, minimum=1)
@@ -254,7 +256,9 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "loggers": {
-        "mqadmin": {"handlers": ["console"], "level": env_str("MQ_LOG_LEVEL", "INFO")},
-        "queues": {"handlers": ["console"], "level": env_str("MQ_LOG_LEVEL", "INFO")},
+        # Not propagated: daphne gives the root logger a handler of its own,
+        # and every line would be printed twice.
+        "mqadmin": {"handlers": ["console"], "level": env_str("MQ_LOG_LEVEL", "INFO"), "propagate": False},
+        "queues": {"handlers": ["console"], "level": env_str("MQ_LOG_LEVEL", "INFO"), "propagate": False},
     },
 }

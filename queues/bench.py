@@ -268,6 +268,9 @@ def mq_server(log_path: Path, timeout: float = 30.0) -> Iterator[str]:
     # Enough for four consumers and a producer on two cores; a shared
     # PostgreSQL (max_connections 100) has other clients too.
     env.setdefault("MQ_DB_POOL_MAX", "10")
+    # The benchmark vacuums between rounds itself (Bench.vacuum): the
+    # monitor's stand-in for autovacuum would start one in the middle of one.
+    env.setdefault("MQ_VACUUM", "off")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(

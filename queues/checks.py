@@ -70,7 +70,8 @@ def check_middleware(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
 def check_autovacuum(app_configs: Any = None, databases: Any = None, **kwargs: Any) -> list[Warning]:
     """Run by `migrate` and `check --database default`: the messages table
     churns (every message is inserted, updated and deleted), so without
-    autovacuum its dead rows pile up and every claim wades through them."""
+    autovacuum its dead rows pile up and every claim wades through them (the
+    monitor stands in for it there: ``broker.vacuum_unvacuumed``)."""
     from django.db import connections
 
     problems: list[Warning] = []
@@ -84,9 +85,10 @@ def check_autovacuum(app_configs: Any = None, databases: Any = None, **kwargs: A
         if setting != "on":
             problems.append(
                 Warning(
-                    f"PostgreSQL autovacuum is off on database {alias!r}: acked messages leave dead rows "
-                    "that nothing reclaims, and the messages table and its indexes grow without end.",
-                    hint="Turn autovacuum on (postgresql.conf), or run VACUUM queues_message regularly.",
+                    f"PostgreSQL autovacuum is off on database {alias!r}: the mq monitor vacuums the queue "
+                    "tables itself when their dead rows pass autovacuum's thresholds, but nothing vacuums the "
+                    "other tables of this database.",
+                    hint="Turn autovacuum on (postgresql.conf).",
                     id="mq.W005",
                 )
             )

@@ -29,6 +29,7 @@ LEASE_SWEEP_SECONDS = 0.25  # how late a lease may be returned after it expires
 STATS_FOLD_SECONDS = 1.0
 DEDUP_PRUNE_SECONDS = 30.0
 RETENTION_SECONDS = 10.0
+VACUUM_CHECK_SECONDS = 5.0  # PostgreSQL without autovacuum: see broker.vacuum_unvacuumed
 LEADER_RETRY_SECONDS = 1.0  # a follower tries to take the lead this often
 ERROR_BACKOFF_SECONDS = 1.0
 LEADER_LOCK_KEY = 0x6D71_6D6F  # "mqmo": the advisory lock every monitor competes for
@@ -120,9 +121,34 @@ def tick(now: float | None = None) -> dict[str, int]:
     return done
 
 
+class Background:
+    """Runs ``job`` on a thread of its own when poked, one run at a time (a
+    poke while it runs is dropped), so a long job (a VACUUM of a big table)
+    never holds up the lease sweeps."""
+
+    def __init__(self, name: str, job: Callable[[], Any]) -> None:
+        self.name = name
+        self.job = job
+        self._running = threading.Lock()
+
+    def poke(self) -> None:
+        if self._running.acquire(blocking=False):
+            threading.Thread(target=self._run, name=self.name, daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.job()
+        except Exception:
+            log.exception("%s failed; it runs again at its next turn", self.name)
+        finally:
+            connection.close()
+            self._running.release()
+
+
 class Monitor:
     def __init__(self) -> None:
         self.leadership = Leadership()
+        self.vacuum = Background("mq-vacuum", broker.vacuum_unvacuumed)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.last_tick: float | None = None
@@ -148,6 +174,8 @@ class Monitor:
                         broker.prune_dedup(now=now)
                     if self._due("retention", RETENTION_SECONDS, now):
                         broker.enforce_retention(now=now)
+                    if self._due("vacuum", VACUUM_CHECK_SECONDS, now):
+                        self.vacuum.poke()
                     self.last_tick = time.time()
                 else:
                     wait = LEADER_RETRY_SECONDS

@@ -4,6 +4,7 @@ FIFO groups, and counters that always equal the real counts."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import Any
 
@@ -984,3 +985,74 @@ def test_a_receive_for_a_consumer_that_left_meanwhile_claims_nothing(db):
     assert live_counts(q)["ready"] == 1
     other = broker.register_consumer("v", ["q"], {}, None)
     assert len(broker.receive(q, max_messages=10, consumer_id=other.pk)) == 1
+
+
+def _dead_rows(table: str) -> int:
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_stat_clear_snapshot()")
+        cur.execute("SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = %s", [table])
+        return int(cur.fetchone()[0])
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="VACUUM is PostgreSQL's")
+def test_with_autovacuum_off_the_monitor_vacuums_what_autovacuum_would_have(transactional_db, settings):
+    from .workers import wait_for
+
+    table = Message._meta.db_table
+    q = make_queue()
+    # Past the table's own threshold (5,000 dead rows, migration 0005).
+    for _ in range(6):
+        send(q, *range(1000))
+    broker.purge(q)
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_stat_force_next_flush()")  # the deletes' counts, to the stats views now
+        cur.execute("SELECT current_setting('autovacuum')")
+        autovacuum_on = cur.fetchone()[0] == "on"
+    wait_for(lambda: _dead_rows(table) >= 6000 or (autovacuum_on and _dead_rows(table) == 0), timeout=10, interval=0.1)
+    if autovacuum_on:
+        assert table not in broker.vacuum_unvacuumed()  # autovacuum's job, not ours
+    with connection.cursor() as cur:
+        cur.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    try:
+        if _dead_rows(table) == 0:  # autovacuum got there first: make more
+            send(q, *range(6000))
+            broker.purge(q)
+            with connection.cursor() as cur:
+                cur.execute("SELECT pg_stat_force_next_flush()")
+            wait_for(lambda: _dead_rows(table) >= 6000, timeout=10, interval=0.1)
+        settings.MQ_VACUUM = False  # the operator vacuums on a schedule of their own
+        assert broker.vacuum_unvacuumed() == []
+        settings.MQ_VACUUM = True
+        ran = threading.Event()
+        vacuum = monitor.Background("test-vacuum", lambda: ran.set() if broker.vacuum_unvacuumed() else None)
+        vacuum.poke()
+        assert ran.wait(10)
+        wait_for(lambda: _dead_rows(table) == 0, timeout=10, interval=0.1)
+        assert table not in broker.vacuum_unvacuumed()  # nothing left to do
+    finally:
+        with connection.cursor() as cur:
+            cur.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+
+
+def test_a_background_job_runs_once_at_a_time_and_outlives_its_failures(db):
+    started, release = threading.Event(), threading.Event()
+    runs: list[int] = []
+
+    def job() -> None:
+        runs.append(1)
+        started.set()
+        release.wait(5)
+        if len(runs) == 1:
+            raise RuntimeError("the first run fails")
+
+    background = monitor.Background("test-job", job)
+    background.poke()
+    assert started.wait(5)
+    background.poke()  # while it runs: dropped
+    release.set()
+    from .workers import wait_for
+
+    wait_for(lambda: not background._running.locked(), timeout=5, interval=0.01)
+    assert runs == [1]
+    background.poke()  # the failure did not wedge it
+    wait_for(lambda: len(runs) == 2 and not background._running.locked(), timeout=5, interval=0.01)

@@ -87,3 +87,18 @@ def test_two_workers_serve_one_port_replace_a_dead_one_and_stop_together() -> No
         assert not alive
     finally:
         stop(proc)
+
+
+def test_our_log_lines_are_printed_once_after_daphne_sets_up_logging() -> None:
+    # daphne's command line gives the root logger a handler of its own.
+    script = (
+        "import logging, django; django.setup(); "
+        "logging.basicConfig(level=logging.INFO, format='%(asctime)-15s %(levelname)-8s %(message)s'); "
+        "logging.getLogger('queues.monitor').info('monitor stopped'); "
+        "logging.getLogger('mqadmin.x').warning('careful')"
+    )
+    run = subprocess.run([PY, "-c", script], cwd=ROOT, env=subprocess_env(DJANGO_SETTINGS_MODULE="mqadmin.settings"),
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("monitor stopped") == 1, run.stderr
+    assert run.stderr.count("careful") == 1, run.stderr
