@@ -16,7 +16,7 @@ import logging
 import re
 import secrets
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -516,17 +516,21 @@ _LEASE = slice(_TOKEN, None)  # token, expiry, consumer
 def new_row(queue: Queue, m: NewMessage, now: float) -> tuple[Any, ...]:
     """A message's values in NEW_MESSAGE_COLUMNS order."""
     delay = queue.delay if m.delay is None else m.delay
-    state = S.DELAYED if delay > 0 else S.READY
-    headers = orjson.dumps(m.headers).decode()
-    return (queue.id, state.value, m.priority, m.body.decode(), headers, m.group or "", m.dedup_id, 0, now, now + delay, "", None, None, None)
+    state = _DELAYED if delay > 0 else _READY
+    headers = orjson.dumps(m.headers).decode() if m.headers else "{}"
+    return (queue.id, state, m.priority, m.body.decode(), headers, m.group or "", m.dedup_id, 0, now, now + delay, "", None, None, None)
+
+
+_READY, _DELAYED = S.READY.value, S.DELAYED.value
 
 
 def sent_tally(queue: Queue, rows: list[tuple[Any, ...]]) -> Tally:
     tally = Tally()
-    for row in rows:
-        tally.move(queue.id, None, row[_STATE])
+    states = Counter(row[_STATE] for row in rows)
+    for state, n in states.items():
+        tally.move(queue.id, None, state, n)
     tally.add(queue.id, "sent_total", len(rows))
-    tally.add(queue.id, "received_total", sum(1 for row in rows if row[_STATE] == S.IN_FLIGHT))
+    tally.add(queue.id, "received_total", states[S.IN_FLIGHT.value])
     return tally
 
 

@@ -227,7 +227,9 @@ class Message(models.Model):
                 fields=["lease_expires_at"], condition=Q(state="in_flight"), name="mq_msg_lease"
             ),
             # Leases held by a consumer; also serves SET NULL when one is deleted.
-            models.Index(fields=["consumer"], name="mq_msg_consumer"),
+            # Partial: a message nobody holds (most, and every new one) costs
+            # no entry here on each insert and claim.
+            models.Index(fields=["consumer"], condition=Q(consumer__isnull=False), name="mq_msg_consumer"),
             # FIFO group heads.
             models.Index(
                 fields=["queue", "group_key", "id"], condition=~Q(group_key=""), name="mq_msg_group"

@@ -162,3 +162,11 @@ def test_queue_redrive_refuses_a_max_below_one(db, bad):
     with pytest.raises(CommandError, match="max"):
         mq("queue", "redrive", "jobs", "--max", bad)
     assert Message.objects.filter(state="dead").count() == 2
+
+
+def test_the_models_and_the_migrations_agree(db):
+    # A model change without its migration would reach users' databases
+    # only as a surprise at their next `makemigrations`.
+    out = StringIO()
+    call_command("makemigrations", "--check", "--dry-run", stdout=out)  # exits 1 on a missing migration
+    assert "No changes detected" in out.getvalue()
