@@ -22,6 +22,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy queues mqadmin dashboard
 
 clean:
 	rm -rf $(VENV) db.sqlite3* test-db.sqlite3* db-test-run.sqlite3* staticfiles

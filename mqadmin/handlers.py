@@ -40,7 +40,7 @@ from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
-from django.http import HttpResponse
+from django.http import HttpResponseBase
 from django.urls import Resolver404, get_resolver, set_script_prefix
 
 # Idle executors kept for reuse; a burst above this starts extra threads that
@@ -136,6 +136,7 @@ class ReusedThreadsASGIHandler(ASGIHandler):
             executor.first = partial(signals.request_started.send, sender=self.__class__, scope=scope)
             request, response = self.create_request(scope, body_file)
             if request is None:
+                assert response is not None  # create_request returns one or the other
                 await self.send_response(response, send)
             else:
                 response = None
@@ -164,7 +165,7 @@ class ReusedThreadsASGIHandler(ASGIHandler):
                     first()
                 finish()
 
-    def respond(self, scope: dict[str, Any], body_file: IO[bytes]) -> HttpResponse:
+    def respond(self, scope: dict[str, Any], body_file: IO[bytes]) -> HttpResponseBase:
         """The whole request on its thread, as Django's WSGIHandler runs it.
         A response that is not streamed is closed here (``request_finished``:
         the database connection goes back to the pool) before it is sent."""

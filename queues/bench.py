@@ -30,8 +30,9 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -61,6 +62,15 @@ BODY: dict[str, Any] = {
     "pad": "x" * 20,
 }
 BODY_BYTES = orjson.dumps(BODY)
+
+
+class Output(Protocol):
+    """Where the table goes: a text stream (stdout, a management command's
+    ``self.stdout``)."""
+
+    def write(self, text: str, /) -> object: ...
+
+    def flush(self) -> object: ...
 
 
 class BenchError(Exception):
@@ -414,7 +424,7 @@ class Row:
     cells: dict[str, Stat]
     target: str = "—"
     met: str = "—"
-    ratios: dict[str, float] = field(default_factory=dict)
+    ratios: dict[str, float | None] = field(default_factory=dict)
 
 
 PEERS = ("mqadmin", "raw", "rabbitmq", "procrastinate")
@@ -422,7 +432,7 @@ HEADERS = ("mqadmin", "raw SQL", "RabbitMQ", "Procrastinate")
 
 
 class Bench:
-    def __init__(self, sizes: Sizes, *, out: IO[str], peers: tuple[str, ...] = PEERS[1:], results_dir: Path = RESULTS_DIR) -> None:
+    def __init__(self, sizes: Sizes, *, out: Output, peers: tuple[str, ...] = PEERS[1:], results_dir: Path = RESULTS_DIR) -> None:
         self.s = sizes
         self.out = out
         self.peers = peers
@@ -644,12 +654,12 @@ class Bench:
         for n in (1, 4):
             measures = [self.mq_drain_measure("drain", n, s.drain, 100)]
             if "raw" in self.peers:
-                measures.append(Measure("raw", lambda n=n: self.raw_drain("raw", n, s.drain, 100)))
+                measures.append(Measure("raw", partial(self.raw_drain, "raw", n, s.drain, 100)))
             if self.rabbit_reason is None:
-                measures.append(Measure("rabbitmq", lambda n=n: rabbit_drain(n, s.drain, prefetch=100), "(manual ack)"))
+                measures.append(Measure("rabbitmq", partial(rabbit_drain, n, s.drain, prefetch=100), "(manual ack)"))
             if self.procrastinate_reason is None:
                 # A worker takes one job at a time: it drains a smaller batch.
-                measures.append(Measure("procrastinate", lambda n=n: procrastinate_worker(s.trips, n), f"(worker, concurrency {n})"))
+                measures.append(Measure("procrastinate", partial(procrastinate_worker, s.trips, n), f"(worker, concurrency {n})"))
             self.interleaved(f"drain_{n}", measures)
 
     def mq_drain_measure(self, name: str, consumers: int, total: int, per: int) -> Measure:
@@ -719,7 +729,7 @@ class Bench:
 
         return self._latency_loop(n, consumer, stop, arrived, got, lambda api, i: api.send(queue, [BODY | {"i": i}]))
 
-    def _latency_loop(self, n: int, consumer: Callable[[], None], stop: threading.Event, arrived: threading.Event, got: dict[int, float], send: Callable[[Any, int], None]) -> list[float]:
+    def _latency_loop(self, n: int, consumer: Callable[[], None], stop: threading.Event, arrived: threading.Event, got: dict[int, float], send: Callable[[Any, int], object]) -> list[float]:
         thread = threading.Thread(target=consumer, daemon=True)
         thread.start()
         api = Api(self.url, self.token)
@@ -759,7 +769,9 @@ class Bench:
                         if rows:
                             with raw.conn.cursor() as cur:
                                 cur.execute(f"SELECT body FROM {MESSAGE_TABLE} WHERE id = %s", [rows[0][0]])
-                                body = orjson.loads(cur.fetchone()[0])
+                                row = cur.fetchone()
+                                assert row is not None  # we hold its lease: nobody else deletes it
+                                body = orjson.loads(row[0])
                             got[body["i"]] = time.perf_counter()
                             arrived.set()
                             raw.ack(qid, rows)
@@ -897,7 +909,8 @@ class Bench:
                 out[peer] = stat or Stat()
             return out
 
-        def verdict(*checks: bool | None) -> str:
+        def verdict(*checks: object) -> str:
+            # Each check is falsy (missed), truthy (met) or None (not measured).
             if any(c is None for c in checks):
                 return "?"
             return "yes" if all(checks) else "no"
@@ -1367,7 +1380,7 @@ def run(
     big: int | None = None,
     rounds: int | None = None,
     peers: tuple[str, ...] = PEERS[1:],
-    out: IO[str] = sys.stdout,
+    out: Output = sys.stdout,
     sizes: Sizes | None = None,
     results_dir: Path = RESULTS_DIR,
 ) -> str:

@@ -74,11 +74,12 @@ class Soak:
 
     def dashboard(self) -> None:
         import websockets
+        from websockets.typing import Origin
 
         async def watch() -> None:
             headers = {"Cookie": self.session_cookie()}
             async with websockets.connect(
-                f"ws://127.0.0.1:{self.port}/ws/dashboard/", additional_headers=headers, origin=self.base
+                f"ws://127.0.0.1:{self.port}/ws/dashboard/", additional_headers=headers, origin=Origin(self.base)
             ) as ws:
                 while not self.stop.is_set():
                     try:
@@ -132,11 +133,12 @@ class Soak:
         import psycopg
 
         with psycopg.connect(self.database_url.replace("postgres://", "postgresql://", 1)) as c:
-            rows = c.execute("SELECT count(*) FROM queues_message").fetchone()[0]
-            size = c.execute("SELECT pg_total_relation_size('queues_message')").fetchone()[0]
-            dead = c.execute(
-                "SELECT coalesce(n_dead_tup, 0) FROM pg_stat_user_tables WHERE relname = 'queues_message'"
-            ).fetchone()[0]
+            row = c.execute(
+                "SELECT (SELECT count(*) FROM queues_message), pg_total_relation_size('queues_message'), "
+                "(SELECT coalesce(max(n_dead_tup), 0) FROM pg_stat_user_tables WHERE relname = 'queues_message')"
+            ).fetchone()
+        assert row is not None  # a SELECT without FROM returns one row
+        rows, size, dead = row
         return rows, size, dead
 
     def run(self) -> int:

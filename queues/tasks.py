@@ -102,7 +102,7 @@ class MQBackend(BaseTaskBackend):
     def enqueue(self, task: Task, args: Sequence[Any], kwargs: dict[str, Any]) -> TaskResult:
         self.validate_task(task)
         now = timezone.now()
-        result = TaskResult(
+        result: TaskResult[Any, Any] = TaskResult(
             task=task,
             id=get_random_string(32),
             status=S.READY,
@@ -166,7 +166,7 @@ class MQBackend(BaseTaskBackend):
             backend=self.alias,
             takes_context=record.takes_context,
         )
-        result = TaskResult(
+        result: TaskResult[Any, Any] = TaskResult(
             task=task,
             id=record.id,
             status=S(record.status),

@@ -90,4 +90,5 @@ def _server_binding_cursor(conn: Any) -> Any:
     # SQLite-only setup may lack.
     from django.db.backends.postgresql.base import ServerBindingCursor
 
-    return ServerBindingCursor(conn)
+    # psycopg's Cursor takes its connection; django-stubs types the mixin alone.
+    return ServerBindingCursor(conn)  # type: ignore[call-arg]
