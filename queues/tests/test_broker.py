@@ -995,8 +995,10 @@ def _dead_rows(table: str) -> int:
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="VACUUM is PostgreSQL's")
-def test_with_autovacuum_off_the_monitor_vacuums_what_autovacuum_would_have(transactional_db, settings):
+def test_with_autovacuum_off_the_monitor_vacuums_what_autovacuum_would_have(transactional_db, settings, monkeypatch):
     from .workers import wait_for
+
+    monkeypatch.setattr(broker, "_vacuum_rests_until", {})
 
     table = Message._meta.db_table
     q = make_queue()
@@ -1030,6 +1032,44 @@ def test_with_autovacuum_off_the_monitor_vacuums_what_autovacuum_would_have(tran
         wait_for(lambda: _dead_rows(table) == 0, timeout=10, interval=0.1)
         assert table not in broker.vacuum_unvacuumed()  # nothing left to do
     finally:
+        with connection.cursor() as cur:
+            cur.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="VACUUM is PostgreSQL's")
+def test_dead_rows_an_open_transaction_holds_are_not_vacuumed_again_and_again(transactional_db, monkeypatch):
+    # VACUUM cannot reclaim rows a running transaction may still see; the
+    # table stays past its threshold, and each check would scan it again.
+    import psycopg
+
+    from queues.notify import conninfo
+
+    from .workers import wait_for
+
+    table = Message._meta.db_table
+    monkeypatch.setattr(broker, "_vacuum_rests_until", {})
+    monkeypatch.setattr(broker, "VACUUM_REST_FACTOR", 1e6)  # rests for good after one vacuum
+    q = make_queue()
+    with connection.cursor() as cur:
+        cur.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
+    holder = psycopg.connect(conninfo())
+    try:
+        holder.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        holder.execute(f"SELECT count(*) FROM {table}")  # its snapshot pins every row deleted from now on
+        send(q, *range(6000))
+        broker.purge(q)
+        with connection.cursor() as cur:
+            cur.execute("SELECT pg_stat_force_next_flush()")
+        wait_for(lambda: _dead_rows(table) >= 6000, timeout=10, interval=0.1)
+        assert table in broker.vacuum_unvacuumed()
+        assert _dead_rows(table) >= 6000  # nothing could be reclaimed
+        assert table not in broker.vacuum_unvacuumed()  # resting, not scanning it again
+        holder.rollback()  # the transaction ends; its rest over, the next check reclaims them
+        broker._vacuum_rests_until.clear()
+        assert table in broker.vacuum_unvacuumed()
+        wait_for(lambda: _dead_rows(table) == 0, timeout=10, interval=0.1)
+    finally:
+        holder.close()
         with connection.cursor() as cur:
             cur.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
 
