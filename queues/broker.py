@@ -19,7 +19,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from asgiref.sync import sync_to_async
@@ -698,8 +698,11 @@ def _bind_dedup_keys(queue_id: int, ids: dict[str, int]) -> None:
 # --------------------------------------------------------------------------- #
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):
+    """A message leased to a receive. A named tuple, not a frozen dataclass:
+    a claim builds up to 100 of them, and a frozen dataclass's __init__ cost
+    0.9 us each against 0.2."""
+
     id: int
     body: str
     headers: str
