@@ -391,8 +391,9 @@ class NewMessage:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
-class Published:
+class Published(NamedTuple):
+    """One sent message's answer (a named tuple: a batch makes 1,000)."""
+
     id: str
     duplicate: bool
 
