@@ -462,25 +462,32 @@ class Bench:
         Procrastinate, then mqadmin again...): a slow spell of the shared
         machine hits them all alike, so the ratios hold where the absolute
         numbers move. A peer that fails is reported so, not fatal."""
-        values: dict[str, list[float]] = {m.peer: [] for m in measures}
-        twins: dict[str, list[float]] = {m.peer: [] for m in measures}
-        failed: dict[str, str] = {}
-        for _ in range(self.s.rounds):
-            for m in measures:
-                if m.peer in failed:
-                    continue
-                try:
-                    values[m.peer].append(m.fn())
-                    if m.twin is not None:
-                        twins[m.peer].append(m.twin())
-                except Exception as exc:
-                    failed[m.peer] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+        def both(m: Measure) -> tuple[float, float | None]:
+            return m.fn(), (m.twin() if m.twin is not None else None)
+
+        results, failed = self.in_turns({m.peer: partial(both, m) for m in measures})
         for m in measures:
             if m.peer in failed:
                 self.put(key, m.peer, skipped(failed[m.peer]))
                 continue
-            note = m.twin_note.format(statistics.median(twins[m.peer])) if m.twin is not None else m.note
-            self.put(key, m.peer, Stat(values[m.peer], note=note))
+            values = [value for value, _ in results[m.peer]]
+            twins = [twin for _, twin in results[m.peer] if twin is not None]
+            note = m.twin_note.format(statistics.median(twins)) if m.twin is not None else m.note
+            self.put(key, m.peer, Stat(values, note=note))
+
+    def in_turns[T](self, rounds: dict[str, Callable[[], T]]) -> tuple[dict[str, list[T]], dict[str, str]]:
+        """Each peer's round in turn, ``self.s.rounds`` times: each peer's
+        results, and why each peer that failed did (it runs no more)."""
+        results: dict[str, list[T]] = {peer: [] for peer in rounds}
+        failed: dict[str, str] = {}
+        for _ in range(self.s.rounds):
+            for peer, fn in rounds.items():
+                if peer not in failed:
+                    try:
+                        results[peer].append(fn())
+                    except Exception as exc:
+                        failed[peer] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+        return results, failed
 
     # -- setup -------------------------------------------------------------
 
@@ -571,7 +578,6 @@ class Bench:
             finally:
                 api.close()
                 self.empty("single")
-
 
         def raw_produce(per: int, count: int) -> float:
             raw = self.raw()
@@ -696,17 +702,12 @@ class Bench:
             peers.append(("procrastinate", procrastinate_latency, "(worker)"))
         # Rounds of sends for each peer in turn, as the rates are measured:
         # a slow spell of the machine lands in every peer's percentiles alike.
-        samples: dict[str, list[float]] = {peer: [] for peer, _, _ in peers}
-        failed: dict[str, str] = {}
-        for _ in range(s.rounds):
-            for peer, measure, _note in peers:
-                if peer not in failed:
-                    try:
-                        samples[peer] += measure(s.latency)
-                    except Exception as exc:
-                        failed[peer] = f"failed: {type(exc).__name__}: {str(exc)[:120]}"
+        samples, failed = self.in_turns({peer: partial(measure, s.latency) for peer, measure, _ in peers})
         for peer, _measure, note in peers:
-            self.put("latency", peer, skipped(failed[peer]) if peer in failed else latency_stat(samples[peer], note))
+            if peer in failed:
+                self.put("latency", peer, skipped(failed[peer]))
+            else:
+                self.put("latency", peer, latency_stat([ms for one in samples[peer] for ms in one], note))
 
     def mq_latency(self, n: int) -> list[float]:
         queue = PREFIX + "latency"

@@ -1307,15 +1307,11 @@ def prune_dedup(*, now: float | None = None) -> int:
     return deleted
 
 
-def churning_tables() -> list[str]:
-    """Every message is inserted, claimed and deleted; counter deltas are
-    inserted and folded away each second; dedup keys expire in bulk."""
-    from .models import DedupKey, QueueStatsDelta
+# Every message is inserted, claimed and deleted; counter deltas are
+# inserted and folded away each second; dedup keys expire in bulk.
+CHURNING_TABLES = [MESSAGE_TABLE, DELTA_TABLE, DEDUP_TABLE]
 
-    return [Message._meta.db_table, QueueStatsDelta._meta.db_table, DedupKey._meta.db_table]
-
-
-# The tables, among ``churning_tables()``, that autovacuum would vacuum now
+# The tables, among CHURNING_TABLES, that autovacuum would vacuum now
 # were it on: dead rows past the table's own autovacuum threshold (migration
 # 0005 set them low), the way autovacuum reckons it.
 _UNVACUUMED = """
@@ -1350,7 +1346,7 @@ def vacuum_unvacuumed() -> list[str]:
     if not (settings.MQ_VACUUM and dialect().postgres) or connection.in_atomic_block:
         return []
     with connection.cursor() as cur:
-        cur.execute(_UNVACUUMED, [churning_tables()])
+        cur.execute(_UNVACUUMED, [CHURNING_TABLES])
         due = [name for (name,) in cur.fetchall() if _vacuum_rests_until.get(name, 0.0) <= time.monotonic()]
         for name in due:
             started = time.monotonic()
