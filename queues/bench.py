@@ -215,7 +215,8 @@ class RawSQL:
     functions, run over one autocommit psycopg connection: a send is one
     statement (messages, counter delta, NOTIFY), a receive one (promote due
     delayed messages and claim, with their deltas), an ack one (delete with its
-    deltas). What separates mqadmin's numbers from these is the HTTP layer:
+    deltas), and a receive that carries the previous batch's acks one too.
+    What separates mqadmin's numbers from these is the HTTP layer:
     the server, Django, auth, validation, JSON, and the client's side of it."""
 
     def __init__(self, conninfo: str, queues: dict[int, Queue]) -> None:
@@ -236,10 +237,18 @@ class RawSQL:
         return sorted(row[0])
 
     def claim(self, queue_id: int, n: int) -> list[tuple[int, str]]:
+        return self.ack_and_claim(queue_id, [], n)[0]
+
+    def ack_and_claim(self, queue_id: int, held: list[tuple[int, str]], n: int) -> tuple[list[tuple[int, str]], int]:
+        """Ack ``held`` (none: a plain claim) and claim up to ``n``, in one
+        statement as the broker's ``ack_and_receive`` does: (id, token) of
+        the claimed, and how many were acked."""
         now = time.time()
-        claim, params = broker.claim_statement(self.queue(queue_id), max_messages=n, expires=now + 30)
-        rows, _ = broker.split_promoted(self.conn.execute(*broker.promoting_claim_statement(queue_id, now, claim, params)).fetchall())
-        return [(r[0], r[7]) for r in rows]
+        acks = [(mid, token, "") for mid, token in held] or None
+        claim, params = broker.claim_statement(self.queue(queue_id), max_messages=n, expires=now + 30, skip_acked=acks is not None)
+        statement = broker.promoting_claim_statement(queue_id, now, claim, params, acks=acks)
+        rows, _, acked = broker.split_claim_rows(self.conn.execute(*statement).fetchall())
+        return [(r[0], r[7]) for r in rows], len(acked)
 
     def ack(self, queue_id: int, rows: list[tuple[int, str]]) -> int:
         parsed = [(mid, token, "") for mid, token in rows]
@@ -639,13 +648,16 @@ class Bench:
         qid = self.queue_ids[name]
 
         def work(countdown: Countdown) -> None:
+            # As mqadmin's consumers: a batch's acks ride on the next claim.
             raw = self.raw()
+            held: list[tuple[int, str]] = []
             try:
                 while not countdown.over:
-                    rows = raw.claim(qid, per)
-                    if rows:
-                        countdown.done(raw.ack(qid, rows))
+                    held, acked = raw.ack_and_claim(qid, held, per)
+                    countdown.done(acked)
             finally:
+                if held:  # claimed after the others finished the count
+                    raw.ack(qid, held)
                 raw.close()
 
         try:

@@ -753,20 +753,67 @@ def receive(
     """Lease up to ``max_messages`` ready messages: highest priority first,
     then oldest. One claiming statement, whatever the batch size. Returns the
     deliveries (empty when nothing is ready or the queue is paused)."""
+    return _receive(queue, max_messages, visibility_timeout, consumer_id, now)[0]
+
+
+def ack_and_receive(
+    queue: Queue,
+    receipts: Sequence[str],
+    *,
+    max_messages: int = 1,
+    visibility_timeout: int | None = None,
+    consumer_id: str | None = None,
+    now: float | None = None,
+) -> tuple[list[Delivery], ReceiptResult]:
+    """``ack(receipts)``, then ``receive``: what a consumer does between two
+    batches. The acks come first, so no finished message is held while the
+    receive waits.
+
+    On PostgreSQL, for a queue that is neither paused nor FIFO, both are ONE
+    statement: the acks' delete rides in the claim's WITH, so the round costs
+    one commit, not two (a one-message round trip went from 1.75 to 1.17 ms
+    over psycopg). The claim skips the messages the acks delete: a message
+    whose lease expired while it stayed ready still takes its ack (as SQS),
+    and is not handed out again. A FIFO queue acks first and claims after,
+    in two statements: the claim must see the ack, or a group whose message
+    was just acked would look busy."""
+    parsed = parse_receipts(receipts)
+    if parsed and dialect().postgres and not queue.paused and not queue.fifo:
+        deliveries, found = _receive(queue, max_messages, visibility_timeout, consumer_id, now, acks=parsed)
+        return deliveries, _match_receipts(parsed, found)
+    acked = ack(queue, receipts) if parsed else ReceiptResult()
+    return _receive(queue, max_messages, visibility_timeout, consumer_id, now)[0], acked
+
+
+def _receive(
+    queue: Queue,
+    max_messages: int,
+    visibility_timeout: int | None,
+    consumer_id: str | None,
+    now: float | None,
+    *,
+    acks: list[tuple[int, str, str]] | None = None,
+) -> tuple[list[Delivery], list[tuple[int, str]]]:
+    """``receive``; with ``acks`` (PostgreSQL, not FIFO, not paused) the same
+    statement acks them first. Returns the deliveries and (id, lease token)
+    of each message acked."""
     if queue.paused:
-        return []
+        return [], []
     now = time.time() if now is None else now
     vt = queue.visibility_timeout if visibility_timeout is None else visibility_timeout
     d = dialect()
     expires = now + vt
-    claim, params = claim_statement(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id)
+    acked: list[tuple[int, str]] = []
     if d.postgres and not queue.fifo:
         # One statement, atomic on its own with its counter deltas: due
         # delayed messages become ready, and ready ones are claimed. No
         # BEGIN/COMMIT round trips.
+        claim, params = claim_statement(
+            queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, skip_acked=acks is not None
+        )
         with prepared_cursor() as cur:
-            cur.execute(*promoting_claim_statement(queue.id, now, claim, params))
-            rows, promoted = split_promoted(cur.fetchall())
+            cur.execute(*promoting_claim_statement(queue.id, now, claim, params, acks=acks))
+            rows, promoted, acked = split_claim_rows(cur.fetchall())
             if promoted:
                 # Rare: delayed messages came due. The statement's snapshot
                 # did not see them ready; claim again for what is missing,
@@ -779,11 +826,13 @@ def receive(
                     cur.execute(*counted_claim_statement(queue.id, again, params))
                     rows += cur.fetchall()
     else:
+        if acks is not None:
+            raise ValueError("acks ride on a claim only on PostgreSQL, for a queue that is not FIFO")
         with transaction.atomic():
             tally = Tally()
             _promote_due(tally, now, queue_id=queue.id)
             with connection.cursor() as cur:
-                cur.execute(claim, params)
+                cur.execute(*claim_statement(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id))
                 rows = cur.fetchall()
             if queue.fifo and len(rows) > 1:
                 rows = _one_per_group(rows)
@@ -796,14 +845,16 @@ def receive(
         for r in rows
     ]
     deliveries.sort(key=lambda x: (-x.priority, x.id))
-    return deliveries
+    return deliveries, acked
 
 
 def claim_statement(
-    queue: Queue, *, max_messages: int, expires: float, consumer_id: str | None = None
+    queue: Queue, *, max_messages: int, expires: float, consumer_id: str | None = None, skip_acked: bool = False
 ) -> tuple[str, list[Any]]:
     """The UPDATE that leases up to ``max_messages`` ready messages of the
-    queue (highest priority first, then oldest), and its parameters."""
+    queue (highest priority first, then oldest), and its parameters. With
+    ``skip_acked`` (PostgreSQL, not FIFO) it leaves alone the messages that
+    the statement's ``acked`` part deletes (``promoting_claim_statement``)."""
     d = dialect()
     head = f" AND {FIFO_HEAD}" if queue.fifo else ""
     # Consistent hashing: a live consumer claims only the groups it owns,
@@ -828,13 +879,21 @@ def claim_statement(
         # mq_ready_head (migration 0006): the same selection, planned so it
         # always walks the claim index, whatever the statistics say.
         gate = f" WHERE {alive}" if alive else ""
-        claim = f"{lease}WHERE id = ANY(ARRAY(SELECT mq_ready_head(%s, %s){gate})){returning}"
+        skip = NOT_ACKED if skip_acked else ""
+        claim = f"{lease}WHERE id = ANY(ARRAY(SELECT mq_ready_head(%s, %s){gate})){skip}{returning}"
         return claim, [expires, consumer_id, queue.id, max_messages, *alive_params]
     claim = (
         f"{lease}WHERE id IN (SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready'"
         f"{head}{owned}{' AND ' + alive if alive else ''} ORDER BY m.priority DESC, m.id LIMIT %s{d.skip_locked}){returning}"
     )
+    if skip_acked:
+        raise ValueError("acks ride on a claim only on PostgreSQL, for a queue that is not FIFO")
     return claim, [expires, consumer_id, queue.id, *owned_params, *alive_params, max_messages]
+
+
+# In a statement that acks and claims: a message the ack deletes is neither
+# promoted nor claimed by it (one statement must not change a row twice).
+NOT_ACKED = " AND id NOT IN (SELECT id FROM acked)"
 
 
 # A claim's counter delta: its rows went from ready to in flight.
@@ -883,29 +942,51 @@ def _delta_from_main(counters: dict[str, str], queue: str = "%s", source: str = 
     return f"{DELTA_INSERT_INTO} SELECT {queue}, {values} FROM {source}"
 
 
-def promoting_claim_statement(queue_id: int, now: float, claim: str, params: list[Any]) -> tuple[str, list[Any]]:
+def promoting_claim_statement(
+    queue_id: int, now: float, claim: str, params: list[Any], *, acks: list[tuple[int, str, str]] | None = None
+) -> tuple[str, list[Any]]:
     """PostgreSQL: one statement that makes the queue's due delayed messages
     ready and runs the claim, each with its counter delta. Its rows are the
     claimed messages, then, when messages came due, one row whose id is NULL
-    and whose last column counts them (``split_promoted``). They are not
-    among the claimed: one statement sees one snapshot, where they were
-    still delayed."""
-    promote = _promote_sql(one_queue=True)
+    and whose last column counts them. They are not among the claimed: one
+    statement sees one snapshot, where they were still delayed. With
+    ``acks`` (parsed receipts; the claim built with ``skip_acked``) the
+    statement first acks them, as ``ack_statement``, and returns a row per
+    acked message too. ``split_claim_rows`` tells the rows apart."""
+    ack_part, skip = "", ""
+    ack_params: list[Any] = []
+    if acks is not None:
+        ack_sql, ack_params = _ack_parts(queue_id, acks, "acked")
+        ack_part, skip = f"{ack_sql}, ", NOT_ACKED
+    promote = _promote_sql(one_queue=True, also=skip)
     promoted_delta = _delta_from_main({"delayed": "-count(*)", "ready": "count(*)"}, source="promoted")
     claimed = _main_and_delta(claim, CLAIM_COUNTERS)
     sql = (
-        f"WITH promoted AS ({promote}), pd AS ({promoted_delta} HAVING count(*) > 0), {claimed} "
+        f"WITH {ack_part}promoted AS ({promote}), pd AS ({promoted_delta} HAVING count(*) > 0), {claimed} "
         f"SELECT *, 0 FROM main UNION ALL "
         f"SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*) FROM promoted HAVING count(*) > 0"
     )
-    return sql, [now, queue_id, queue_id, *params, queue_id]
+    if acks is not None:
+        sql += f" UNION ALL SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, lease_token, {_ACKED_ROW} FROM acked"
+    return sql, [*ack_params, now, queue_id, queue_id, *params, queue_id]
 
 
-def split_promoted(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int]:
+_ACKED_ROW = -1  # the last column of an acked message's row
+
+
+def split_claim_rows(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]], int, list[tuple[int, str]]]:
     """A ``promoting_claim_statement``'s rows: the claimed ones (without the
-    count column) and how many delayed messages became ready."""
-    claimed = [r[:-1] for r in rows if r[0] is not None]
-    return claimed, sum(r[-1] for r in rows if r[0] is None)
+    last column), how many delayed messages became ready, and (id, lease
+    token) of each acked message."""
+    claimed, promoted, acked = [], 0, []
+    for r in rows:
+        if r[0] is None:
+            promoted += r[-1]
+        elif r[-1] == _ACKED_ROW:
+            acked.append((r[0], r[7]))
+        else:
+            claimed.append(r[:-1])
+    return claimed, promoted, acked
 
 
 def _announce_ready(cur: Any, queue_id: int) -> None:
@@ -915,11 +996,12 @@ def _announce_ready(cur: Any, queue_id: int) -> None:
     transaction.on_commit(lambda: notify.wake([queue_id]))
 
 
-def _promote_sql(*, one_queue: bool) -> str:
+def _promote_sql(*, one_queue: bool, also: str = "") -> str:
     """Due delayed messages (of one queue: a second parameter) become ready,
-    locked in id order; returns their queue ids. Parameters: now[, queue id]."""
+    locked in id order; returns their queue ids. Parameters: now[, queue id].
+    ``also``: a further condition on the rows (`` AND …``)."""
     where = "state = 'delayed' AND visible_at <= %s" + (" AND queue_id = %s" if one_queue else "")
-    return f"UPDATE {MESSAGE_TABLE} SET state = 'ready' WHERE {_locked_in_id_order(where)} RETURNING queue_id"
+    return f"UPDATE {MESSAGE_TABLE} SET state = 'ready' WHERE {_locked_in_id_order(where)}{also} RETURNING queue_id"
 
 
 def _promote_due(tally: Tally, now: float, *, queue_id: int | None = None) -> int:
@@ -1014,15 +1096,23 @@ def ack_statement(queue_id: int, parsed: list[tuple[int, str, str]]) -> tuple[st
     """PostgreSQL: an ack as one statement, atomic on its own: the delete,
     the queue's counter delta and (for redriven messages) their origins'
     dead_out. Returns (id, lease token) of what it deleted."""
+    parts, params = _ack_parts(queue_id, parsed, "main")
+    return f"WITH {parts} SELECT id, lease_token FROM main", params
+
+
+def _ack_parts(queue_id: int, parsed: list[tuple[int, str, str]], name: str) -> tuple[str, list[Any]]:
+    """An ack's WITH parts: ``name`` deletes the messages the receipts name
+    (returning id, lease_token, state, origin_queue_id), two more write its
+    counter deltas. And their parameters."""
     delete, params = _ack_delete(queue_id, parsed)
     counters = {STATE_COUNTER[s]: f"-count(*) FILTER (WHERE state = '{s.value}')" for s in (S.READY, S.DELAYED, S.IN_FLIGHT)}
-    origins = _delta_from_main({"dead_out": "-count(*)"}, queue="origin_queue_id")
-    sql = (
-        f"{_with_delta(delete, counters | {'acked_total': 'count(*)'})}, "
-        f"o AS ({origins} WHERE origin_queue_id IS NOT NULL GROUP BY origin_queue_id) "
-        "SELECT id, lease_token FROM main"
+    delta = _delta_from_main(counters | {"acked_total": "count(*)"}, source=name)
+    origins = _delta_from_main({"dead_out": "-count(*)"}, queue="origin_queue_id", source=name)
+    parts = (
+        f"{name} AS ({delete}), {name}_delta AS ({delta} HAVING count(*) > 0), "
+        f"{name}_origins AS ({origins} WHERE origin_queue_id IS NOT NULL GROUP BY origin_queue_id)"
     )
-    return sql, [*params, queue_id]
+    return parts, [*params, queue_id]
 
 
 def ack(queue: Queue, receipts: Sequence[str]) -> ReceiptResult:
@@ -1519,7 +1609,16 @@ def receive_before_wait(queue: Queue, **options: Any) -> list[Delivery]:
     thread hand-off, so a receive waiting for a wake-up holds no connection.
     Inside a caller's transaction (tests, or code that called us in one) the
     connection is the caller's and is left alone."""
-    deliveries = receive(queue, **options)
+    return _before_wait(receive(queue, **options))
+
+
+def ack_and_receive_before_wait(queue: Queue, receipts: Sequence[str], **options: Any) -> tuple[list[Delivery], ReceiptResult]:
+    """``ack_and_receive`` for a long poll, as ``receive_before_wait``."""
+    deliveries, acked = ack_and_receive(queue, receipts, **options)
+    return _before_wait(deliveries), acked
+
+
+def _before_wait(deliveries: list[Delivery]) -> list[Delivery]:
     if not deliveries and not connection.in_atomic_block:
         connection.close()
     return deliveries

@@ -184,12 +184,13 @@ def _afirst_look(
 ) -> tuple[list[broker.Delivery], broker.ReceiptResult | None]:
     """A receive's first look with what rides on it: the consumer's check
     (nothing is acked for a consumer that is unknown or dead), then the acks
-    (before the claim, so a long poll holds no finished message), then the
-    claim."""
+    (before the claim, so a long poll holds no finished message; on
+    PostgreSQL in the claim's own statement), then the claim."""
     if options["consumer_id"] is not None:
         _check_consumer(options["consumer_id"])
-    acked = None if receipts is None else broker.ack(queue, receipts) if receipts else broker.ReceiptResult()
-    return broker.receive_before_wait(queue, **options), acked
+    if receipts is None:
+        return broker.receive_before_wait(queue, **options), None
+    return broker.ack_and_receive_before_wait(queue, receipts, **options)
 
 
 @router.post("/queues/{name}/ack", response={200: s.AckOut, **ERRORS}, summary="Acknowledge (delete) messages")

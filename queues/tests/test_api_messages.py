@@ -478,15 +478,15 @@ def test_what_a_receive_leased_is_ready_again_at_once_when_its_client_hangs_up_d
     waiting = tapi.send("jobs", "a", "b")
     claimed = threading.Event()
     hung_up = threading.Event()
-    claim = broker.receive
+    claim = broker._receive  # under receive and ack_and_receive
 
-    def slow_claim(queue, **kw):  # type: ignore[no-untyped-def]
+    def slow_claim(*args, **kw):  # type: ignore[no-untyped-def]
         hung_up.wait(5)  # the client is gone before the claim runs
-        got = claim(queue, **kw)
+        got = claim(*args, **kw)
         claimed.set()
         return got
 
-    monkeypatch.setattr(broker, "receive", slow_claim)
+    monkeypatch.setattr(broker, "_receive", slow_claim)
     body = {"max": 10, **({"ack": [done["receipt"]]} if acks else {})}
     sent: list[dict] = []
 

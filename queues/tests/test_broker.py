@@ -876,6 +876,74 @@ def test_on_postgresql_send_receive_and_ack_are_one_statement_each(db):
     assert_counts_exact(q, dlq)
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-statement forms are PostgreSQL's")
+def test_on_postgresql_acks_riding_on_a_receive_are_in_its_statement(db):
+    from django.test.utils import CaptureQueriesContext
+
+    dlq = make_queue("dlq")
+    q = make_queue("q", dead_letter_queue=dlq)
+    send(q, *range(200))
+    first = receive(q, 100)
+    with CaptureQueriesContext(connection) as both:
+        second, acked = broker.ack_and_receive(q, [d.receipt for d in first], max_messages=100, now=T0)
+    assert len(both) == 1, [x["sql"][:80] for x in both.captured_queries]
+    assert acked.done == [str(d.id) for d in first] and acked.stale == []
+    assert bodies(second) == list(range(100, 200))
+    assert not Message.objects.filter(id__in=[d.id for d in first]).exists()
+    assert broker.queue_counts([q.id])[q.id].totals["acked_total"] == 100
+    assert_counts_exact(q, dlq)
+
+
+def test_acks_riding_on_a_receive_come_first_and_report_stale_receipts(db):
+    q = make_queue("q", visibility_timeout=30)
+    send(q, "a", "b", "c")
+    a, b = receive(q, 2)
+    broker.ack(q, [a.receipt])
+    # a: acked before (stale); b: good; a made-up token: stale.
+    bogus = f"{b.id}.{'0' * 32}"
+    got, acked = broker.ack_and_receive(q, [a.receipt, b.receipt, bogus], max_messages=10, now=T0)
+    assert acked.done == [str(b.id)] and acked.stale == [a.receipt, bogus]
+    assert bodies(got) == ["c"]
+    assert_counts_exact(q)
+
+
+def test_an_ack_riding_on_a_receive_wins_over_its_claim(db):
+    # A receipt may act on a message that is ready again and still carries
+    # its token (ACKABLE). No path leaves one so today (a lease that expires
+    # or is given back loses its token), so it is made by hand: the ack
+    # deletes it, and the same call's claim must not hand it out again.
+    q = make_queue("q", visibility_timeout=30)
+    send(q, "acked", "delayed", "other")
+    acked_one, delayed, _other = receive(q, 3)
+    Message.objects.filter(id=acked_one.id).update(state=S.READY)
+    broker.nack(q, [delayed.receipt], delay=1, now=T0)
+    assert broker.expire_leases(now=T0 + 31) == 1
+    broker.recount(q)
+    # The nacked message came due meanwhile: promoted and claimed too.
+    got, acked = broker.ack_and_receive(q, [acked_one.receipt], max_messages=10, now=T0 + 32)
+    assert acked.done == [str(acked_one.id)]
+    assert sorted(bodies(got)) == ["delayed", "other"]
+    assert not Message.objects.filter(id=acked_one.id).exists()
+    assert_counts_exact(q)
+
+
+def test_acks_riding_on_a_receive_of_a_paused_or_fifo_queue_still_land(db):
+    paused = make_queue("paused")
+    send(paused, "p")
+    (p,) = receive(paused)
+    broker.put_queue("paused", {"paused": True})
+    paused = broker.get_queue("paused")
+    got, acked = broker.ack_and_receive(paused, [p.receipt], max_messages=5, now=T0)
+    assert got == [] and acked.done == [str(p.id)]
+    fifo = make_queue("fifo", fifo=True)
+    send(fifo, "g1", "g2", group="g")
+    (g1,) = receive(fifo, 5)
+    # The ack comes first: the group's next message is free for the claim.
+    got, acked = broker.ack_and_receive(fifo, [g1.receipt], max_messages=5, now=T0)
+    assert acked.done == [str(g1.id)] and bodies(got) == ["g2"]
+    assert_counts_exact(paused, fifo)
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
 def test_on_postgresql_the_hot_statements_are_prepared_on_a_kept_connection(db):
     # Planned once per connection, not at every call: after a few runs the
