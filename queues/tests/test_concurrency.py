@@ -60,7 +60,23 @@ def assert_counters_match(queue: Queue, **totals: int) -> None:
         assert c.totals[name] == value, (name, c.totals[name], value)
 
 
-def test_many_consumers_drain_thousands_each_acked_exactly_once(transactional_db):
+def lease_and_ack(riding: bool) -> Callable[[Queue, list[str], int], tuple[list[broker.Delivery], broker.ReceiptResult]]:
+    """A consumer's step: ack what it held, lease up to n. ``riding``: the
+    acks ride on the receive (one statement on PostgreSQL); else an ack call,
+    then a receive."""
+
+    def step(queue: Queue, held: list[str], n: int) -> tuple[list[broker.Delivery], broker.ReceiptResult]:
+        if riding:
+            return broker.ack_and_receive(queue, held, max_messages=n)
+        result = broker.ack(queue, held) if held else broker.ReceiptResult()
+        return broker.receive(queue, max_messages=n), result
+
+    return step
+
+
+@pytest.mark.parametrize("riding", [False, True], ids=["ack_then_receive", "acks_ride_on_receive"])
+def test_many_consumers_drain_thousands_each_acked_exactly_once(transactional_db, riding):
+    step = lease_and_ack(riding)
     n_messages, n_workers = 5000, 6
     broker.put_queue("drain", {"visibility_timeout": 300})
     queue = broker.get_queue("drain")
@@ -72,17 +88,18 @@ def test_many_consumers_drain_thousands_each_acked_exactly_once(transactional_db
 
     def consume(i: int) -> None:
         empty = 0
+        held: list[str] = []
         while empty < 3 and time.monotonic() < deadline:
-            got = broker.receive(queue, max_messages=10)
+            got, result = step(queue, held, 10)
+            acked[i] += result.done
+            stale.extend(result.stale)
+            held = [d.receipt for d in got]
             if not got:
                 empty += 1
                 time.sleep(0.01)
                 continue
             empty = 0
             received[i] += [d.id for d in got]
-            result = broker.ack(queue, [d.receipt for d in got])
-            acked[i] += result.done
-            stale.extend(result.stale)
 
     assert run_threads(n_workers, consume) == []
     all_received = [m for r in received for m in r]
@@ -97,9 +114,11 @@ def test_many_consumers_drain_thousands_each_acked_exactly_once(transactional_db
     assert_counters_match(queue, sent_total=n_messages, received_total=n_messages, acked_total=n_messages)
 
 
-def test_consumers_racing_the_lease_sweep_never_lose_or_double_ack(transactional_db):
+@pytest.mark.parametrize("riding", [False, True], ids=["ack_then_receive", "acks_ride_on_receive"])
+def test_consumers_racing_the_lease_sweep_never_lose_or_double_ack(transactional_db, riding):
     """The monitor expires leases (as if time jumped) while consumers ack:
     every ack either wins or is stale, each message is acked exactly once."""
+    step = lease_and_ack(riding)
     n_messages, n_workers = 2000, 3
     broker.put_queue("race", {"visibility_timeout": 30, "max_deliveries": 0})
     queue = broker.get_queue("race")
@@ -116,18 +135,19 @@ def test_consumers_racing_the_lease_sweep_never_lose_or_double_ack(transactional
                 monitor.tick(now=time.time() + 60)
                 time.sleep(0.005)
             return
+        held: list[str] = []
         while not done.is_set() and time.monotonic() < deadline:
-            got = broker.receive(queue, max_messages=20)
+            got, result = step(queue, held, 20)
+            with lock:
+                acked.extend(result.done)
+                stale.extend(result.stale)
+            held = [d.receipt for d in got]
             if not got:
                 if not Message.objects.filter(queue=queue).exists():
                     done.set()
                 time.sleep(0.005)
                 continue
             time.sleep(0.001)  # hold the leases a moment: the sweep may take them
-            result = broker.ack(queue, [d.receipt for d in got])
-            with lock:
-                acked.extend(result.done)
-                stale.extend(result.stale)
 
     assert run_threads(n_workers + 1, consume) == []
     assert sorted(int(m) for m in acked) == sorted(ids)  # exactly once each
