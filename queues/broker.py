@@ -878,7 +878,8 @@ def claim_statement(
     if d.postgres and not queue.fifo:
         # mq_ready_head (migration 0006): the same selection, planned so it
         # always walks the claim index, whatever the statistics say.
-        gate = f" WHERE {alive}" if alive else ""
+        conditions = [c for c in (alive, ACKS_FIRST if skip_acked else "") if c]
+        gate = f" WHERE {' AND '.join(conditions)}" if conditions else ""
         skip = NOT_ACKED if skip_acked else ""
         claim = f"{lease}WHERE id = ANY(ARRAY(SELECT mq_ready_head(%s, %s){gate})){skip}{returning}"
         return claim, [expires, consumer_id, queue.id, max_messages, *alive_params]
@@ -894,6 +895,15 @@ def claim_statement(
 # In a statement that acks and claims: a message the ack deletes is neither
 # promoted nor claimed by it (one statement must not change a row twice).
 NOT_ACKED = " AND id NOT IN (SELECT id FROM acked)"
+# ...and the acks are done before the claim or the promotion locks a row. The
+# parts of one statement run in no set order. A claim that took its rows
+# first, then waited for a row its acks name (one a sweep gave to another
+# consumer, whose claim locked it), could wait on that consumer while it
+# waited on us: its acks naming a row we had just claimed. A deadlock, seen
+# with consumers racing the lease sweep. Acks alone lock in id order, as any
+# ack does, so they cannot deadlock with each other. A one-time filter on
+# the ack's row count makes each part wait until the acks are done.
+ACKS_FIRST = "(SELECT count(*) FROM acked) >= 0"
 
 
 # A claim's counter delta: its rows went from ready to in flight.
@@ -952,13 +962,14 @@ def promoting_claim_statement(
     statement sees one snapshot, where they were still delayed. With
     ``acks`` (parsed receipts; the claim built with ``skip_acked``) the
     statement first acks them, as ``ack_statement``, and returns a row per
-    acked message too. ``split_claim_rows`` tells the rows apart."""
-    ack_part, skip = "", ""
+    acked message too; the promotion and the claim wait for the acks to be
+    done (ACKS_FIRST). ``split_claim_rows`` tells the rows apart."""
+    ack_part = ""
     ack_params: list[Any] = []
     if acks is not None:
         ack_sql, ack_params = _ack_parts(queue_id, acks, "acked")
-        ack_part, skip = f"{ack_sql}, ", NOT_ACKED
-    promote = _promote_sql(one_queue=True, also=skip)
+        ack_part = f"{ack_sql}, "
+    promote = _promote_sql(one_queue=True, after_acks=acks is not None)
     promoted_delta = _delta_from_main({"delayed": "-count(*)", "ready": "count(*)"}, source="promoted")
     claimed = _main_and_delta(claim, CLAIM_COUNTERS)
     sql = (
@@ -996,12 +1007,16 @@ def _announce_ready(cur: Any, queue_id: int) -> None:
     transaction.on_commit(lambda: notify.wake([queue_id]))
 
 
-def _promote_sql(*, one_queue: bool, also: str = "") -> str:
+def _promote_sql(*, one_queue: bool, after_acks: bool = False) -> str:
     """Due delayed messages (of one queue: a second parameter) become ready,
     locked in id order; returns their queue ids. Parameters: now[, queue id].
-    ``also``: a further condition on the rows (`` AND …``)."""
+    ``after_acks``: in a statement with an ``acked`` part, once it is done,
+    and not its rows."""
     where = "state = 'delayed' AND visible_at <= %s" + (" AND queue_id = %s" if one_queue else "")
-    return f"UPDATE {MESSAGE_TABLE} SET state = 'ready' WHERE {_locked_in_id_order(where)}{also} RETURNING queue_id"
+    if after_acks:
+        where += f" AND {ACKS_FIRST}"
+    skip = NOT_ACKED if after_acks else ""
+    return f"UPDATE {MESSAGE_TABLE} SET state = 'ready' WHERE {_locked_in_id_order(where)}{skip} RETURNING queue_id"
 
 
 def _promote_due(tally: Tally, now: float, *, queue_id: int | None = None) -> int:
@@ -1337,7 +1352,7 @@ def release_unanswered(queue_id: int, deliveries: Sequence[Delivery]) -> int:
     return n
 
 
-def _release_unanswered_now(queue_id: int, deliveries: list[Delivery]) -> None:
+def release_unanswered_now(queue_id: int, deliveries: list[Delivery]) -> None:
     """``release_unanswered`` on a thread of its own (from the event loop)."""
     try:
         n = release_unanswered(queue_id, deliveries)
@@ -1348,7 +1363,7 @@ def _release_unanswered_now(queue_id: int, deliveries: list[Delivery]) -> None:
         connection.close()
 
 
-notify.on_unanswered = _release_unanswered_now
+notify.on_unanswered = release_unanswered_now
 
 
 async def unlost[T](queue_id: int, look: Awaitable[T], leased: Callable[[T], list[Delivery]]) -> T:
@@ -1369,7 +1384,7 @@ def _release_if_leased(queue_id: int, leased: Callable[[Any], list[Delivery]], t
         return
     deliveries = leased(task.result())
     if deliveries:
-        task.get_loop().run_in_executor(None, _release_unanswered_now, queue_id, deliveries)
+        task.get_loop().run_in_executor(None, release_unanswered_now, queue_id, deliveries)
 
 
 def release_consumer(consumer_id: str, *, reason: str = "consumer left", now: float | None = None) -> int:
