@@ -11,8 +11,10 @@ from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse
 from ninja import Body, Query, Router
 
+from mqadmin.handlers import NOW_SUFFIX, SERVED_NOW
+
 from .. import broker, notify
-from ..exceptions import InvalidValue
+from ..exceptions import InvalidValue, NotFound
 from ..models import Consumer, Queue, Scope, epoch_to_iso
 from . import schemas as s
 from .auth import BearerAuth, require
@@ -155,12 +157,40 @@ async def receive(request: HttpRequest, name: str, payload: s.ReceiveIn | None =
                 if isinstance(handed, list):
                     deliveries = handed
             if deliveries or remaining <= 0:
-                out: dict[str, Any] = {"messages": [d.to_dict() for d in deliveries]}
-                if acked is not None:
-                    out |= {"acked": acked.done, "stale": acked.stale}
-                return json_response(out)
+                return _received(deliveries, acked)
         # Pick up pause/resume and config changes made while we waited.
         queue = await broker.aget_queue(name)
+
+
+# ``mq serve``'s handler (mqadmin.handlers) serves a receive that does not
+# wait here: the same call, answered on the one-hand-off path of sync views.
+# Not part of the API: it answers 404 to anyone else.
+@router.post(f"/queues/{{name}}/receive{NOW_SUFFIX}", response={200: s.ReceiveOut, **ERRORS}, include_in_schema=False)
+def receive_now(request: HttpRequest, name: str, payload: s.ReceiveIn | None = None) -> HttpResponse:
+    """``receive`` for a call with no ``wait``: its first look is all it does,
+    so it runs as a sync view, in one hand-off to the request's thread
+    instead of two: a quarter less server CPU for an empty receive, a sixth
+    for a one-message round trip. The handler chose it by
+    the body and watches the client meanwhile: should the client hang up,
+    what the look leased (``response.leased``) is released at once, as
+    ``receive`` does through ``broker.unlost``."""
+    if not getattr(request, "scope", {}).get(SERVED_NOW):
+        raise NotFound(f"No endpoint at {request.path}.")
+    p = payload or s.ReceiveIn.model_validate({})
+    require(request, Scope.CONSUME, name)
+    queue = broker.get_queue(name)
+    options = {"max_messages": p.max, "visibility_timeout": p.visibility_timeout, "consumer_id": p.consumer}
+    deliveries, acked = _first_look(queue, p.ack, **options)
+    response = _received(deliveries, acked)
+    response.leased = (queue.id, deliveries)  # type: ignore[attr-defined]
+    return response
+
+
+def _received(deliveries: list[broker.Delivery], acked: broker.ReceiptResult | None) -> HttpResponse:
+    out: dict[str, Any] = {"messages": [d.to_dict() for d in deliveries]}
+    if acked is not None:
+        out |= {"acked": acked.done, "stale": acked.stale}
+    return json_response(out)
 
 
 def _check_consumer(consumer_id: str) -> None:
@@ -178,8 +208,7 @@ def _leased(look: tuple[list[broker.Delivery], Any]) -> list[broker.Delivery]:
     return look[0]
 
 
-@sync_to_async
-def _afirst_look(
+def _first_look(
     queue: Queue, receipts: list[str] | None, **options: Any
 ) -> tuple[list[broker.Delivery], broker.ReceiptResult | None]:
     """A receive's first look with what rides on it: the consumer's check
@@ -191,6 +220,9 @@ def _afirst_look(
     if receipts is None:
         return broker.receive_before_wait(queue, **options), None
     return broker.ack_and_receive_before_wait(queue, receipts, **options)
+
+
+_afirst_look = sync_to_async(_first_look)
 
 
 @router.post("/queues/{name}/ack", response={200: s.AckOut, **ERRORS}, summary="Acknowledge (delete) messages")

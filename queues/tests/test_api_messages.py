@@ -546,3 +546,89 @@ def test_long_poll_on_a_paused_queue_wakes_when_it_is_resumed(tapi, monkeypatch)
     waiter.join(5)
     assert [m["body"] for m in result["messages"]] == ["held"]
     assert result["ended"] - resumed_at < 1.5, result["ended"] - resumed_at
+
+
+def served_post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
+    """One POST through the ASGI application `mq serve` runs."""
+    import orjson
+    from asgiref.sync import async_to_sync
+    from channels.testing import HttpCommunicator
+
+    from mqadmin.asgi import application
+
+    pairs = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    pairs += [(b"content-type", b"application/json"), (b"host", b"testserver")]
+    raw = async_to_sync(HttpCommunicator(application, "POST", path, body=body, headers=pairs).get_response)(timeout=10)
+    return raw["status"], orjson.loads(raw["body"]) if raw["body"] else {}
+
+
+def test_mq_serve_answers_a_receive_that_does_not_wait_on_the_sync_path(tapi, monkeypatch):
+    # The sync view calls _first_look by its module name; the async one holds
+    # its own reference (sync_to_async): the spy sees only the sync path.
+    import orjson
+
+    from queues.api import views
+
+    looks: list[dict] = []
+    first_look = views._first_look
+    monkeypatch.setattr(views, "_first_look", lambda *a, **kw: looks.append(kw) or first_look(*a, **kw))
+    tapi.make_queue("jobs")
+    tapi.send("jobs", "a", "b", "c")
+    status, out = served_post("/api/v1/queues/jobs/receive", orjson.dumps({"max": 1}), tapi.headers)
+    assert status == 200 and [m["body"] for m in out["messages"]] == ["a"]
+    status, out = served_post("/api/v1/queues/jobs/receive", orjson.dumps({"max": 1, "ack": [out["messages"][0]["receipt"]], "wait": 0}), tapi.headers)
+    assert status == 200 and [m["body"] for m in out["messages"]] == ["b"] and len(out["acked"]) == 1
+    assert len(looks) == 2
+    status, out = served_post("/api/v1/queues/jobs/receive", orjson.dumps({"max": 1, "wait": 1}), tapi.headers)
+    assert status == 200 and [m["body"] for m in out["messages"]] == ["c"]
+    assert len(looks) == 2  # a receive that may wait is the async view's
+
+
+@pytest.mark.parametrize(
+    "body, status, code",
+    [
+        (b'{"max": 0}', 422, "invalid_value"),
+        (b'{"max": 1, "ack": ["nope"]}', 422, "invalid_value"),
+        (b'{"max": 1, "consumer": "ghost"}', 404, "consumer_not_found"),
+        (b'{"max": 1, "surprise": 1}', 422, "invalid_value"),
+        (b'{"max": 1', 400, "bad_request"),
+    ],
+)
+def test_a_receive_that_does_not_wait_fails_as_the_async_view_does(tapi, body, status, code):
+    tapi.make_queue("jobs")
+    tapi.send("jobs", "kept")
+    served = served_post("/api/v1/queues/jobs/receive", body, tapi.headers)
+    r = tapi.post("queues/jobs/receive", raw=body)  # Django's test client: the async view
+    assert (served[0], r.status_code) == (status, status)
+    assert served[1]["error"]["code"] == r.data["error"]["code"] == code
+    assert tapi.counts("jobs")["ready"] == 1  # nothing leased, nothing acked
+    unknown = served_post("/api/v1/queues/nope/receive", b"{}", tapi.headers)
+    assert unknown[0] == 404 and unknown[1]["error"]["code"] == "queue_not_found"
+
+
+def test_the_sync_receive_path_is_not_part_of_the_api(tapi):
+    tapi.make_queue("jobs")
+    tapi.send("jobs", "kept")
+    status, out = served_post("/api/v1/queues/jobs/receive-now", b"{}", tapi.headers)
+    assert status == 404 and out["error"]["code"] == "not_found"
+    assert tapi.post("queues/jobs/receive-now", {}).status_code == 404
+    assert "/api/v1/queues/{name}/receive-now" not in tapi.get("openapi.json").data["paths"]
+    assert tapi.counts("jobs")["ready"] == 1
+
+
+@pytest.mark.parametrize(
+    "body, waits",
+    [
+        (b"", False), (b"{}", False), (b'{"max": 5}', False), (b'{"wait": 0}', False), (b'{"wait": 0.0}', False),
+        (b'{"wait": 1}', True), (b'{"wait": 0.5}', True), (b'{"wait": false}', True), (b'{"wait": "0"}', True),
+        (b'{"wait": null}', True), (b"[1]", True), (b"not json", True),
+    ],
+)
+def test_which_receives_may_wait(body, waits):
+    import io
+
+    from mqadmin.handlers import may_wait
+
+    f = io.BytesIO(body)
+    assert may_wait(f) is waits
+    assert f.read() == body  # left for the view to read
