@@ -245,8 +245,7 @@ class RawSQL:
         the claimed, and how many were acked."""
         now = time.time()
         acks = [(mid, token, "") for mid, token in held] or None
-        claim, params = broker.claim_statement(self.queue(queue_id), max_messages=n, expires=now + 30, skip_acked=acks is not None)
-        statement = broker.promoting_claim_statement(queue_id, now, claim, params, acks=acks)
+        statement = broker.receive_statement(self.queue(queue_id), now, now + 30, n, acks=acks)
         rows, _, acked = broker.split_claim_rows(self.conn.execute(*statement).fetchall())
         return [(r[0], r[7]) for r in rows], len(acked)
 

@@ -808,11 +808,8 @@ def _receive(
         # One statement, atomic on its own with its counter deltas: due
         # delayed messages become ready, and ready ones are claimed. No
         # BEGIN/COMMIT round trips.
-        claim, params = claim_statement(
-            queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, skip_acked=acks is not None
-        )
         with prepared_cursor() as cur:
-            cur.execute(*promoting_claim_statement(queue.id, now, claim, params, acks=acks))
+            cur.execute(*receive_statement(queue, now, expires, max_messages, consumer_id, acks=acks))
             rows, promoted, acked = split_claim_rows(cur.fetchall())
             if promoted:
                 # Rare: delayed messages came due. The statement's snapshot
@@ -846,6 +843,23 @@ def _receive(
     ]
     deliveries.sort(key=lambda x: (-x.priority, x.id))
     return deliveries, acked
+
+
+def receive_statement(
+    queue: Queue,
+    now: float,
+    expires: float,
+    max_messages: int,
+    consumer_id: str | None = None,
+    *,
+    acks: list[tuple[int, str, str]] | None = None,
+) -> tuple[str, list[Any]]:
+    """PostgreSQL, a queue that is not FIFO: a receive's one statement (the
+    claim in ``promoting_claim_statement``), with ``acks`` riding on it."""
+    claim, params = claim_statement(
+        queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, skip_acked=acks is not None
+    )
+    return promoting_claim_statement(queue.id, now, claim, params, acks=acks)
 
 
 def claim_statement(

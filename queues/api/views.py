@@ -133,7 +133,7 @@ async def receive(request: HttpRequest, name: str, payload: s.ReceiveIn | None =
     require(request, Scope.CONSUME, name)
     queue = await broker.aget_queue(name)
     deadline = time.monotonic() + p.wait
-    options = {"max_messages": p.max, "visibility_timeout": p.visibility_timeout, "consumer_id": p.consumer}
+    options = _options(p)
     # The consumer's check and the acks go in the same thread hand-off as
     # the first look.
     first = p.consumer is not None or p.ack is not None
@@ -179,11 +179,14 @@ def receive_now(request: HttpRequest, name: str, payload: s.ReceiveIn | None = N
     p = payload or s.ReceiveIn.model_validate({})
     require(request, Scope.CONSUME, name)
     queue = broker.get_queue(name)
-    options = {"max_messages": p.max, "visibility_timeout": p.visibility_timeout, "consumer_id": p.consumer}
-    deliveries, acked = _first_look(queue, p.ack, **options)
+    deliveries, acked = _first_look(queue, p.ack, **_options(p))
     response = _received(deliveries, acked)
     response.leased = (queue.id, deliveries)  # type: ignore[attr-defined]
     return response
+
+
+def _options(p: s.ReceiveIn) -> dict[str, Any]:
+    return {"max_messages": p.max, "visibility_timeout": p.visibility_timeout, "consumer_id": p.consumer}
 
 
 def _received(deliveries: list[broker.Delivery], acked: broker.ReceiptResult | None) -> HttpResponse:
