@@ -1,4 +1,5 @@
-"""ASGI entry point: HTTP through Django, websockets through Channels."""
+"""ASGI entry point: HTTP through Django, websockets through Channels: the
+API's consume streams (bearer tokens) and the dashboard's (sessions)."""
 
 from __future__ import annotations
 
@@ -84,14 +85,22 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from django.urls import path, re_path  # noqa: E402
 
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
+from queues.api.stream import ConsumeSocket  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
         # Static files are served by the app itself so `make run` needs no
         # web server in front; a proxy or CDN may take over in production.
         "http": ASGIStaticFilesHandler(django_asgi_app),
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": URLRouter(
+            [
+                # A bearer token, not a cookie: no origin to check, no session.
+                path("api/v1/queues/<str:name>/consume", ConsumeSocket()),  # type: ignore[arg-type]
+                re_path(r"", AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
+            ]
+        ),
     }
 )

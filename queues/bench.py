@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,6 +49,8 @@ DELTA_TABLE = QueueStatsDelta._meta.db_table
 STATS_TABLE = QueueStats._meta.db_table
 RESULTS_DIR = Path(settings.BASE_DIR) / "bench-results"
 PREFIX = "bench-"
+# The window of row 4b: messages a consumer has delivered ahead of the one it handles.
+PREFETCH = 10
 RABBIT_QUEUE = "mqbench"
 PROCRASTINATE_SCHEMA = "procrastinate_bench"
 
@@ -86,6 +88,7 @@ class Sizes:
     singles: int  # single produces per round
     drain: int  # messages drained per receive+ack round
     trips: int  # receive-1 + ack-1 round trips per round
+    windowed: int  # messages handled one at a time with a prefetch window, per round
     latency: int  # samples per latency round
     big: int  # messages waiting in scenario 6/7
     dash_queues: int
@@ -93,9 +96,9 @@ class Sizes:
     @classmethod
     def for_run(cls, *, quick: bool, big: int | None, rounds: int | None) -> Sizes:
         if quick:
-            s = cls(rounds=3, batches=10, singles=150, drain=1000, trips=150, latency=60, big=300_000, dash_queues=1000)
+            s = cls(rounds=3, batches=10, singles=150, drain=1000, trips=150, windowed=1000, latency=60, big=300_000, dash_queues=1000)
         else:
-            s = cls(rounds=5, batches=30, singles=300, drain=3000, trips=300, latency=100, big=10_000_000, dash_queues=1000)
+            s = cls(rounds=5, batches=30, singles=300, drain=3000, trips=300, windowed=3000, latency=100, big=10_000_000, dash_queues=1000)
         if big is not None:
             s.big = big
         if rounds is not None:
@@ -105,7 +108,7 @@ class Sizes:
     @classmethod
     def tiny(cls) -> Sizes:
         """For the smoke test: every code path, almost no work."""
-        return cls(rounds=1, batches=2, singles=5, drain=200, trips=5, latency=3, big=2000, dash_queues=5)
+        return cls(rounds=1, batches=2, singles=5, drain=200, trips=5, windowed=20, latency=3, big=2000, dash_queues=5)
 
 
 # --------------------------------------------------------------------------- #
@@ -173,14 +176,14 @@ def rounds_of(n: int, fn: Callable[[], float]) -> list[float]:
 
 @dataclass
 class Measure:
-    """One peer's round of a scenario (a rate). ``twin``, when given, is a
-    variant measured right after it in every round, whose median ``twin_note``
+    """One peer's round of a scenario (a rate). ``twins`` are variants
+    measured right after it in every round, whose medians ``twin_note``
     formats into the cell's note."""
 
     peer: str
     fn: Callable[[], float]
     note: str = ""
-    twin: Callable[[], float] | None = None
+    twins: tuple[Callable[[], float], ...] = ()
     twin_note: str = ""
 
 
@@ -470,18 +473,17 @@ class Bench:
         Procrastinate, then mqadmin again...): a slow spell of the shared
         machine hits them all alike, so the ratios hold where the absolute
         numbers move. A peer that fails is reported so, not fatal."""
-        def both(m: Measure) -> tuple[float, float | None]:
-            return m.fn(), (m.twin() if m.twin is not None else None)
+        def all_of(m: Measure) -> list[float]:
+            return [m.fn(), *(twin() for twin in m.twins)]
 
-        results, failed = self.in_turns({m.peer: partial(both, m) for m in measures})
+        results, failed = self.in_turns({m.peer: partial(all_of, m) for m in measures})
         for m in measures:
             if m.peer in failed:
                 self.put(key, m.peer, skipped(failed[m.peer]))
                 continue
-            values = [value for value, _ in results[m.peer]]
-            twins = [twin for _, twin in results[m.peer] if twin is not None]
-            note = m.twin_note.format(statistics.median(twins)) if m.twin is not None else m.note
-            self.put(key, m.peer, Stat(values, note=note))
+            values = [value for value, *_ in results[m.peer]]
+            twins = [statistics.median(round_[i] for round_ in results[m.peer]) for i in range(1, len(m.twins) + 1)]
+            self.put(key, m.peer, Stat(values, note=m.twin_note.format(*twins) if m.twins else m.note))
 
     def in_turns[T](self, rounds: dict[str, Callable[[], T]]) -> tuple[dict[str, list[T]], dict[str, str]]:
         """Each peer's round in turn, ``self.s.rounds`` times: each peer's
@@ -680,19 +682,66 @@ class Bench:
             self.interleaved(f"drain_{n}", measures)
 
     def mq_drain_measure(self, name: str, consumers: int, total: int, per: int) -> Measure:
-        """The drain with acks riding on receives, and, as its twin (in the
-        note), with an ack call of its own per batch."""
+        """The drain with acks riding on receives; as its twins (in the
+        note), with an ack call of its own per batch, and on consume streams
+        (twice the batch in flight, so the next is on its way while one is
+        acked, as RabbitMQ's consumers here)."""
         return Measure(
             "mqadmin",
             lambda: self.mq_drain(name, consumers, total, per),
-            twin=lambda: self.mq_drain(name, consumers, total, per, separate_acks=True),
-            twin_note="(acks ride on the next receive; with an ack call of their own: {:,.0f}/s)",
+            twins=(
+                lambda: self.mq_drain(name, consumers, total, per, separate_acks=True),
+                lambda: self.mq_stream(name, consumers, total, prefetch=2 * per, ack_every=per),
+            ),
+            twin_note=(
+                "(acks ride on the next receive; with an ack call of their own: {:,.0f}/s; "
+                f"on consume streams, prefetch {2 * per}, acks per {per}: " "{:,.0f}/s)"
+            ),
         )
+
+    def mq_stream(self, name: str, consumers: int, total: int, *, prefetch: int, ack_every: int = 1) -> float:
+        """Consumers on consume streams (the client's websocket): the server
+        pushes up to ``prefetch`` unacked; each acks every ``ack_every``."""
+        self.prefill(name, total)
+        queue = PREFIX + name
+
+        def work(countdown: Countdown) -> None:
+            from mqclient import Client
+
+            with Client(self.url, self.token, timeout=60).consume(queue, prefetch=prefetch) as stream:
+                done: list[str] = []
+                while not countdown.over:
+                    for message in stream.receive(timeout=0.05):
+                        done.append(message.receipt)
+                        if len(done) >= ack_every:
+                            stream.ack(done)
+                            countdown.done(len(done))
+                            done = []
+                if done:
+                    stream.ack(done)
+
+        try:
+            return run_consumers(consumers, total, work)
+        finally:
+            self.empty(name)
 
     def scenario_round_trip(self) -> None:
         s = self.s
         self.say("4. one message per round trip")
-        measures = [self.mq_drain_measure("trip", 1, s.trips, 1)]
+        measures = [
+            Measure(
+                "mqadmin",
+                lambda: self.mq_stream("trip", 1, s.trips, prefetch=1),
+                twins=(
+                    lambda: self.mq_drain("trip", 1, s.trips, 1),
+                    lambda: self.mq_drain("trip", 1, s.trips, 1, separate_acks=True),
+                ),
+                twin_note=(
+                    "(consume stream, prefetch 1; over HTTP, the ack riding on the next receive: {:,.0f}/s, "
+                    "with an ack call of its own: {:,.0f}/s)"
+                ),
+            )
+        ]
         if "raw" in self.peers:
             measures.append(Measure("raw", lambda: self.raw_drain("raw", 1, s.trips, 1)))
         if self.rabbit_reason is None:
@@ -700,6 +749,19 @@ class Bench:
         if self.procrastinate_reason is None:
             measures.append(Measure("procrastinate", lambda: procrastinate_worker(s.trips, 1), "(worker)"))
         self.interleaved("round_trip", measures)
+        # One message at a time, each acked on its own, with a window of
+        # PREFETCH delivered ahead (RabbitMQ's consumers are used so).
+        # Procrastinate's worker has no window: its cell is row 4's.
+        self.say(f"4b. one message at a time, prefetch {PREFETCH}")
+        measures = [Measure("mqadmin", lambda: self.mq_stream("trip", 1, s.windowed, prefetch=PREFETCH), f"(consume stream, prefetch {PREFETCH})")]
+        if self.rabbit_reason is None:
+            measures.append(
+                Measure("rabbitmq", lambda: rabbit_drain(1, s.windowed, prefetch=PREFETCH, ack_every=1), f"(prefetch {PREFETCH}, ack each)")
+            )
+        self.interleaved("windowed", measures)
+        worker = self.stats.get("round_trip", {}).get("procrastinate")
+        if worker is not None:
+            self.stats["windowed"]["procrastinate"] = replace(worker, note="(worker: no prefetch; row 4's)")
 
     def scenario_latency(self) -> None:
         s = self.s
@@ -948,6 +1010,11 @@ class Bench:
         rows.append(Row("round_trip", "4. one message per round trip", cells("round_trip"),
                         "> 3 x Procrastinate worker", verdict(r_pro and r_pro > 3),
                         {"vs_procrastinate": r_pro, "vs_raw": ratio(mq("round_trip"), get("round_trip", "raw"))}))
+        if "windowed" in st:
+            r_win = ratio(mq("windowed"), get("round_trip", "procrastinate"))
+            rows.append(Row("windowed", f"4b. one message at a time, acked one by one, prefetch {PREFETCH}", cells("windowed"),
+                            "> 3 x Procrastinate worker", verdict(r_win and r_win > 3),
+                            {"vs_procrastinate": r_win, "vs_rabbitmq": ratio(mq("windowed"), get("windowed", "rabbitmq"))}))
         lat = mq("latency")
         rows.append(Row("latency", "5. send → long-polling consumer", cells("latency"),
                         "p50 < 5 ms, p99 < 20 ms",
@@ -1082,8 +1149,10 @@ def rabbit_fill(n: int) -> None:
         conn.close()
 
 
-def rabbit_drain(consumers: int, total: int, *, prefetch: int) -> float:
-    """Consume with manual acks (one ack per ``prefetch`` messages, multiple=True)."""
+def rabbit_drain(consumers: int, total: int, *, prefetch: int, ack_every: int | None = None) -> float:
+    """Consume with manual acks: one ack per ``ack_every`` messages
+    (multiple=True; by default one per ``prefetch``)."""
+    ack_every = ack_every or prefetch
     rabbit_fill(total)
 
     def work(countdown: Countdown) -> None:
@@ -1099,7 +1168,7 @@ def rabbit_drain(consumers: int, total: int, *, prefetch: int) -> float:
                     continue
                 pending += 1
                 last = method.delivery_tag
-                if pending >= prefetch:
+                if pending >= ack_every:
                     ch.basic_ack(last, multiple=True)
                     countdown.done(pending)
                     pending = 0

@@ -1111,6 +1111,14 @@ def _receipt_rows(queue_id: int, parsed: list[tuple[int, str, str]], states: str
     return sql, [queue_id, *(value for pair in pairs for value in pair)]
 
 
+def _in_flight_rows(queue_id: int, parsed: list[tuple[int, str, str]], columns: str) -> list[tuple[Any, ...]]:
+    """``columns`` of the in-flight messages the receipts hold, locked (in a
+    transaction of the caller's)."""
+    with connection.cursor() as cur:
+        cur.execute(*_receipt_rows(queue_id, parsed, "'in_flight'", columns=columns))
+        return cur.fetchall()
+
+
 # What a receipt can still act on: an expired lease that was not taken again
 # still carries its token and may be acked (as SQS).
 ACKABLE = "'in_flight', 'ready', 'delayed'"
@@ -1191,13 +1199,8 @@ def nack(
     dead-lettered once they reached the queue's ``max_deliveries``."""
     parsed = parse_receipts(receipts)
     now = time.time() if now is None else now
-    rows_sql, params = _receipt_rows(
-        queue.id, parsed, "'in_flight'", columns="id, lease_token, delivery_count, consumer_id, origin_queue_id"
-    )
     with transaction.atomic():
-        with connection.cursor() as cur:
-            cur.execute(rows_sql, params)
-            rows = cur.fetchall()
+        rows = _in_flight_rows(queue.id, parsed, "id, lease_token, delivery_count, consumer_id, origin_queue_id")
         tally = Tally()
         _release(queue, [(r[0], r[2], r[3], r[4]) for r in rows], tally, now=now, delay=delay, reason=reason, kind="nack")
         tally.add(queue.id, "nacked_total", len(rows))
@@ -1399,6 +1402,20 @@ def _release_if_leased(queue_id: int, leased: Callable[[Any], list[Delivery]], t
     deliveries = leased(task.result())
     if deliveries:
         task.get_loop().run_in_executor(None, release_unanswered_now, queue_id, deliveries)
+
+
+def release(queue: Queue, receipts: Sequence[str], *, reason: str, now: float | None = None) -> int:
+    """Leases given back without a verdict (a stream closed while its
+    consumer held them): ready again at once, each a redelivery, as when a
+    consumer leaves. A receipt that is stale changes nothing. Returns how
+    many went back."""
+    parsed = parse_receipts(receipts)
+    if not parsed:
+        return 0
+    now = time.time() if now is None else now
+    with transaction.atomic():
+        rows = _in_flight_rows(queue.id, parsed, "id, queue_id, delivery_count, consumer_id, origin_queue_id")
+        return _release_rows(rows, now=now, reason=reason)
 
 
 def release_consumer(consumer_id: str, *, reason: str = "consumer left", now: float | None = None) -> int:

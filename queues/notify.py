@@ -77,6 +77,13 @@ class Waiter:
             with _lock:
                 self.armed = False
 
+    def interrupt(self) -> None:
+        """On the waiter's own loop: end the wait now with True (look again),
+        unless a send took it; that send's hand-off ends it instead."""
+        with _lock:
+            if not self.taken and not self.future.done():
+                self.future.set_result(True)
+
 
 # Called (on a thread of its own) with the queue id and the deliveries a
 # send handed to a receive that had gone away; set by the broker.

@@ -151,7 +151,11 @@ class BearerAuth(HttpBearer):
 
 
 def require(request: HttpRequest, scope: str, queue_name: str | None = None) -> Token:
-    token: Token = request.auth  # type: ignore[attr-defined]
+    return allowed(request.auth, scope, queue_name)  # type: ignore[attr-defined]
+
+
+def allowed(token: Token, scope: str, queue_name: str | None = None) -> Token:
+    """``token``, if its scope and queue pattern allow this; raises Forbidden."""
     if not token.allows(scope, queue_name):
         if scope not in token.scope_set and "admin" not in token.scope_set:
             raise Forbidden(f"This token lacks the {scope!r} scope.")

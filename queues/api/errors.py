@@ -47,7 +47,13 @@ def _is_type_error(kind: str) -> bool:
 
 
 def from_validation_error(exc: ValidationError) -> HttpResponse:
-    first = exc.errors[0] if exc.errors else {"type": "value_error", "loc": (), "msg": "Invalid request"}
+    return from_mq_error(invalid(exc.errors))
+
+
+def invalid(errors: Any) -> MQError:
+    """The contract's error for pydantic's ``errors``: 400 for the wrong
+    shape or type, 422 for a value we do not accept."""
+    first = errors[0] if errors else {"type": "value_error", "loc": (), "msg": "Invalid request"}
     kind = str(first.get("type", ""))
     where = _where(first.get("loc", ()))
     msg = str(first.get("msg", "invalid"))
@@ -56,8 +62,7 @@ def from_validation_error(exc: ValidationError) -> HttpResponse:
     elif kind == "missing":
         msg = "Field required"
     text = f"{where}: {msg}" if where else msg
-    error = BadRequest(text) if _is_type_error(kind) else InvalidValue(text)
-    return from_mq_error(error)
+    return BadRequest(text) if _is_type_error(kind) else InvalidValue(text)
 
 
 def install(api: NinjaAPI) -> None:

@@ -16,7 +16,7 @@ from queues import bench
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SCENARIOS = ["produce_batch", "produce_single", "drain_1", "drain_4", "round_trip", "latency", "claim_big", "dashboard_counts", "dashboard_tick"]
+SCENARIOS = ["produce_batch", "produce_single", "drain_1", "drain_4", "round_trip", "windowed", "latency", "claim_big", "dashboard_counts", "dashboard_tick"]
 
 
 @pytest.mark.skipif(connection.vendor != "sqlite", reason="the refusal is about SQLite")

@@ -10,8 +10,11 @@ import http.client
 import json
 import threading
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
+
+if TYPE_CHECKING:
+    from .stream import Stream
 
 API_PREFIX = "/api/v1"
 # Seconds added to a long poll's wait before the socket gives up on it.
@@ -251,6 +254,15 @@ class Client:
         return self.request(
             "POST", f"/queues/{quote(queue)}/extend", {"receipts": receipts, "visibility_timeout": visibility_timeout}
         )
+
+    def consume(
+        self, queue: str, *, prefetch: int = 10, visibility_timeout: int | None = None, consumer: str | None = None
+    ) -> Stream:
+        """A websocket on which the server pushes ``queue``'s messages as they
+        come, holding at most ``prefetch`` unacked (``mqclient.stream``)."""
+        from .stream import Stream
+
+        return Stream(self, queue, prefetch=prefetch, visibility_timeout=visibility_timeout, consumer=consumer)
 
     # -- consumers -----------------------------------------------------------
 

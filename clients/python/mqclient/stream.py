@@ -1,0 +1,158 @@
+"""Consuming over a websocket (``Client.consume``): the server pushes
+deliveries as they come, up to ``prefetch`` unacked at a time, and acks go
+back on the same connection. Needs the ``websockets`` package
+(``pip install 'mqclient[stream]'``); the rest of mqclient needs nothing."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterator
+from contextlib import ExitStack
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
+
+from .client import ConsumerDead, ConsumerNotFound, Message, MQError
+
+if TYPE_CHECKING:
+    from .client import Client
+
+
+class StreamClosed(MQError):
+    """The server closed the stream (or the connection broke)."""
+
+
+def _error(status: int, error: dict[str, Any]) -> MQError:
+    code, message = str(error.get("code", "error")), str(error.get("message", ""))
+    cls = ConsumerNotFound if code == "consumer_not_found" else {410: ConsumerDead}.get(status, MQError)
+    return cls(status, code, message)
+
+
+class Stream:
+    """``with client.consume("orders", prefetch=10) as stream:``
+    ``for message in stream: ...; stream.ack([message.receipt])``.
+
+    Not thread-safe: one thread reads and acks. ``acked`` counts the acks the
+    server applied; ``stale`` lists the receipts it found stale."""
+
+    def __init__(
+        self,
+        client: Client,
+        queue: str,
+        *,
+        prefetch: int = 10,
+        visibility_timeout: int | None = None,
+        consumer: str | None = None,
+    ) -> None:
+        try:
+            from websockets.sync.client import connect
+        except ImportError:
+            raise ImportError("Client.consume needs the websockets package: pip install 'mqclient[stream]'") from None
+        params: dict[str, Any] = {"prefetch": prefetch}
+        if visibility_timeout is not None:
+            params["visibility_timeout"] = visibility_timeout
+        if consumer is not None:
+            params["consumer"] = consumer
+        scheme = "wss" if client._scheme == "https" else "ws"
+        port = f":{client._port}" if client._port else ""
+        host = f"[{client._host}]" if ":" in client._host else client._host
+        url = f"{scheme}://{host}{port}{client._prefix}/queues/{quote(queue)}/consume?{urlencode(params)}"
+        self.queue = queue
+        self.acked = 0
+        self.stale: list[str] = []
+        self._messages: deque[Message] = deque()
+        self._error: MQError | None = None
+        self._stack = ExitStack()
+        self._ws = self._stack.enter_context(
+            connect(
+                url,
+                additional_headers={"Authorization": f"Bearer {client.token}"},
+                compression=None,
+                open_timeout=client.timeout,
+                max_size=None,
+            )
+        )
+
+    # -- reading -------------------------------------------------------------
+
+    def receive(self, timeout: float | None = None) -> list[Message]:
+        """The messages delivered so far, waiting up to ``timeout`` seconds
+        (None: until some come) when none are; [] when none came in time."""
+        if not self._messages:
+            self._read(timeout)
+        out = list(self._messages)
+        self._messages.clear()
+        return out
+
+    def __iter__(self) -> Iterator[Message]:
+        """Each message as it is delivered, forever (until the stream closes)."""
+        while True:
+            while not self._messages:
+                self._read(None)
+            yield self._messages.popleft()
+
+    def _read(self, timeout: float | None, reply: str | None = None) -> dict[str, Any] | None:
+        """Read frames until messages come (or, with ``reply``, that answer);
+        None on timeout."""
+        from websockets.exceptions import ConnectionClosed
+
+        while True:
+            try:
+                raw = self._ws.recv(timeout=timeout)
+            except TimeoutError:
+                return None
+            except ConnectionClosed as exc:
+                if self._error is not None:
+                    raise self._error from None
+                code = exc.rcvd.code if exc.rcvd is not None else 1006
+                raise StreamClosed(code - 4000 if 4000 <= code < 5000 else 503, "stream_closed", f"The server closed the stream ({code}).") from None
+            frame = json.loads(raw)
+            kind = frame.get("type")
+            if kind == "messages":
+                self.acked += len(frame.get("acked") or ())
+                self.stale += frame.get("stale") or ()
+                self._messages.extend(Message.from_api(self.queue, m) for m in frame["messages"])
+                if reply is None and self._messages:
+                    return frame
+            elif kind == "error":
+                error = _error(int(frame.get("status", 400)), frame.get("error") or {})
+                if error.status in (400, 422) or reply is not None:
+                    raise error  # an answer to a frame of ours
+                self._error = error  # the stream's end: raised when it closes
+            elif kind == reply:
+                return frame
+
+    # -- writing -------------------------------------------------------------
+
+    def ack(self, receipts: list[str]) -> None:
+        """Acknowledge; the answer comes with the next delivery (``acked``,
+        ``stale``). Frees ``len(receipts)`` of the prefetch window."""
+        self._ws.send(json.dumps({"type": "ack", "receipts": receipts}))
+
+    def nack(self, receipts: list[str], *, delay: int = 0, reason: str = "") -> dict[str, list[str]]:
+        """Give messages back as failed; ``{"nacked": [ids], "stale": [receipts]}``."""
+        self._ws.send(json.dumps({"type": "nack", "receipts": receipts, "delay": delay, "reason": reason[:2000]}))
+        return self._answer("nacked")
+
+    def extend(self, receipts: list[str], visibility_timeout: int) -> dict[str, Any]:
+        """Push the leases to now + ``visibility_timeout``."""
+        self._ws.send(json.dumps({"type": "extend", "receipts": receipts, "visibility_timeout": visibility_timeout}))
+        return self._answer("extended")
+
+    def _answer(self, kind: str) -> dict[str, Any]:
+        frame = self._read(None, reply=kind)
+        assert frame is not None
+        frame.pop("type", None)
+        return frame
+
+    def close(self) -> None:
+        """Close the stream. Acks sent before are applied; what it still
+        holds is ready again at once for other consumers."""
+        self._stack.close()
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,439 @@
+"""Consuming over a websocket: the broker pushes deliveries to a held
+connection, as RabbitMQ pushes to a consumer with a prefetch window.
+
+``ws://host/api/v1/queues/{name}/consume?prefetch=10`` with
+``Authorization: Bearer <token>`` (a token that may consume the queue).
+Query parameters, all optional: ``prefetch`` (1-1000, default 10: how many
+unacked messages the stream may hold), ``visibility_timeout`` (s, default
+the queue's) and ``consumer`` (a registered consumer's id).
+
+Client -> server frames (JSON text):
+
+- ``{"type": "ack", "receipts": [...]}``
+- ``{"type": "nack", "receipts": [...], "delay": s, "reason": "..."}``
+- ``{"type": "extend", "receipts": [...], "visibility_timeout": s}``
+
+Server -> client frames:
+
+- ``{"type": "messages", "messages": [...]}``: deliveries, shaped as a
+  receive's; with ``acked`` and ``stale`` when acks went in the same round;
+- ``{"type": "nacked", "nacked": [...], "stale": [...]}`` and
+  ``{"type": "extended", "extended": [...], "stale": [...], "lease_expires_at": ...}``;
+- ``{"type": "error", "status": 422, "error": {"code", "message"}}``: the
+  contract's error, with the status an HTTP call would have had.
+  A bad frame is answered so and the stream goes on; a refused stream (bad
+  token, unknown queue...) gets it, then closes with 4000 + the HTTP status.
+
+The stream holds at most ``prefetch`` unacked messages: a slot frees when
+its receipt is acked or nacked, or its lease expires. The acks that arrive
+while a claim runs ride on the next one, in its statement on PostgreSQL (as
+a receive's ``"ack"``): a busy stream claims and acks in batches on its own.
+A send in this process leases its new messages to a waiting stream in its
+own INSERT, as to a long-polling receive. When the stream closes, the acks
+it sent are applied and what it still holds is ready again at once, each a
+redelivery (a consumer's leave).
+
+Served by a plain ASGI app, not a Channels consumer: Channels gives every
+frame a thread hand-off to close old connections, and a stream does its
+database work on one thread of its own, which gives its connection back to
+the pool after each look."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qsl
+
+import orjson
+from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from prometheus_client import Gauge
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import ValidationError as PydanticValidationError
+
+from .. import broker, notify
+from ..exceptions import BadRequest, MQError, Unauthorized, Unavailable
+from ..metrics import REGISTRY
+from ..models import Queue, Scope, epoch_to_iso
+from . import schemas as s
+from .auth import _cached, allowed, check_failure_budget, record_failure, verify
+from .errors import invalid
+from .views import POLL_RECHECK_SECONDS, _check_consumer
+
+log = logging.getLogger("queues.api")
+
+T = TypeVar("T")
+
+# A refused or failed stream closes with this plus the HTTP status of its
+# error (4401, 4403, 4404, 4503...); 1011 when something broke on our side.
+CLOSE_BASE = 4000
+CLOSE_INTERNAL = 1011
+# Acks one look applies at most (as a receive's "ack"); and how many may
+# wait unapplied before the stream stops reading the client's frames.
+ACKS_PER_LOOK = 1000
+MAX_PENDING_ACKS = 10_000
+
+# Unacked messages a stream may hold; a look claims at most MAX_RECEIVE.
+MAX_PREFETCH = 1000
+
+OPEN_STREAMS = Gauge("mq_consume_streams", "Consume streams (websockets) open in this process.", registry=REGISTRY)
+
+
+class StreamIn(BaseModel):
+    """The query string of a stream (text, so not strict)."""
+
+    model_config = ConfigDict(extra="forbid")
+    prefetch: int = Field(10, ge=1, le=MAX_PREFETCH)
+    visibility_timeout: int | None = Field(None, ge=0, le=s.MAX_SECONDS)
+    consumer: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,40}$")
+
+
+class AckFrame(s.AckIn):
+    type: Literal["ack"]
+
+
+class NackFrame(s.NackIn):
+    type: Literal["nack"]
+
+
+class ExtendFrame(s.ExtendIn):
+    type: Literal["extend"]
+
+
+FRAMES: dict[str, TypeAdapter[Any]] = {
+    "ack": TypeAdapter(AckFrame),
+    "nack": TypeAdapter(NackFrame),
+    "extend": TypeAdapter(ExtendFrame),
+}
+
+
+def parse_frame(data: str | bytes) -> AckFrame | NackFrame | ExtendFrame:
+    """A client's frame, validated as the matching HTTP call's body; raises
+    the contract's error (400 for the wrong shape, 422 for a bad value)."""
+    try:
+        content = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        raise BadRequest("A frame must be JSON.") from None
+    kind = content.get("type") if isinstance(content, dict) else None
+    adapter = FRAMES.get(kind) if isinstance(kind, str) else None
+    if adapter is None:
+        raise BadRequest('A frame is a JSON object whose "type" is "ack", "nack" or "extend".')
+    try:
+        frame: AckFrame | NackFrame | ExtendFrame = adapter.validate_python(content)
+    except PydanticValidationError as exc:
+        raise invalid(exc.errors()) from None
+    broker.parse_receipts(frame.receipts)  # InvalidValue for a malformed one, before anything is applied
+    return frame
+
+
+def error_frame(exc: MQError) -> dict[str, Any]:
+    """The contract's error, with the HTTP status the same call would have
+    had (a frame has no status line)."""
+    return {"type": "error", "status": exc.status, "error": {"code": exc.code, "message": exc.message, **exc.extra}}
+
+
+def as_mq_error(exc: Exception) -> MQError | None:
+    """The contract's error for what a stream's database work raised (None:
+    a bug, logged and closed with 1011)."""
+    if isinstance(exc, MQError):
+        return exc
+    if isinstance(exc, (OperationalError, InterfaceError)) or type(exc).__name__ == "PoolTimeout":
+        return Unavailable()
+    if isinstance(exc, DatabaseError):
+        return Unavailable("The database refused the operation; retry shortly.")
+    return None
+
+
+class ConsumeSocket:
+    """The ASGI app at ``/api/v1/queues/{name}/consume`` (websocket)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        if (await receive())["type"] != "websocket.connect":
+            return
+        executor = ThreadPoolExecutor(1, thread_name_prefix="stream")
+        stream = Stream(scope["url_route"]["kwargs"]["name"], executor, send)
+        try:
+            try:
+                await stream.open(scope)
+            except Exception as exc:
+                error = as_mq_error(exc)
+                if error is None:
+                    log.exception("could not open a consume stream on %s", scope.get("path"))
+                await send({"type": "websocket.accept"})
+                await stream.close_with(error)
+                return
+            await send({"type": "websocket.accept"})
+            OPEN_STREAMS.inc()
+            try:
+                await stream.run(receive)
+            finally:
+                OPEN_STREAMS.dec()
+        finally:
+            await stream.in_thread(close_connection)
+            executor.shutdown(wait=False)
+
+
+class Stream:
+    def __init__(self, name: str, executor: ThreadPoolExecutor, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+        self.name = name
+        self.executor = executor
+        self._send = send
+        self.queue: Queue | None = None
+        self.queue_checked = 0.0
+        self.prefetch = 10
+        self.visibility_timeout: int | None = None
+        self.consumer: str | None = None
+        # What the client holds: receipt -> lease expiry (epoch seconds).
+        self.held: dict[str, float] = {}
+        self.acks: list[str] = []
+        self.ops: deque[NackFrame | ExtendFrame] = deque()
+        self.wake = asyncio.Event()  # a frame came in
+        self.drained = asyncio.Event()  # pending acks fell under MAX_PENDING_ACKS
+        self.waiter: notify.Waiter | None = None
+        self.closed = False
+        self.context = contextvars.copy_context()
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """On the stream's own thread (its database connection is there)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, self.context.run, fn, *args)
+
+    # -- opening -------------------------------------------------------------
+
+    async def open(self, scope: dict[str, Any]) -> None:
+        """Authenticate and check what the stream asks for; raises MQError."""
+        address = (scope.get("client") or ["unknown"])[0] or "unknown"
+        check_failure_budget(address)
+        token = await self._token(scope, address)
+        allowed(token, Scope.CONSUME, self.name)
+        try:
+            options = StreamIn.model_validate(dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), strict_parsing=False)))
+        except PydanticValidationError as exc:
+            raise invalid(exc.errors()) from None
+        self.prefetch = options.prefetch
+        self.visibility_timeout = options.visibility_timeout
+        self.consumer = options.consumer
+        await self.fresh_queue()
+        if self.consumer is not None:
+            await self.in_thread(_check_consumer, self.consumer)
+
+    async def _token(self, scope: dict[str, Any], address: str) -> Any:
+        header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), "")
+        scheme, _, value = header.partition(" ")
+        if not header:
+            raise Unauthorized("Missing Authorization header: send Authorization: Bearer <token>.")
+        try:
+            if scheme.lower() != "bearer" or not value:
+                raise Unauthorized("Authorization must be 'Bearer <token>'.")
+            key_id, _, secret = value.strip().partition(".")
+            token = _cached(key_id, secret, time.monotonic()) if key_id and secret else None
+            return token if token is not None else await self.in_thread(verify, value)
+        except Unauthorized:
+            record_failure(address)
+            raise
+
+    # -- running -------------------------------------------------------------
+
+    async def run(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        """Read the client's frames while the pump delivers, until the client
+        goes; then settle what the stream still holds."""
+        pump = asyncio.ensure_future(self.pump())
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                if message["type"] != "websocket.receive" or self.closed:
+                    continue
+                try:
+                    self.take(parse_frame(message.get("text") or message.get("bytes") or b""))
+                except MQError as exc:
+                    await self.send(error_frame(exc))
+                if len(self.acks) >= MAX_PENDING_ACKS:
+                    self.drained.clear()
+                    await self.drained.wait()
+        finally:
+            self.closed = True
+            pump.cancel()
+            await asyncio.gather(pump, return_exceptions=True)
+            await self.in_thread(self.settle)
+
+    def take(self, frame: AckFrame | NackFrame | ExtendFrame) -> None:
+        """A client's frame: applied by the pump at its next look."""
+        if isinstance(frame, AckFrame):
+            self.acks += frame.receipts
+        else:
+            self.ops.append(frame)
+        if not isinstance(frame, ExtendFrame):
+            for receipt in frame.receipts:
+                self.held.pop(receipt, None)  # its slot is free, whatever the verdict
+        self.wake.set()
+        if self.waiter is not None:
+            self.waiter.interrupt()
+
+    def credit(self) -> int:
+        """How many more messages the stream may hold now."""
+        now = time.time()
+        for receipt in [r for r, expires in self.held.items() if expires <= now]:
+            del self.held[receipt]  # the lease ran out: the message went back
+        return self.prefetch - len(self.held)
+
+    async def pump(self) -> None:
+        try:
+            while True:
+                await self.step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = as_mq_error(exc)
+            if error is None:
+                log.exception("consume stream on %s failed", self.name)
+            self.closed = True
+            await self.close_with(error)
+
+    async def step(self) -> None:
+        """One round: nacks and extends, then a look that applies the acks
+        and claims what the credit allows, or a wait for a frame, a wake-up
+        or a send's hand-off."""
+        while self.ops:
+            op = self.ops.popleft()
+            frame = await self.in_thread(self.apply, op)
+            expires = frame.pop("_expires", None)
+            if expires is not None:
+                stale = set(frame["stale"])
+                for receipt in op.receipts:
+                    if receipt in self.held and receipt not in stale:
+                        self.held[receipt] = expires
+            await self.send(frame)
+        acks, self.acks = self.acks[:ACKS_PER_LOOK], self.acks[ACKS_PER_LOOK:]
+        if len(self.acks) < MAX_PENDING_ACKS:
+            self.drained.set()
+        queue = await self.fresh_queue()
+        credit = self.credit()
+        if credit <= 0:
+            if acks:
+                await self.deliver([], await self.in_thread(self.ack, queue, acks))
+            elif not self.pending():
+                await self.idle()
+            return
+        credit = min(credit, broker.MAX_RECEIVE)
+        offer = notify.Offer(credit, self.visibility_timeout, self.consumer)
+        with notify.waiter(queue.id, offer) as waiter:
+            deliveries, acked = await broker.unlost(queue.id, self.in_thread(self.look, queue, acks, credit), _leased)
+            if not deliveries and acked is None and not self.pending():
+                self.waiter = waiter
+                try:
+                    handed = await waiter.wait(POLL_RECHECK_SECONDS)
+                finally:
+                    self.waiter = None
+                if isinstance(handed, list):
+                    deliveries = handed
+        if deliveries or acked is not None:
+            await self.deliver(deliveries, acked)
+
+    async def fresh_queue(self) -> Queue:
+        """The stream's queue, looked up again (pause, config, deletion) at
+        most every ``QUEUE_CACHE_SECONDS``, as the process's cache would."""
+        now = time.monotonic()
+        if self.queue is None or now >= self.queue_checked + broker.QUEUE_CACHE_SECONDS:
+            self.queue = await broker.aget_queue(self.name)
+            self.queue_checked = now
+        return self.queue
+
+    def pending(self) -> bool:
+        return bool(self.acks or self.ops)
+
+    async def idle(self) -> None:
+        """Full: wait for a frame, or for the first held lease to run out."""
+        self.wake.clear()
+        first = min(self.held.values(), default=time.time() + POLL_RECHECK_SECONDS)
+        try:
+            await asyncio.wait_for(self.wake.wait(), max(0.0, min(first - time.time(), POLL_RECHECK_SECONDS)) + 0.001)
+        except TimeoutError:
+            pass
+
+    async def deliver(self, deliveries: list[broker.Delivery], acked: broker.ReceiptResult | None) -> None:
+        for d in deliveries:
+            self.held[d.receipt] = d.lease_expires_at
+        frame: dict[str, Any] = {"type": "messages", "messages": [d.to_dict() for d in deliveries]}
+        if acked is not None:
+            frame |= {"acked": acked.done, "stale": acked.stale}
+        await self.send(frame)
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        await self._send({"type": "websocket.send", "text": orjson.dumps(frame).decode()})
+
+    async def close_with(self, error: MQError | None) -> None:
+        if error is not None:
+            await self.send(error_frame(error))
+        await self._send({"type": "websocket.close", "code": CLOSE_BASE + error.status if error else CLOSE_INTERNAL})
+
+    # -- on the stream's thread ----------------------------------------------
+
+    def look(self, queue: Queue, acks: list[str], credit: int) -> tuple[list[broker.Delivery], broker.ReceiptResult | None]:
+        options: dict[str, Any] = {"max_messages": credit, "visibility_timeout": self.visibility_timeout, "consumer_id": self.consumer}
+        try:
+            if acks:
+                return broker.ack_and_receive(queue, acks, **options)
+            return broker.receive(queue, **options), None
+        finally:
+            connection.close()  # back to the pool: an idle stream holds none
+
+    def ack(self, queue: Queue, acks: list[str]) -> broker.ReceiptResult:
+        try:
+            return broker.ack(queue, acks)
+        finally:
+            connection.close()
+
+    def apply(self, op: NackFrame | ExtendFrame) -> dict[str, Any]:
+        """A nack or an extend: its answer frame (an error frame for a
+        refusal, such as the queue being gone)."""
+        assert self.queue is not None
+        try:
+            if isinstance(op, NackFrame):
+                result = broker.nack(self.queue, op.receipts, delay=op.delay, reason=op.reason)
+                return {"type": "nacked", "nacked": result.done, "stale": result.stale}
+            result, expires = broker.extend(self.queue, op.receipts, op.visibility_timeout)
+            return {
+                "type": "extended",
+                "extended": result.done,
+                "stale": result.stale,
+                "lease_expires_at": epoch_to_iso(expires),
+                "_expires": expires,  # for the loop's ``held``; not sent
+            }
+        except MQError as exc:
+            return error_frame(exc)
+        finally:
+            connection.close()
+
+    def settle(self) -> None:
+        """The client is gone: its acks and nacks are applied, and what it
+        still holds is ready again at once."""
+        queue = self.queue
+        if queue is None:
+            return
+        try:
+            if self.acks:
+                broker.ack(queue, self.acks)
+            for op in self.ops:
+                if isinstance(op, NackFrame):
+                    broker.nack(queue, op.receipts, delay=op.delay, reason=op.reason)
+            if self.held:
+                n = broker.release(queue, list(self.held), reason="consume stream closed")
+                log.info("a consume stream on %s closed holding %d message(s): back to ready", queue.name, n)
+        except Exception:
+            log.exception("could not settle a closed consume stream on %s; what it held returns at its visibility timeout", queue.name)
+        finally:
+            connection.close()
+
+
+def close_connection() -> None:
+    connection.close()  # the calling thread's
+
+
+def _leased(look: tuple[list[broker.Delivery], Any]) -> list[broker.Delivery]:
+    return look[0]

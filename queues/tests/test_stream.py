@@ -1,0 +1,319 @@
+"""Consume streams (websocket ``/api/v1/queues/{name}/consume``): deliveries
+pushed up to the prefetch window, acks, nacks and extends on the socket,
+what a closed stream leaves behind, refusals, and real clients draining a
+real server together."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from conftest import make_token
+from queues import broker
+from queues.models import Message
+
+from .live import ROOT, live_server
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def communicator(queue: str, token: str | None, query: str = "") -> WebsocketCommunicator:
+    from mqadmin.asgi import application
+
+    headers = [(b"host", b"testserver")]
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    return WebsocketCommunicator(application, f"/api/v1/queues/{queue}/consume{query}", headers=headers)
+
+
+def make_queue(name: str, **config: Any) -> None:
+    broker.put_queue(name, dict(config))
+
+
+def send(name: str, *bodies: Any, **fields: Any) -> list[int]:
+    queue = broker.get_queue(name)
+    new = [broker.NewMessage(body=json.dumps(b).encode(), **fields) for b in bodies]
+    return [int(p.id) for p in broker.publish(queue, new)]
+
+
+def states(name: str) -> dict[str, list[tuple[int, int]]]:
+    """Per state, (id, delivery count) of the queue's messages."""
+    out: dict[str, list[tuple[int, int]]] = {}
+    for mid, state, count in Message.objects.filter(queue__name=name).order_by("id").values_list("id", "state", "delivery_count"):
+        out.setdefault(state, []).append((mid, count))
+    return out
+
+
+async def opened(queue: str, query: str = "", token: str | None = None) -> WebsocketCommunicator:
+    comm = communicator(queue, token or await sync_to_async(make_token)(), query)
+    connected, _ = await comm.connect()
+    assert connected
+    return comm
+
+
+async def frame(comm: WebsocketCommunicator, timeout: float = 5) -> dict[str, Any]:
+    return await comm.receive_json_from(timeout=timeout)
+
+
+async def test_deliveries_are_pushed_up_to_prefetch_and_an_ack_frees_a_slot():
+    await sync_to_async(make_queue)("orders")
+    ids = await sync_to_async(send)("orders", *range(5))
+    comm = await opened("orders", "?prefetch=2")
+    first = await frame(comm)
+    assert first["type"] == "messages"
+    assert [m["id"] for m in first["messages"]] == [str(i) for i in ids[:2]]
+    assert [m["body"] for m in first["messages"]] == [0, 1]
+    assert await comm.receive_nothing(timeout=0.3)  # the window is full
+    await comm.send_json_to({"type": "ack", "receipts": [first["messages"][0]["receipt"]]})
+    second = await frame(comm)
+    assert second["acked"] == [str(ids[0])] and second["stale"] == []
+    assert [m["id"] for m in second["messages"]] == [str(ids[2])]
+    await comm.disconnect()
+    left = await sync_to_async(states)("orders")
+    # Acked: gone. Held when the stream closed: ready again at once, as redeliveries.
+    assert left == {"ready": [(ids[1], 1), (ids[2], 1), (ids[3], 0), (ids[4], 0)]}
+    counts = (await sync_to_async(broker.queue_counts)())[(await sync_to_async(broker.get_queue)("orders")).id]
+    assert (counts.ready, counts.in_flight) == (4, 0)
+
+
+async def test_a_send_reaches_a_waiting_stream():
+    await sync_to_async(make_queue)("idle")
+    comm = await opened("idle", "?prefetch=5")
+    assert await comm.receive_nothing(timeout=0.2)
+    sent_at = time.monotonic()
+    [mid] = await sync_to_async(send)("idle", {"pizza": "margherita"})
+    got = await frame(comm)
+    assert [m["id"] for m in got["messages"]] == [str(mid)]
+    assert got["messages"][0]["body"] == {"pizza": "margherita"}
+    assert time.monotonic() - sent_at < 0.9  # woken, not found by the once-a-second recheck
+    await comm.disconnect()
+
+
+async def test_acks_sent_just_before_closing_are_applied_not_redelivered():
+    await sync_to_async(make_queue)("closing")
+    ids = await sync_to_async(send)("closing", "a", "b", "c")
+    comm = await opened("closing", "?prefetch=3")
+    got = await frame(comm)
+    receipts = [m["receipt"] for m in got["messages"]]
+    await comm.send_json_to({"type": "ack", "receipts": receipts[:2]})
+    await comm.disconnect()
+    assert await sync_to_async(states)("closing") == {"ready": [(ids[2], 1)]}
+
+
+async def test_nack_extend_and_stale_acks_are_answered_on_the_stream():
+    await sync_to_async(make_queue)("verdicts", visibility_timeout=30)
+    ids = await sync_to_async(send)("verdicts", "x", "y")
+    comm = await opened("verdicts", "?prefetch=2&visibility_timeout=10")
+    got = (await frame(comm))["messages"]
+    x, y = got[0]["receipt"], got[1]["receipt"]
+
+    await comm.send_json_to({"type": "extend", "receipts": [y], "visibility_timeout": 600})
+    extended = await frame(comm)
+    assert extended["type"] == "extended" and extended["extended"] == [str(ids[1])] and extended["stale"] == []
+    lease = await sync_to_async(lambda: Message.objects.get(pk=ids[1]).lease_expires_at)()
+    assert lease > time.time() + 500
+
+    await comm.send_json_to({"type": "nack", "receipts": [x], "reason": "oven cold"})
+    nacked = await frame(comm)
+    assert nacked == {"type": "nacked", "nacked": [str(ids[0])], "stale": []}
+    again = await frame(comm)  # the nacked message, redelivered into the freed slot
+    assert [(m["id"], m["delivery_count"]) for m in again["messages"]] == [(str(ids[0]), 2)]
+
+    await comm.send_json_to({"type": "ack", "receipts": [x, y]})  # x's lease moved on
+    acked = await frame(comm)
+    assert acked["acked"] == [str(ids[1])] and acked["stale"] == [x]
+    await comm.send_json_to({"type": "ack", "receipts": [again["messages"][0]["receipt"]]})
+    assert (await frame(comm))["acked"] == [str(ids[0])]
+    await comm.disconnect()
+    assert await sync_to_async(states)("verdicts") == {}
+
+
+@pytest.mark.parametrize(
+    ("sent", "status", "code"),
+    [
+        ("not json", 400, "bad_request"),
+        (json.dumps([1, 2]), 400, "bad_request"),
+        (json.dumps({"type": "purge"}), 400, "bad_request"),
+        (json.dumps({"type": "ack"}), 422, "invalid_value"),
+        (json.dumps({"type": "ack", "receipts": "1.abc"}), 400, "bad_request"),
+        (json.dumps({"type": "ack", "receipts": ["not-a-receipt"]}), 422, "invalid_value"),
+        (json.dumps({"type": "ack", "receipts": ["1." + "0" * 32], "extra": 1}), 422, "invalid_value"),
+        (json.dumps({"type": "nack", "receipts": ["1." + "0" * 32], "delay": -1}), 422, "invalid_value"),
+        (json.dumps({"type": "extend", "receipts": ["1." + "0" * 32], "visibility_timeout": "5"}), 400, "bad_request"),
+    ],
+)
+async def test_a_bad_frame_gets_the_contract_error_and_the_stream_goes_on(sent, status, code):
+    await sync_to_async(make_queue)("hostile")
+    ids = await sync_to_async(send)("hostile", 1, 2)
+    comm = await opened("hostile", "?prefetch=1")
+    held = (await frame(comm))["messages"][0]
+    await comm.send_to(text_data=sent)
+    error = await frame(comm)
+    assert error["type"] == "error" and error["status"] == status and error["error"]["code"] == code, error
+    assert error["error"]["message"]
+    # Nothing was applied, and the stream still works.
+    await comm.send_json_to({"type": "ack", "receipts": [held["receipt"]]})
+    after = await frame(comm)
+    assert after["acked"] == [str(ids[0])] and [m["id"] for m in after["messages"]] == [str(ids[1])]
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("queue", "query", "scopes", "pattern", "close", "code"),
+    [
+        ("q", "", None, "*", 4401, "unauthorized"),
+        ("q", "", "bad", "*", 4401, "unauthorized"),
+        ("q", "", "produce", "*", 4403, "forbidden"),
+        ("q", "", "consume", "other-*", 4403, "forbidden"),
+        ("nope", "", "consume", "*", 4404, "queue_not_found"),
+        ("q", "?prefetch=0", "consume", "*", 4422, "invalid_value"),
+        ("q", "?prefetch=1001", "consume", "*", 4422, "invalid_value"),
+        ("q", "?prefetch=many", "consume", "*", 4400, "bad_request"),
+        ("q", "?window=5", "consume", "*", 4422, "invalid_value"),
+        ("q", "?consumer=c-unknown", "consume", "*", 4404, "consumer_not_found"),
+    ],
+)
+async def test_a_refused_stream_gets_the_error_then_closes_with_4000_plus_its_status(queue, query, scopes, pattern, close, code):
+    await sync_to_async(make_queue)("q")
+    await sync_to_async(send)("q", "kept")
+    if scopes is None:
+        token = None
+    elif scopes == "bad":
+        token = "nobody.secret"
+    else:
+        token = await sync_to_async(make_token)(scopes, pattern)
+    comm = communicator(queue, token, query)
+    connected, _ = await comm.connect()
+    assert connected  # accepted, so that the client can read why it is refused
+    error = await frame(comm)
+    assert error["type"] == "error" and error["error"]["code"] == code and error["status"] == close - 4000
+    closed = await comm.receive_output(timeout=5)
+    assert closed == {"type": "websocket.close", "code": close}
+    await comm.wait(timeout=5)
+    assert list(await sync_to_async(states)("q")) == ["ready"]  # nothing was leased
+
+
+async def test_an_expired_lease_frees_its_slot():
+    await sync_to_async(make_queue)("slow", visibility_timeout=1)
+    ids = await sync_to_async(send)("slow", "first", "second")
+    comm = await opened("slow", "?prefetch=1")
+    assert [m["id"] for m in (await frame(comm))["messages"]] == [str(ids[0])]
+    # Never acked: after its second the slot is free again, and the stream
+    # takes what is ready.
+    nxt = await frame(comm, timeout=4)
+    assert nxt["messages"] and nxt["messages"][0]["id"] in (str(ids[0]), str(ids[1]))
+    await comm.disconnect()
+
+
+async def test_a_fifo_group_is_delivered_in_order_one_at_a_time():
+    await sync_to_async(make_queue)("fifo", fifo=True)
+    ids = await sync_to_async(send)("fifo", 1, 2, 3, group="table-7")
+    comm = await opened("fifo", "?prefetch=3")
+    seen = []
+    held = (await frame(comm))["messages"]
+    while held:
+        assert len(held) == 1  # one of the group in flight at a time
+        seen.append(held[0]["id"])
+        if len(seen) == 3:
+            break
+        await comm.send_json_to({"type": "ack", "receipts": [held[0]["receipt"]]})
+        held = (await frame(comm))["messages"]
+    assert seen == [str(i) for i in ids]
+    await comm.disconnect()
+
+
+async def test_a_stream_takes_nothing_from_a_paused_queue_until_it_resumes():
+    await sync_to_async(make_queue)("paused", paused=True)
+    await sync_to_async(send)("paused", "later")
+    comm = await opened("paused")
+    assert await comm.receive_nothing(timeout=0.5)
+    await sync_to_async(make_queue)("paused", paused=False)
+    got = await frame(comm, timeout=4)
+    assert [m["body"] for m in got["messages"]] == ["later"]
+    await comm.disconnect()
+
+
+async def test_a_deleted_queue_ends_its_streams():
+    await sync_to_async(make_queue)("doomed")
+    comm = await opened("doomed")
+    await sync_to_async(lambda: broker.delete_queue(broker.get_queue("doomed")))()
+    error = await frame(comm, timeout=4)
+    assert error["error"]["code"] == "queue_not_found"
+    assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 4404}
+    await comm.wait(timeout=5)
+
+
+def test_mqclient_streams_drain_a_real_server_together_each_message_acked_once(transactional_db):
+    """Three streams of the Python client, each acking one message at a
+    time, drain a real server; one of them quits half-way holding messages.
+    Every message is acked exactly once, none is left, none lost."""
+    sys.path.insert(0, str(ROOT / "clients" / "python"))
+    from mqclient import Client
+
+    total = 900
+    # Leases outlast the test: what the quitter held comes back only because
+    # its stream closed.
+    make_queue("work", visibility_timeout=300)
+    for start in range(0, total, 300):
+        send("work", *range(start, start + 300))
+    token = make_token("consume")
+    acked: list[str] = []
+    lock = threading.Lock()
+    with live_server() as url:
+        client = Client(url, token)
+
+        def drain(quit_after: int | None) -> None:
+            with client.consume("work", prefetch=10) as stream:
+                n = 0
+                while len(acked) < total:
+                    for message in stream.receive(timeout=0.5):
+                        n += 1
+                        if quit_after is not None and n > quit_after:
+                            return  # closes holding up to 10 unacked: they go to the others
+                        stream.ack([message.receipt])
+                        with lock:
+                            acked.append(message.id)
+
+        threads = [threading.Thread(target=drain, args=(q,)) for q in (None, None, 100)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert not any(t.is_alive() for t in threads)
+    assert len(acked) == len(set(acked)) == total
+    assert not Message.objects.filter(queue__name="work").exists()
+
+
+async def test_streams_racing_over_one_queue_never_hold_the_same_message():
+    """Four in-process streams with small windows, acking as they go."""
+    await sync_to_async(make_queue)("race")
+    total = 400
+    ids = set(await sync_to_async(send)("race", *range(total)))
+    token = await sync_to_async(make_token)()
+    comms = [await opened("race", "?prefetch=3", token) for _ in range(4)]
+    seen: list[str] = []
+
+    async def drain(comm: WebsocketCommunicator) -> None:
+        while len(seen) < total:
+            # (A communicator's receive that times out cancels the app.)
+            if await comm.receive_nothing(timeout=0.1, interval=0.01):
+                continue
+            got = await frame(comm)
+            receipts = [m["receipt"] for m in got["messages"]]
+            seen.extend(m["id"] for m in got["messages"])
+            if receipts:
+                await comm.send_json_to({"type": "ack", "receipts": receipts})
+
+    await asyncio.wait_for(asyncio.gather(*(drain(c) for c in comms)), 60)
+    for comm in comms:
+        await comm.disconnect()
+    assert sorted(seen) == sorted(str(i) for i in ids)  # each delivered once: no lease expired
+    assert await sync_to_async(states)("race") == {}
