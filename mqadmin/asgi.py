@@ -88,7 +88,7 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: 
 from django.urls import path, re_path  # noqa: E402
 
 from dashboard.routing import websocket_urlpatterns  # noqa: E402
-from queues.api.stream import ConsumeSocket  # noqa: E402
+from queues.api.stream import ConsumeStream, PublishStream, SocketApp  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
@@ -98,7 +98,8 @@ application = ProtocolTypeRouter(
         "websocket": URLRouter(
             [
                 # A bearer token, not a cookie: no origin to check, no session.
-                path("api/v1/queues/<str:name>/consume", ConsumeSocket()),  # type: ignore[arg-type]
+                path("api/v1/queues/<str:name>/consume", SocketApp(ConsumeStream)),  # type: ignore[arg-type]
+                path("api/v1/queues/<str:name>/publish", SocketApp(PublishStream)),  # type: ignore[arg-type]
                 re_path(r"", AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
             ]
         ),

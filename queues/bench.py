@@ -51,6 +51,8 @@ RESULTS_DIR = Path(settings.BASE_DIR) / "bench-results"
 PREFIX = "bench-"
 # The window of row 4b: messages a consumer has delivered ahead of the one it handles.
 PREFETCH = 10
+# Batches a producer's publish stream has on their way, unanswered, at most.
+PUBLISH_WINDOW = 8
 RABBIT_QUEUE = "mqbench"
 PROCRASTINATE_SCHEMA = "procrastinate_bench"
 
@@ -600,7 +602,42 @@ class Bench:
                 raw.close()
                 self.empty("raw")
 
-        batches, singles = [Measure("mqadmin", mq_batches)], [Measure("mqadmin", mq_singles)]
+        def mq_published(name: str, per: int, count: int) -> float:
+            """Through a publish stream: PUBLISH_WINDOW batches unanswered at
+            most, each answered after its commit."""
+            from mqclient import Client
+
+            messages = [{"body": BODY}] * per
+            try:
+                with Client(self.url, self.token, timeout=60).publisher(PREFIX + name, window=PUBLISH_WINDOW) as pub:
+                    t = time.perf_counter()
+                    for _ in range(count):
+                        pub.send_batch(messages)
+                    answers = pub.flush()
+                    rate = per * count / (time.perf_counter() - t)
+                refused = [a.error for a in answers if a.error is not None]
+                if refused or len(answers) != count:
+                    raise BenchError(f"publish stream: {len(answers)} answers, refused: {refused[:1]}")
+                return rate
+            finally:
+                self.empty(name)
+
+        batches = [
+            Measure(
+                "mqadmin",
+                lambda: mq_published("produce", 100, s.batches),
+                twins=(mq_batches,),
+                twin_note=f"(publish stream, {PUBLISH_WINDOW} batches in flight; " "over HTTP, a request a batch: {:,.0f}/s)",
+            )
+        ]
+        singles = [
+            Measure(
+                "mqadmin",
+                mq_singles,
+                twins=(lambda: mq_published("single", 1, s.singles),),
+                twin_note=f"(a request each; on a publish stream, {PUBLISH_WINDOW} in flight: " "{:,.0f}/s)",
+            )
+        ]
         if "raw" in self.peers:
             batches.append(Measure("raw", lambda: raw_produce(100, s.batches)))
             singles.append(Measure("raw", lambda: raw_produce(1, s.singles)))

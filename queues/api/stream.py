@@ -1,5 +1,6 @@
-"""Consuming over a websocket: the broker pushes deliveries to a held
-connection, as RabbitMQ pushes to a consumer with a prefetch window.
+"""Streams: consuming and producing over a websocket. The broker pushes
+deliveries to a held connection, as RabbitMQ pushes to a consumer with a
+prefetch window; a producer sends without waiting for each answer.
 
 ``ws://host/api/v1/queues/{name}/consume?prefetch=10`` with
 ``Authorization: Bearer <token>`` (a token that may consume the queue).
@@ -33,10 +34,22 @@ own INSERT, as to a long-polling receive. When the stream closes, the acks
 it sent are applied and what it still holds is ready again at once, each a
 redelivery (a consumer's leave).
 
-Served by a plain ASGI app, not a Channels consumer: Channels gives every
+``ws://host/api/v1/queues/{name}/publish`` (a token that may produce to
+the queue) is the producer's side: the client sends
+``{"type": "send", "id": ..., "messages": [...]}`` (the HTTP send's batch;
+``id`` is the client's, any string or number, echoed back) without waiting,
+and each frame is answered in order, after its commit, by
+``{"type": "sent", "id": ..., "messages": [{"id", "duplicate"}]}`` or an
+error frame with that ``id``. Each frame is all or nothing, as a send. Frames
+that arrive while a commit runs are written together in the next one (one
+INSERT, one commit: a group commit); should that fail, each is tried on its
+own, so one frame's error (a message too large, a full queue) is only its
+own. Frames received before the client went are still written.
+
+Served by plain ASGI apps, not Channels consumers: Channels gives every
 frame a thread hand-off to close old connections, and a stream does its
 database work on one thread of its own, which gives its connection back to
-the pool after each look."""
+the pool after each statement."""
 
 from __future__ import annotations
 
@@ -47,7 +60,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
@@ -63,11 +76,13 @@ from ..models import Queue, Scope, epoch_to_iso
 from . import schemas as s
 from .auth import _cached, allowed, check_failure_budget, record_failure, verify
 from .errors import invalid
-from .views import POLL_RECHECK_SECONDS, _check_consumer
+from .views import POLL_RECHECK_SECONDS, _check_consumer, new_messages
 
 log = logging.getLogger("queues.api")
 
 T = TypeVar("T")
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 # A refused or failed stream closes with this plus the HTTP status of its
 # error (4401, 4403, 4404, 4503...); 1011 when something broke on our side.
@@ -77,20 +92,29 @@ CLOSE_INTERNAL = 1011
 # wait unapplied before the stream stops reading the client's frames.
 ACKS_PER_LOOK = 1000
 MAX_PENDING_ACKS = 10_000
-
 # Unacked messages a stream may hold; a look claims at most MAX_RECEIVE.
 MAX_PREFETCH = 1000
+# Send frames one commit takes at most, and how many may wait unanswered
+# before the stream stops reading the client's frames.
+FRAMES_PER_COMMIT = 16
+MAX_PENDING_FRAMES = 64
 
-OPEN_STREAMS = Gauge("mq_consume_streams", "Consume streams (websockets) open in this process.", registry=REGISTRY)
+OPEN_STREAMS = Gauge("mq_streams", "Streams (websockets) open in this process.", ["kind"], registry=REGISTRY)
 
 
-class StreamIn(BaseModel):
-    """The query string of a stream (text, so not strict)."""
+class ConsumeIn(BaseModel):
+    """A consume stream's query string (text, so not strict)."""
 
     model_config = ConfigDict(extra="forbid")
     prefetch: int = Field(10, ge=1, le=MAX_PREFETCH)
     visibility_timeout: int | None = Field(None, ge=0, le=s.MAX_SECONDS)
     consumer: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,40}$")
+
+
+class PublishIn(BaseModel):
+    """A publish stream takes no parameters."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class AckFrame(s.AckIn):
@@ -105,36 +129,77 @@ class ExtendFrame(s.ExtendIn):
     type: Literal["extend"]
 
 
-FRAMES: dict[str, TypeAdapter[Any]] = {
+FrameId = str | int | None
+
+
+class SendFrame(s.BatchIn):
+    type: Literal["send"]
+    id: Annotated[str, Field(max_length=200)] | int | None = None
+
+
+CONSUME_FRAMES: dict[str, TypeAdapter[Any]] = {
     "ack": TypeAdapter(AckFrame),
     "nack": TypeAdapter(NackFrame),
     "extend": TypeAdapter(ExtendFrame),
 }
+SEND_FRAME: TypeAdapter[SendFrame] = TypeAdapter(SendFrame)
 
 
-def parse_frame(data: str | bytes) -> AckFrame | NackFrame | ExtendFrame:
-    """A client's frame, validated as the matching HTTP call's body; raises
-    the contract's error (400 for the wrong shape, 422 for a bad value)."""
+def _decoded(data: str | bytes, kinds: str) -> dict[str, Any]:
     try:
         content = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise BadRequest("A frame must be JSON.") from None
-    kind = content.get("type") if isinstance(content, dict) else None
-    adapter = FRAMES.get(kind) if isinstance(kind, str) else None
-    if adapter is None:
-        raise BadRequest('A frame is a JSON object whose "type" is "ack", "nack" or "extend".')
+    if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+        raise BadRequest(f'A frame is a JSON object whose "type" is {kinds}.')
+    return content
+
+
+def _validated[T](adapter: TypeAdapter[T], content: dict[str, Any]) -> T:
     try:
-        frame: AckFrame | NackFrame | ExtendFrame = adapter.validate_python(content)
+        return adapter.validate_python(content)
     except PydanticValidationError as exc:
         raise invalid(exc.errors()) from None
+
+
+def parse_frame(data: str | bytes) -> AckFrame | NackFrame | ExtendFrame:
+    """A consumer's frame, validated as the matching HTTP call's body;
+    raises the contract's error (400 for the wrong shape, 422 for a bad
+    value)."""
+    content = _decoded(data, '"ack", "nack" or "extend"')
+    adapter = CONSUME_FRAMES.get(content["type"])
+    if adapter is None:
+        raise BadRequest('A frame is a JSON object whose "type" is "ack", "nack" or "extend".')
+    frame: AckFrame | NackFrame | ExtendFrame = _validated(adapter, content)
     broker.parse_receipts(frame.receipts)  # InvalidValue for a malformed one, before anything is applied
     return frame
 
 
-def error_frame(exc: MQError) -> dict[str, Any]:
+def parse_send(data: str | bytes) -> SendFrame:
+    """A producer's frame, validated as the HTTP send's batch."""
+    content = _decoded(data, '"send"')
+    if content["type"] != "send":
+        raise BadRequest('A frame is a JSON object whose "type" is "send".')
+    return _validated(SEND_FRAME, content)
+
+
+def frame_id(data: str | bytes) -> FrameId:
+    """The ``id`` of a frame that could not be parsed, if it has a usable one."""
+    try:
+        content = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    value = content.get("id") if isinstance(content, dict) else None
+    return value if isinstance(value, (str, int)) and not isinstance(value, bool) and len(str(value)) <= 200 else None
+
+
+def error_frame(exc: MQError, id: FrameId = None) -> dict[str, Any]:
     """The contract's error, with the HTTP status the same call would have
-    had (a frame has no status line)."""
-    return {"type": "error", "status": exc.status, "error": {"code": exc.code, "message": exc.message, **exc.extra}}
+    had (a frame has no status line), and the ``id`` of the frame it answers."""
+    frame: dict[str, Any] = {"type": "error", "status": exc.status, "error": {"code": exc.code, "message": exc.message, **exc.extra}}
+    if id is not None:
+        frame["id"] = id
+    return frame
 
 
 def as_mq_error(exc: Exception) -> MQError | None:
@@ -149,57 +214,63 @@ def as_mq_error(exc: Exception) -> MQError | None:
     return None
 
 
-class ConsumeSocket:
-    """The ASGI app at ``/api/v1/queues/{name}/consume`` (websocket)."""
+class SocketApp:
+    """The ASGI app of one kind of stream (websocket) at
+    ``/api/v1/queues/{name}/<kind>``."""
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]], send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    def __init__(self, stream: type[Stream]) -> None:
+        self.stream = stream
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if (await receive())["type"] != "websocket.connect":
             return
         executor = ThreadPoolExecutor(1, thread_name_prefix="stream")
-        stream = Stream(scope["url_route"]["kwargs"]["name"], executor, send)
+        stream = self.stream(scope["url_route"]["kwargs"]["name"], executor, send)
         try:
             try:
                 await stream.open(scope)
             except Exception as exc:
                 error = as_mq_error(exc)
                 if error is None:
-                    log.exception("could not open a consume stream on %s", scope.get("path"))
+                    log.exception("could not open a stream at %s", scope.get("path"))
                 await send({"type": "websocket.accept"})
                 await stream.close_with(error)
                 return
             await send({"type": "websocket.accept"})
-            OPEN_STREAMS.inc()
+            gauge = OPEN_STREAMS.labels(stream.kind)
+            gauge.inc()
             try:
                 await stream.run(receive)
             finally:
-                OPEN_STREAMS.dec()
+                gauge.dec()
         finally:
             await stream.in_thread(close_connection)
             executor.shutdown(wait=False)
 
 
 class Stream:
-    def __init__(self, name: str, executor: ThreadPoolExecutor, send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    """What both kinds share: the opening checks, the stream's own thread
+    (its database connection lives there), the pump that does the database
+    work while the client's frames are read, frames out."""
+
+    kind = ""
+    scope_needed = ""
+    options: type[BaseModel] = PublishIn
+
+    def __init__(self, name: str, executor: ThreadPoolExecutor, send: Send) -> None:
         self.name = name
         self.executor = executor
         self._send = send
         self.queue: Queue | None = None
         self.queue_checked = 0.0
-        self.prefetch = 10
-        self.visibility_timeout: int | None = None
-        self.consumer: str | None = None
-        # What the client holds: receipt -> lease expiry (epoch seconds).
-        self.held: dict[str, float] = {}
-        self.acks: list[str] = []
-        self.ops: deque[NackFrame | ExtendFrame] = deque()
         self.wake = asyncio.Event()  # a frame came in
-        self.drained = asyncio.Event()  # pending acks fell under MAX_PENDING_ACKS
-        self.waiter: notify.Waiter | None = None
-        self.closed = False
+        self.drained = asyncio.Event()  # the frames waiting fell under their limit
+        self.gone = False  # the client went
+        self.failed = False  # the pump ended the stream
         self.context = contextvars.copy_context()
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """On the stream's own thread (its database connection is there)."""
+        """On the stream's own thread."""
         return await asyncio.get_running_loop().run_in_executor(self.executor, self.context.run, fn, *args)
 
     # -- opening -------------------------------------------------------------
@@ -209,17 +280,16 @@ class Stream:
         address = (scope.get("client") or ["unknown"])[0] or "unknown"
         check_failure_budget(address)
         token = await self._token(scope, address)
-        allowed(token, Scope.CONSUME, self.name)
+        allowed(token, self.scope_needed, self.name)
+        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
         try:
-            options = StreamIn.model_validate(dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), strict_parsing=False)))
+            self.configure(self.options.model_validate(query))
         except PydanticValidationError as exc:
             raise invalid(exc.errors()) from None
-        self.prefetch = options.prefetch
-        self.visibility_timeout = options.visibility_timeout
-        self.consumer = options.consumer
         await self.fresh_queue()
-        if self.consumer is not None:
-            await self.in_thread(_check_consumer, self.consumer)
+
+    def configure(self, options: Any) -> None:
+        """Take the validated query parameters."""
 
     async def _token(self, scope: dict[str, Any], address: str) -> Any:
         header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), "")
@@ -236,31 +306,119 @@ class Stream:
             record_failure(address)
             raise
 
+    async def fresh_queue(self) -> Queue:
+        """The stream's queue, looked up again (pause, config, deletion) at
+        most every ``QUEUE_CACHE_SECONDS``, as the process's cache would."""
+        now = time.monotonic()
+        if self.queue is None or now >= self.queue_checked + broker.QUEUE_CACHE_SECONDS:
+            self.queue = await broker.aget_queue(self.name)
+            self.queue_checked = now
+        return self.queue
+
     # -- running -------------------------------------------------------------
 
-    async def run(self, receive: Callable[[], Awaitable[dict[str, Any]]]) -> None:
-        """Read the client's frames while the pump delivers, until the client
-        goes; then settle what the stream still holds."""
+    async def run(self, receive: Receive) -> None:
+        """Read the client's frames while the pump works, until the client
+        goes; then ``finish``."""
         pump = asyncio.ensure_future(self.pump())
         try:
             while True:
                 message = await receive()
                 if message["type"] == "websocket.disconnect":
                     break
-                if message["type"] != "websocket.receive" or self.closed:
-                    continue
-                try:
-                    self.take(parse_frame(message.get("text") or message.get("bytes") or b""))
-                except MQError as exc:
-                    await self.send(error_frame(exc))
-                if len(self.acks) >= MAX_PENDING_ACKS:
-                    self.drained.clear()
-                    await self.drained.wait()
+                if message["type"] == "websocket.receive" and not self.failed:
+                    await self.on_frame(message.get("text") or message.get("bytes") or b"")
         finally:
-            self.closed = True
-            pump.cancel()
-            await asyncio.gather(pump, return_exceptions=True)
-            await self.in_thread(self.settle)
+            self.gone = True
+            await self.finish(pump)
+
+    async def on_frame(self, data: str | bytes) -> None:
+        raise NotImplementedError
+
+    async def finish(self, pump: asyncio.Future[None]) -> None:
+        raise NotImplementedError
+
+    async def pump(self) -> None:
+        try:
+            while not self.done():
+                await self.step()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = as_mq_error(exc)
+            if error is None:
+                log.exception("%s stream on %s failed", self.kind, self.name)
+            self.failed = True
+            await self.close_with(error)
+
+    def done(self) -> bool:
+        return False
+
+    async def step(self) -> None:
+        raise NotImplementedError
+
+    async def backpressure(self, full: bool) -> None:
+        """Stop reading the client's frames while what waits for the pump is
+        ``full`` (until the pump sets ``drained``): TCP then slows the client
+        down."""
+        if full:
+            self.drained.clear()
+            await self.drained.wait()
+
+    async def send(self, frame: dict[str, Any]) -> None:
+        if not self.gone:
+            await self._send({"type": "websocket.send", "text": orjson.dumps(frame).decode()})
+
+    async def close_with(self, error: MQError | None) -> None:
+        if error is not None:
+            await self.send(error_frame(error))
+        await self._send({"type": "websocket.close", "code": CLOSE_BASE + error.status if error else CLOSE_INTERNAL})
+
+
+class ConsumeStream(Stream):
+    """``/consume``: deliveries pushed up to the prefetch window."""
+
+    kind = "consume"
+    scope_needed = Scope.CONSUME
+    options = ConsumeIn
+
+    def __init__(self, name: str, executor: ThreadPoolExecutor, send: Send) -> None:
+        super().__init__(name, executor, send)
+        self.prefetch = 10
+        self.visibility_timeout: int | None = None
+        self.consumer: str | None = None
+        # What the client holds: receipt -> lease expiry (epoch seconds).
+        self.held: dict[str, float] = {}
+        self.acks: list[str] = []
+        self.ops: deque[NackFrame | ExtendFrame] = deque()
+        self.waiter: notify.Waiter | None = None
+
+    def configure(self, options: ConsumeIn) -> None:
+        self.prefetch = options.prefetch
+        self.visibility_timeout = options.visibility_timeout
+        self.consumer = options.consumer
+
+    async def open(self, scope: dict[str, Any]) -> None:
+        await super().open(scope)
+        if self.consumer is not None:
+            await self.in_thread(_check_consumer, self.consumer)
+
+    async def on_frame(self, data: str | bytes) -> None:
+        try:
+            self.take(parse_frame(data))
+        except MQError as exc:
+            await self.send(error_frame(exc))
+        await self.backpressure(self.full())
+
+    def full(self) -> bool:
+        return len(self.acks) >= MAX_PENDING_ACKS or len(self.ops) >= MAX_PENDING_FRAMES
+
+    async def finish(self, pump: asyncio.Future[None]) -> None:
+        """The client went: the pump stops (what a look it was running
+        leases is released as never delivered), then ``settle``."""
+        pump.cancel()
+        await asyncio.gather(pump, return_exceptions=True)
+        await self.in_thread(self.settle)
 
     def take(self, frame: AckFrame | NackFrame | ExtendFrame) -> None:
         """A client's frame: applied by the pump at its next look."""
@@ -282,25 +440,14 @@ class Stream:
             del self.held[receipt]  # the lease ran out: the message went back
         return self.prefetch - len(self.held)
 
-    async def pump(self) -> None:
-        try:
-            while True:
-                await self.step()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            error = as_mq_error(exc)
-            if error is None:
-                log.exception("consume stream on %s failed", self.name)
-            self.closed = True
-            await self.close_with(error)
-
     async def step(self) -> None:
         """One round: nacks and extends, then a look that applies the acks
         and claims what the credit allows, or a wait for a frame, a wake-up
         or a send's hand-off."""
         while self.ops:
             op = self.ops.popleft()
+            if not self.full():
+                self.drained.set()
             frame = await self.in_thread(self.apply, op)
             expires = frame.pop("_expires", None)
             if expires is not None:
@@ -310,7 +457,7 @@ class Stream:
                         self.held[receipt] = expires
             await self.send(frame)
         acks, self.acks = self.acks[:ACKS_PER_LOOK], self.acks[ACKS_PER_LOOK:]
-        if len(self.acks) < MAX_PENDING_ACKS:
+        if not self.full():
             self.drained.set()
         queue = await self.fresh_queue()
         credit = self.credit()
@@ -335,15 +482,6 @@ class Stream:
         if deliveries or acked is not None:
             await self.deliver(deliveries, acked)
 
-    async def fresh_queue(self) -> Queue:
-        """The stream's queue, looked up again (pause, config, deletion) at
-        most every ``QUEUE_CACHE_SECONDS``, as the process's cache would."""
-        now = time.monotonic()
-        if self.queue is None or now >= self.queue_checked + broker.QUEUE_CACHE_SECONDS:
-            self.queue = await broker.aget_queue(self.name)
-            self.queue_checked = now
-        return self.queue
-
     def pending(self) -> bool:
         return bool(self.acks or self.ops)
 
@@ -363,14 +501,6 @@ class Stream:
         if acked is not None:
             frame |= {"acked": acked.done, "stale": acked.stale}
         await self.send(frame)
-
-    async def send(self, frame: dict[str, Any]) -> None:
-        await self._send({"type": "websocket.send", "text": orjson.dumps(frame).decode()})
-
-    async def close_with(self, error: MQError | None) -> None:
-        if error is not None:
-            await self.send(error_frame(error))
-        await self._send({"type": "websocket.close", "code": CLOSE_BASE + error.status if error else CLOSE_INTERNAL})
 
     # -- on the stream's thread ----------------------------------------------
 
@@ -429,6 +559,84 @@ class Stream:
             log.exception("could not settle a closed consume stream on %s; what it held returns at its visibility timeout", queue.name)
         finally:
             connection.close()
+
+
+class PublishStream(Stream):
+    """``/publish``: send frames answered in order, written in group commits."""
+
+    kind = "publish"
+    scope_needed = Scope.PRODUCE
+
+    def __init__(self, name: str, executor: ThreadPoolExecutor, send: Send) -> None:
+        super().__init__(name, executor, send)
+        self.frames: deque[str | bytes] = deque()
+
+    async def on_frame(self, data: str | bytes) -> None:
+        # Parsed and validated on the stream's thread, not on the loop.
+        self.frames.append(data)
+        self.wake.set()
+        await self.backpressure(len(self.frames) >= MAX_PENDING_FRAMES)
+
+    async def finish(self, pump: asyncio.Future[None]) -> None:
+        """The client went: what it sent is still written (nobody hears the
+        answers), then the pump ends."""
+        self.wake.set()
+        await pump
+
+    def done(self) -> bool:
+        return self.gone and not self.frames
+
+    async def step(self) -> None:
+        if not self.frames:
+            self.wake.clear()
+            await self.wake.wait()
+            return
+        batch = [self.frames.popleft() for _ in range(min(FRAMES_PER_COMMIT, len(self.frames)))]
+        self.drained.set()
+        queue = await self.fresh_queue()
+        for answer in await self.in_thread(self.write, queue, batch):
+            await self.send(answer)
+
+    # -- on the stream's thread ----------------------------------------------
+
+    def write(self, queue: Queue, batch: list[str | bytes]) -> list[dict[str, Any]]:
+        """The answers to ``batch``'s frames, in order: the valid ones are
+        written in one commit (or each on its own, should that fail)."""
+        answers: list[dict[str, Any]] = []
+        good: list[tuple[int, SendFrame]] = []
+        for data in batch:
+            try:
+                frame = parse_send(data)
+            except MQError as exc:
+                answers.append(error_frame(exc, frame_id(data)))
+                continue
+            good.append((len(answers), frame))
+            answers.append({})
+        try:
+            if good:
+                self._publish(queue, good, answers)
+        finally:
+            connection.close()
+        return answers
+
+    def _publish(self, queue: Queue, good: list[tuple[int, SendFrame]], answers: list[dict[str, Any]]) -> None:
+        batches = [new_messages(frame.messages) for _, frame in good]
+        try:
+            results = broker.publish(queue, [m for batch in batches for m in batch])
+        except MQError as exc:
+            if len(good) == 1:
+                answers[good[0][0]] = error_frame(exc, good[0][1].id)
+            else:
+                for one in good:  # so that an error is only its own frame's
+                    self._publish(queue, [one], answers)
+            return
+        at = 0
+        for (i, frame), batch in zip(good, batches, strict=True):
+            answer: dict[str, Any] = {"type": "sent", "messages": [r.to_dict() for r in results[at : at + len(batch)]]}
+            if frame.id is not None:
+                answer["id"] = frame.id
+            answers[i] = answer
+            at += len(batch)
 
 
 def close_connection() -> None:

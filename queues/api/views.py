@@ -107,7 +107,12 @@ def send(request: HttpRequest, name: str, payload: Body[s.SendIn]) -> HttpRespon
     require(request, Scope.PRODUCE, name)
     queue = broker.get_queue(name)
     items = payload.messages if isinstance(payload, s.BatchIn) else [payload]
-    new = [
+    results = broker.publish(queue, new_messages(items))
+    return json_response({"messages": [r.to_dict() for r in results]}, 201)
+
+
+def new_messages(items: list[s.MessageIn]) -> list[broker.NewMessage]:
+    return [
         broker.NewMessage(
             body=orjson.dumps(m.body),
             priority=m.priority,
@@ -118,8 +123,6 @@ def send(request: HttpRequest, name: str, payload: Body[s.SendIn]) -> HttpRespon
         )
         for m in items
     ]
-    results = broker.publish(queue, new)
-    return json_response({"messages": [r.to_dict() for r in results]}, 201)
 
 
 @router.post(

@@ -317,3 +317,132 @@ async def test_streams_racing_over_one_queue_never_hold_the_same_message():
         await comm.disconnect()
     assert sorted(seen) == sorted(str(i) for i in ids)  # each delivered once: no lease expired
     assert await sync_to_async(states)("race") == {}
+
+
+# --------------------------------------------------------------------------- #
+# Publish streams
+# --------------------------------------------------------------------------- #
+
+
+def publisher(queue: str, token: str | None, query: str = "") -> WebsocketCommunicator:
+    from mqadmin.asgi import application
+
+    headers = [(b"host", b"testserver")]
+    if token is not None:
+        headers.append((b"authorization", f"Bearer {token}".encode()))
+    return WebsocketCommunicator(application, f"/api/v1/queues/{queue}/publish{query}", headers=headers)
+
+
+def bodies(name: str) -> list[Any]:
+    return [json.loads(b) for b in Message.objects.filter(queue__name=name).order_by("id").values_list("body", flat=True)]
+
+
+async def test_send_frames_are_answered_in_order_and_those_that_wait_share_a_commit(monkeypatch):
+    await sync_to_async(make_queue)("orders")
+    commits: list[int] = []
+    publish = broker.publish
+
+    def counted(queue: Any, messages: Any, **kw: Any) -> Any:
+        commits.append(len(messages))
+        return publish(queue, messages, **kw)
+
+    monkeypatch.setattr(broker, "publish", counted)
+    comm = publisher("orders", await sync_to_async(make_token)("produce"))
+    assert (await comm.connect())[0]
+    ids: list[Any] = ["first", 2, None, *range(3, 12)]
+    for n, frame_id in enumerate(ids):
+        frame_out: dict[str, Any] = {"type": "send", "messages": [{"body": [n, i]} for i in range(3)]}
+        if frame_id is not None:
+            frame_out["id"] = frame_id
+        await comm.send_json_to(frame_out)
+    answers = [await frame(comm) for _ in ids]
+    assert [a["type"] for a in answers] == ["sent"] * len(ids)
+    assert [a.get("id") for a in answers] == ids
+    sent_ids = [int(m["id"]) for a in answers for m in a["messages"]]
+    assert sent_ids == sorted(sent_ids) and len(sent_ids) == 3 * len(ids)
+    await comm.disconnect()
+    assert await sync_to_async(bodies)("orders") == [[n, i] for n in range(len(ids)) for i in range(3)]
+    # Frames that arrived during a commit went in the next one together.
+    assert sum(commits) == 3 * len(ids) and len(commits) < len(ids)
+
+
+async def test_a_refused_send_frame_is_only_its_own(monkeypatch):
+    await sync_to_async(make_queue)("small", max_message_bytes=50)
+    monkeypatch.setattr("queues.api.stream.FRAMES_PER_COMMIT", 16)
+    comm = publisher("small", await sync_to_async(make_token)("produce"))
+    assert (await comm.connect())[0]
+    await comm.send_json_to({"type": "send", "id": 1, "messages": [{"body": "ok-1"}]})
+    await comm.send_json_to({"type": "send", "id": 2, "messages": [{"body": "ok-2"}, {"body": "x" * 200}]})
+    await comm.send_to(text_data='{"type": "send", "id": 3, "messages": [')
+    await comm.send_json_to({"type": "send", "id": 4, "messages": [{"body": "ok-4", "priority": 10}]})
+    await comm.send_json_to({"type": "send", "id": 5, "messages": [{"body": "ok-5"}]})
+    await comm.send_json_to({"type": "purge"})
+    answers = [await frame(comm) for _ in range(6)]
+    assert [(a["type"], a.get("id")) for a in answers] == [
+        ("sent", 1),
+        ("error", 2),
+        ("error", None),  # not JSON: no id to echo
+        ("error", 4),
+        ("sent", 5),
+        ("error", None),
+    ]
+    assert [(a["status"], a["error"]["code"]) for a in answers if a["type"] == "error"] == [
+        (413, "message_too_large"),
+        (400, "bad_request"),
+        (422, "invalid_value"),
+        (400, "bad_request"),
+    ]
+    await comm.disconnect()
+    assert await sync_to_async(bodies)("small") == ["ok-1", "ok-5"]  # all or nothing per frame
+
+
+async def test_frames_sent_just_before_closing_are_still_written():
+    await sync_to_async(make_queue)("hasty")
+    comm = publisher("hasty", await sync_to_async(make_token)("produce"))
+    assert (await comm.connect())[0]
+    for n in range(20):
+        await comm.send_json_to({"type": "send", "messages": [{"body": n}]})
+    await comm.disconnect()
+    assert await sync_to_async(bodies)("hasty") == list(range(20))
+
+
+@pytest.mark.parametrize(
+    ("queue", "query", "scopes", "close", "code"),
+    [
+        ("p", "", "consume", 4403, "forbidden"),
+        ("nope", "", "produce", 4404, "queue_not_found"),
+        ("p", "?window=3", "produce", 4422, "invalid_value"),
+    ],
+)
+async def test_a_refused_publish_stream_gets_the_error_then_closes(queue, query, scopes, close, code):
+    await sync_to_async(make_queue)("p")
+    comm = publisher(queue, await sync_to_async(make_token)(scopes), query)
+    assert (await comm.connect())[0]
+    error = await frame(comm)
+    assert error["error"]["code"] == code and error["status"] == close - 4000
+    assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": close}
+    await comm.wait(timeout=5)
+
+
+def test_mqclient_publisher_against_a_real_server(transactional_db):
+    """The Python client's publisher: batches in flight, answered in order,
+    a refused batch reported as its own, dedup as over HTTP."""
+    sys.path.insert(0, str(ROOT / "clients" / "python"))
+    from mqclient import Client, MQError
+
+    make_queue("made")
+    with live_server() as url:
+        client = Client(url, make_token("produce"))
+        with client.publisher("made", window=3) as pub:
+            numbers = [pub.send_batch([{"body": {"n": n, "i": i}} for i in range(50)]) for n in range(10)]
+            bad = pub.send_batch([{"body": "fine"}, {"body": "too urgent", "priority": 99}])
+            first = pub.send("once", dedup_id="order-1")
+            again = pub.send("twice", dedup_id="order-1")
+            answers = pub.flush()
+        assert [a.batch for a in answers] == [*numbers, bad, first, again]
+        assert all(a.messages is not None and len(a.messages) == 50 for a in answers[:10])
+        refused = answers[10]
+        assert refused.messages is None and isinstance(refused.error, MQError) and refused.error.status == 422
+        assert answers[11].messages is not None and answers[12].messages is not None
+        assert answers[12].messages[0] == {"id": answers[11].messages[0]["id"], "duplicate": True}
+    assert Message.objects.filter(queue__name="made").count() == 501

@@ -13,7 +13,7 @@ Consume (``handle`` raises to nack; the message is retried with backoff)::
 from __future__ import annotations
 
 from .client import Client, ConsumerDead, ConsumerNotFound, Message, MQError, Registration
-from .stream import Stream, StreamClosed
+from .stream import Publisher, Sent, Stream, StreamClosed
 from .worker import Worker
 
-__all__ = ["Client", "ConsumerDead", "ConsumerNotFound", "MQError", "Message", "Registration", "Stream", "StreamClosed", "Worker"]
+__all__ = ["Client", "ConsumerDead", "ConsumerNotFound", "MQError", "Message", "Publisher", "Registration", "Sent", "Stream", "StreamClosed", "Worker"]

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
 if TYPE_CHECKING:
-    from .stream import Stream
+    from .stream import Publisher, Stream
 
 API_PREFIX = "/api/v1"
 # Seconds added to a long poll's wait before the socket gives up on it.
@@ -263,6 +263,13 @@ class Client:
         from .stream import Stream
 
         return Stream(self, queue, prefetch=prefetch, visibility_timeout=visibility_timeout, consumer=consumer)
+
+    def publisher(self, queue: str, *, window: int = 8) -> Publisher:
+        """A websocket on which batches go out without waiting for each
+        answer, at most ``window`` unanswered (``mqclient.stream``)."""
+        from .stream import Publisher
+
+        return Publisher(self, queue, window=window)
 
     # -- consumers -----------------------------------------------------------
 

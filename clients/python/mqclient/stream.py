@@ -1,7 +1,9 @@
-"""Consuming over a websocket (``Client.consume``): the server pushes
+"""Streams over a websocket. ``Client.consume``: the server pushes
 deliveries as they come, up to ``prefetch`` unacked at a time, and acks go
-back on the same connection. Needs the ``websockets`` package
-(``pip install 'mqclient[stream]'``); the rest of mqclient needs nothing."""
+back on the same connection. ``Client.publisher``: batches are sent without
+waiting for each answer, up to ``window`` unanswered. Both need the
+``websockets`` package (``pip install 'mqclient[stream]'``); the rest of
+mqclient needs nothing."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import json
 from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
@@ -21,6 +24,34 @@ if TYPE_CHECKING:
 
 class StreamClosed(MQError):
     """The server closed the stream (or the connection broke)."""
+
+
+def _connect(client: Client, queue: str, kind: str, params: dict[str, Any]) -> Any:
+    """The websocket of a ``kind`` stream on ``queue`` (a context manager)."""
+    try:
+        from websockets.sync.client import connect
+    except ImportError:
+        raise ImportError("mqclient's streams need the websockets package: pip install 'mqclient[stream]'") from None
+    scheme = "wss" if client._scheme == "https" else "ws"
+    port = f":{client._port}" if client._port else ""
+    host = f"[{client._host}]" if ":" in client._host else client._host
+    query = f"?{urlencode(params)}" if params else ""
+    return connect(
+        f"{scheme}://{host}{port}{client._prefix}/queues/{quote(queue)}/{kind}{query}",
+        additional_headers={"Authorization": f"Bearer {client.token}"},
+        compression=None,
+        open_timeout=client.timeout,
+        max_size=None,
+    )
+
+
+def _closed(exc: Any, error: MQError | None) -> MQError:
+    """What to raise when the server closed a stream: the error it sent
+    before closing, else one made of the close code."""
+    if error is not None:
+        return error
+    code = exc.rcvd.code if exc.rcvd is not None else 1006
+    return StreamClosed(code - 4000 if 4000 <= code < 5000 else 503, "stream_closed", f"The server closed the stream ({code}).")
 
 
 def _error(status: int, error: dict[str, Any]) -> MQError:
@@ -45,34 +76,18 @@ class Stream:
         visibility_timeout: int | None = None,
         consumer: str | None = None,
     ) -> None:
-        try:
-            from websockets.sync.client import connect
-        except ImportError:
-            raise ImportError("Client.consume needs the websockets package: pip install 'mqclient[stream]'") from None
         params: dict[str, Any] = {"prefetch": prefetch}
         if visibility_timeout is not None:
             params["visibility_timeout"] = visibility_timeout
         if consumer is not None:
             params["consumer"] = consumer
-        scheme = "wss" if client._scheme == "https" else "ws"
-        port = f":{client._port}" if client._port else ""
-        host = f"[{client._host}]" if ":" in client._host else client._host
-        url = f"{scheme}://{host}{port}{client._prefix}/queues/{quote(queue)}/consume?{urlencode(params)}"
         self.queue = queue
         self.acked = 0
         self.stale: list[str] = []
         self._messages: deque[Message] = deque()
         self._error: MQError | None = None
         self._stack = ExitStack()
-        self._ws = self._stack.enter_context(
-            connect(
-                url,
-                additional_headers={"Authorization": f"Bearer {client.token}"},
-                compression=None,
-                open_timeout=client.timeout,
-                max_size=None,
-            )
-        )
+        self._ws = self._stack.enter_context(_connect(client, queue, "consume", params))
 
     # -- reading -------------------------------------------------------------
 
@@ -103,10 +118,7 @@ class Stream:
             except TimeoutError:
                 return None
             except ConnectionClosed as exc:
-                if self._error is not None:
-                    raise self._error from None
-                code = exc.rcvd.code if exc.rcvd is not None else 1006
-                raise StreamClosed(code - 4000 if 4000 <= code < 5000 else 503, "stream_closed", f"The server closed the stream ({code}).") from None
+                raise _closed(exc, self._error) from None
             frame = json.loads(raw)
             kind = frame.get("type")
             if kind == "messages":
@@ -152,6 +164,94 @@ class Stream:
         self._stack.close()
 
     def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+@dataclass
+class Sent:
+    """The answer to one batch a ``Publisher`` sent: ``messages`` (``[{"id",
+    "duplicate"}]`` in input order) once committed, or the ``error`` that
+    refused it (nothing of that batch was enqueued)."""
+
+    batch: int  # what send_batch returned
+    messages: list[dict[str, Any]] | None = None
+    error: MQError | None = None
+
+
+class Publisher:
+    """``with client.publisher("orders", window=8) as pub:``
+    ``pub.send_batch([...]); ...; answers = pub.flush()``.
+
+    ``send_batch`` returns as soon as the batch is on its way, unless
+    ``window`` batches are unanswered: then it waits for the oldest answer.
+    A batch is all or nothing, as ``Client.send_batch``; its answer comes
+    after its commit. Batches that reach the server while it commits others
+    are committed together (fewer commits for the same messages). Not
+    thread-safe."""
+
+    def __init__(self, client: Client, queue: str, *, window: int = 8) -> None:
+        if window < 1:
+            raise ValueError("window must be at least 1")
+        self.queue = queue
+        self.window = window
+        self._next = 0
+        self._unanswered: deque[int] = deque()
+        self._answers: list[Sent] = []
+        self._error: MQError | None = None
+        self._stack = ExitStack()
+        self._ws = self._stack.enter_context(_connect(client, queue, "publish", {}))
+
+    def send_batch(self, messages: list[dict[str, Any]]) -> int:
+        """Send up to 1000 messages (as ``Client.send_batch``); returns the
+        batch's number, which its ``Sent`` answer carries."""
+        while len(self._unanswered) >= self.window:
+            self._read()
+        number = self._next
+        self._next += 1
+        self._ws.send(json.dumps({"type": "send", "id": number, "messages": messages}))
+        self._unanswered.append(number)
+        return number
+
+    def send(self, body: Any, **fields: Any) -> int:
+        """One message (``priority``, ``delay``, ``group``, ``dedup_id``,
+        ``headers`` as for ``Client.send``) as a batch of one."""
+        return self.send_batch([{"body": body, **fields}])
+
+    def flush(self) -> list[Sent]:
+        """Wait for every batch's answer; returns those not returned before,
+        in the order sent."""
+        while self._unanswered:
+            self._read()
+        out, self._answers = self._answers, []
+        return out
+
+    def _read(self) -> None:
+        from websockets.exceptions import ConnectionClosed
+
+        try:
+            frame = json.loads(self._ws.recv())
+        except ConnectionClosed as exc:
+            raise _closed(exc, self._error) from None
+        number = frame.get("id")
+        if frame.get("type") == "error" and number is None:
+            self._error = _error(int(frame.get("status", 400)), frame.get("error") or {})
+            return  # the stream's end: raised when it closes
+        if number in self._unanswered:
+            self._unanswered.remove(number)
+        if frame.get("type") == "sent":
+            self._answers.append(Sent(number, messages=frame["messages"]))
+        else:
+            self._answers.append(Sent(number, error=_error(int(frame.get("status", 400)), frame.get("error") or {})))
+
+    def close(self) -> None:
+        """Close the stream. Batches sent before are still committed, but
+        their answers are not waited for: ``flush`` first to know them."""
+        self._stack.close()
+
+    def __enter__(self) -> Publisher:
         return self
 
     def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
