@@ -94,7 +94,8 @@ def test_backoff_doubles_per_delivery_up_to_the_maximum():
     assert [worker.backoff(n) for n in (1, 2, 3, 4, 5, 6, 20)] == [1, 2, 4, 8, 16, 30, 30]
 
 
-def test_failing_handler_is_retried_with_exponential_backoff(client):
+@pytest.mark.parametrize("streaming", [False, True], ids=["poll", "stream"])
+def test_failing_handler_is_retried_with_exponential_backoff(client, streaming):
     client.put_queue("jobs", max_deliveries=10)
     client.send("jobs", "boom")
     attempts: list[tuple[float, int]] = []
@@ -103,7 +104,7 @@ def test_failing_handler_is_retried_with_exponential_backoff(client):
         attempts.append((time.monotonic(), message.delivery_count))
         raise ValueError(f"attempt {message.delivery_count} failed")
 
-    worker = Worker(client, "jobs", handler, backoff_base=1, poll_wait=1)
+    worker = Worker(client, "jobs", handler, backoff_base=1, poll_wait=1, stream=streaming)
     thread = run_in_thread(worker)
     wait_for(lambda: len(attempts) >= 3, timeout=20)
     worker.stop()
@@ -117,7 +118,8 @@ def test_failing_handler_is_retried_with_exponential_backoff(client):
     assert worker.stats["failed"] == 3 and worker.stats["processed"] == 0
 
 
-def test_long_handler_keeps_its_lease_and_is_not_delivered_twice(client):
+@pytest.mark.parametrize("streaming", [False, True], ids=["poll", "stream"])
+def test_long_handler_keeps_its_lease_and_is_not_delivered_twice(client, streaming):
     # The lease is 3 s, the work 5 s; a second worker waits for any message
     # whose lease runs out. Without extensions it would get this one. (The
     # worker extends with a third of the lease left: 1 s of slack for an
@@ -130,7 +132,7 @@ def test_long_handler_keeps_its_lease_and_is_not_delivered_twice(client):
         handled.append((message.id, message.delivery_count))
         time.sleep(5)
 
-    workers = [Worker(client, "slow", handler, name=f"w{i}", poll_wait=1) for i in range(2)]
+    workers = [Worker(client, "slow", handler, name=f"w{i}", poll_wait=1, stream=streaming) for i in range(2)]
     threads = [run_in_thread(w) for w in workers]
     wait_for(lambda: sum(w.stats["processed"] for w in workers) == 1, timeout=20)
     time.sleep(0.5)  # a redelivery would have reached the idle worker by now
@@ -145,11 +147,13 @@ def test_long_handler_keeps_its_lease_and_is_not_delivered_twice(client):
     assert (counts["ready"], counts["in_flight"]) == (0, 0)
 
 
-def test_sigterm_finishes_started_work_hands_back_the_rest_and_leaves(client, server, token, tmp_path):
+@pytest.mark.parametrize("streaming", [False, True], ids=["poll", "stream"])
+def test_sigterm_finishes_started_work_hands_back_the_rest_and_leaves(client, server, token, tmp_path, streaming):
     client.put_queue("jobs", visibility_timeout=60)
     client.send_batch("jobs", [{"body": {"sleep": 2, "n": i}} for i in range(3)])
     log = tmp_path / "log"
-    proc = start_worker(server, token, log, "--queue", "jobs", "--prefetch", "1", "--poll-wait", "1", name="w")
+    mode = ["--stream"] if streaming else []
+    proc = start_worker(server, token, log, "--queue", "jobs", "--prefetch", "1", "--poll-wait", "1", *mode, name="w")
     try:
         wait_for(lambda: read_log(log), timeout=20)
         wait_for(lambda: consumer_named(client, "w")["in_flight"] == 2, timeout=5)  # one started, one waiting
@@ -168,11 +172,13 @@ def test_sigterm_finishes_started_work_hands_back_the_rest_and_leaves(client, se
     assert consumer_named(client, "w")["status"] == "dead"
 
 
-def test_second_sigterm_releases_everything_and_exits(client, server, token, tmp_path):
+@pytest.mark.parametrize("streaming", [False, True], ids=["poll", "stream"])
+def test_second_sigterm_releases_everything_and_exits(client, server, token, tmp_path, streaming):
     client.put_queue("jobs", visibility_timeout=60)
     client.send("jobs", {"sleep": 30})
     log = tmp_path / "log"
-    proc = start_worker(server, token, log, "--queue", "jobs", "--poll-wait", "1", name="w")
+    mode = ["--stream"] if streaming else []
+    proc = start_worker(server, token, log, "--queue", "jobs", "--poll-wait", "1", *mode, name="w")
     try:
         wait_for(lambda: read_log(log), timeout=20)
         proc.send_signal(signal.SIGTERM)
@@ -261,3 +267,25 @@ def test_worker_acks_of_handlers_that_finish_together_go_in_one_request(client, 
     assert worker.stats["processed"] == 4
     assert 1 <= counting.calls["ack"] <= 3  # not one per message
     assert counting.calls["ack_and_receive"] == 0
+
+
+def test_a_streaming_worker_takes_pushed_messages_and_acks_on_its_stream(client, server, token):
+    # No receive and no ack request: deliveries come on the consume stream,
+    # acks go back on it, and stopping leaves nothing in flight.
+    client.put_queue("pushed")
+    client.send_batch("pushed", [{"body": i} for i in range(200)])
+    counting = CountingClient(server, token)
+    done: list[int] = []
+    worker = Worker(counting, "pushed", lambda m: done.append(m.body), concurrency=2, prefetch=4, stream=True)
+    thread = run_in_thread(worker)
+    wait_for(lambda: len(done) == 200, timeout=30)
+    wait_for(lambda: client.get_queue("pushed")["in_flight"] == 0, timeout=5)
+    worker.stop()
+    thread.join(10)
+    assert not thread.is_alive()
+    assert sorted(done) == list(range(200))
+    assert (worker.stats["processed"], worker.stats["stale"]) == (200, 0)
+    assert counting.calls == {"ack": 0, "ack_and_receive": 0}
+    counts = client.get_queue("pushed")
+    assert (counts["ready"], counts["in_flight"]) == (0, 0)
+    assert consumer_named(client, worker.name)["status"] == "dead"

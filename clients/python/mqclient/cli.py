@@ -54,6 +54,11 @@ def add_worker_arguments(parser: argparse.ArgumentParser, *, default_url: str = 
         "--backoff-base", type=float, default=1.0, help="First retry delay (s) after a failure; doubles."
     )
     parser.add_argument("--backoff-max", type=float, default=300.0, help="Longest retry delay (s).")
+    parser.add_argument(
+        "--stream",
+        action="store_true",
+        help="Take deliveries pushed on a websocket instead of long-polling (needs the websockets package).",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING …")
 
 
@@ -86,6 +91,7 @@ def run_worker(options: Any, *, default_url: str = DEFAULT_URL) -> int:
         poll_wait=options.poll_wait,
         backoff_base=options.backoff_base,
         backoff_max=options.backoff_max,
+        stream=options.stream,
     )
     try:
         return worker.run()

@@ -8,8 +8,10 @@ mqclient needs nothing."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from types import TracebackType
@@ -20,6 +22,9 @@ from .client import ConsumerDead, ConsumerNotFound, Message, MQError
 
 if TYPE_CHECKING:
     from .client import Client
+
+
+_ACKS = "acks"  # _read's reply: the answer to acks
 
 
 class StreamClosed(MQError):
@@ -64,8 +69,10 @@ class Stream:
     """``with client.consume("orders", prefetch=10) as stream:``
     ``for message in stream: ...; stream.ack([message.receipt])``.
 
-    Not thread-safe: one thread reads and acks. ``acked`` counts the acks the
-    server applied; ``stale`` lists the receipts it found stale."""
+    One thread reads (iterates, ``receive``, ``nack``, ``extend``); others
+    may ``ack``, ``nack_later`` and ``extend_later`` meanwhile. ``acked``
+    counts the acks the server applied; ``stale`` lists the receipts it
+    found stale."""
 
     def __init__(
         self,
@@ -84,6 +91,11 @@ class Stream:
         self.queue = queue
         self.acked = 0
         self.stale: list[str] = []
+        # Called by the reading thread with the answers of nack_later and
+        # extend_later.
+        self.on_answer: Callable[[dict[str, Any]], None] | None = None
+        self._acks_sent = 0
+        self._sent_lock = threading.Lock()
         self._messages: deque[Message] = deque()
         self._error: MQError | None = None
         self._stack = ExitStack()
@@ -125,7 +137,7 @@ class Stream:
                 self.acked += len(frame.get("acked") or ())
                 self.stale += frame.get("stale") or ()
                 self._messages.extend(Message.from_api(self.queue, m) for m in frame["messages"])
-                if reply is None and self._messages:
+                if (reply is None and self._messages) or (reply == _ACKS and "acked" in frame):
                     return frame
             elif kind == "error":
                 error = _error(int(frame.get("status", 400)), frame.get("error") or {})
@@ -134,13 +146,18 @@ class Stream:
                 self._error = error  # the stream's end: raised when it closes
             elif kind == reply:
                 return frame
+            elif self.on_answer is not None:
+                self.on_answer(frame)  # the answer to a nack_later or extend_later
 
     # -- writing -------------------------------------------------------------
 
     def ack(self, receipts: list[str]) -> None:
         """Acknowledge; the answer comes with the next delivery (``acked``,
-        ``stale``). Frees ``len(receipts)`` of the prefetch window."""
-        self._ws.send(json.dumps({"type": "ack", "receipts": receipts}))
+        ``stale``). Frees ``len(receipts)`` of the prefetch window. Safe
+        from another thread than the one reading."""
+        with self._sent_lock:
+            self._ws.send(json.dumps({"type": "ack", "receipts": receipts}))
+            self._acks_sent += len(receipts)
 
     def nack(self, receipts: list[str], *, delay: int = 0, reason: str = "") -> dict[str, list[str]]:
         """Give messages back as failed; ``{"nacked": [ids], "stale": [receipts]}``."""
@@ -152,15 +169,38 @@ class Stream:
         self._ws.send(json.dumps({"type": "extend", "receipts": receipts, "visibility_timeout": visibility_timeout}))
         return self._answer("extended")
 
+    def nack_later(self, receipts: list[str], *, delay: int = 0, reason: str = "") -> None:
+        """``nack`` without waiting: its answer (``{"type": "nacked", ...}``)
+        goes to ``on_answer`` when the stream next reads. Safe from another
+        thread than the one reading."""
+        self._ws.send(json.dumps({"type": "nack", "receipts": receipts, "delay": delay, "reason": reason[:2000]}))
+
+    def extend_later(self, receipts: list[str], visibility_timeout: int) -> None:
+        """``extend`` without waiting, as ``nack_later``."""
+        self._ws.send(json.dumps({"type": "extend", "receipts": receipts, "visibility_timeout": visibility_timeout}))
+
     def _answer(self, kind: str) -> dict[str, Any]:
         frame = self._read(None, reply=kind)
         assert frame is not None
         frame.pop("type", None)
         return frame
 
-    def close(self) -> None:
-        """Close the stream. Acks sent before are applied; what it still
-        holds is ready again at once for other consumers."""
+    def close(self, *, ack_timeout: float = 5.0) -> None:
+        """Close the stream, once the acks sent on it are answered (at most
+        ``ack_timeout`` seconds): when it returns they are applied, and what
+        the stream still held is ready again for other consumers. From the
+        reading thread, or once no thread reads."""
+        from websockets.exceptions import ConnectionClosed
+
+        deadline = time.monotonic() + ack_timeout
+        try:
+            while self.acked + len(self.stale) < self._acks_sent:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._read(left, reply=_ACKS)  # buffers what deliveries come meanwhile
+        except (ConnectionClosed, MQError, OSError):
+            pass  # gone: what was not answered is settled by the server
         self._stack.close()
 
     def __enter__(self) -> Stream:

@@ -18,6 +18,14 @@ be consumed without thinking about it.
 Threads: ``concurrency`` handler threads, one fetcher (long-polls for as many
 messages as there are free slots), one keeper (heartbeats, lease
 extensions). ``run()`` only supervises, so signals stay prompt.
+
+With ``stream=True`` the fetcher holds a consume stream (a websocket; needs
+the ``websockets`` package) instead of long-polling: the server pushes up to
+``concurrency + prefetch`` messages ahead, and acks, nacks and extensions
+go back on the stream, each as a frame, without waiting for an answer. A
+handler that finishes finds its next message already delivered: with a
+no-op handler, several times the messages a second of the request-a-message
+fetcher.
 """
 
 from __future__ import annotations
@@ -31,9 +39,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .client import Client, ConsumerDead, ConsumerNotFound, Message, MQError
+
+if TYPE_CHECKING:
+    from .stream import Stream
 
 log = logging.getLogger("mqclient.worker")
 
@@ -72,9 +83,15 @@ class Worker:
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
         meta: dict[str, Any] | None = None,
+        stream: bool = False,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
+        if stream:
+            import importlib.util
+
+            if importlib.util.find_spec("websockets") is None:
+                raise ImportError("Worker(stream=True) needs the websockets package: pip install 'mqclient[stream]'")
         self.client = client
         self.queue = queue
         self.handler = handler
@@ -87,6 +104,7 @@ class Worker:
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.meta = meta or {}
+        self.streaming = stream
 
         self.consumer_id: str | None = None
         self.heartbeat_interval = 5.0
@@ -112,6 +130,10 @@ class Worker:
         # Receipts whose ack may have landed in a request that failed: a
         # stale answer on them is not a lost lease.
         self._maybe_acked: set[str] = set()
+        # With ``stream``: the consume stream while it is up, and how many of
+        # its stale answers were counted.
+        self._stream: Stream | None = None
+        self._stale_seen = 0
 
     # -- public ----------------------------------------------------------------
 
@@ -139,7 +161,8 @@ class Worker:
                 log.warning("cannot reach %s (%s); retrying", self.client.url, exc)
                 if self._stopping.wait(RETRY_SECONDS):
                     return 0
-        threads = [threading.Thread(target=self._fetch_loop, name="mq-fetch", daemon=True)]
+        fetch = self._stream_loop if self.streaming else self._fetch_loop
+        threads = [threading.Thread(target=fetch, name="mq-fetch", daemon=True)]
         threads += [threading.Thread(target=self._keep_loop, name="mq-keeper", daemon=True)]
         threads += [
             threading.Thread(target=self._handle_loop, name=f"mq-handler-{i}", daemon=True)
@@ -151,12 +174,18 @@ class Worker:
         while True:
             if self._force.is_set():
                 released = self._leave()
+                self._close_stream(ack_timeout=0)
                 log.warning("forced stop: %s messages released to other workers", released)
                 return 1
             if self._stopping.is_set():
                 self._hand_back_unstarted()
                 if self._idle():
                     self._flush_acks()
+                    # Before leaving, which would release what the acks on it
+                    # have yet to delete: it closes once they are answered.
+                    if self.streaming:
+                        threads[0].join(5)  # the fetcher, so that it reads no more
+                        self._close_stream()
                     self._leave()
                     log.info("worker %s stopped gracefully", self.name)
                     return 0
@@ -257,6 +286,88 @@ class Worker:
             for _ in range(free - len(messages)):
                 self._slots.release()
 
+    def _stream_loop(self) -> None:
+        """``stream=True``: deliveries pushed on a consume stream, its window
+        the worker's slots. Reopened after a failure, and under a new
+        consumer id after a re-registration."""
+        while not self._stopping.is_set():
+            consumer = self.consumer_id
+            try:
+                stream = self.client.consume(
+                    self.queue,
+                    prefetch=self.concurrency + self.prefetch,
+                    visibility_timeout=self.visibility_timeout,
+                    consumer=consumer,
+                )
+            except (ConsumerDead, ConsumerNotFound):
+                self._reregister()
+                continue
+            except (OSError, MQError) as exc:
+                log.warning("cannot open a consume stream (%s); retrying", exc)
+                self._stopping.wait(RETRY_SECONDS)
+                continue
+            stream.on_answer = self._on_answer
+            with self._lock:
+                self._stream, self._stale_seen = stream, 0
+            try:
+                while not self._stopping.is_set() and self.consumer_id == consumer:
+                    messages = stream.receive(timeout=0.2)
+                    self._note_stream_stale(stream)
+                    now = time.monotonic()
+                    for message in messages:
+                        lease = _Lease(message, now + self.lease_seconds)
+                        with self._lock:
+                            self._held[message.receipt] = lease
+                        self._work.put(lease)
+            except (OSError, MQError) as exc:
+                if not self._stopping.is_set():
+                    log.warning("consume stream lost (%s); reopening", exc)
+                    self._stopping.wait(RETRY_SECONDS)
+            if not self._stopping.is_set():
+                self._close_stream()
+            # Stopping: run() closes it once the last acks are on it.
+
+    def _close_stream(self, *, ack_timeout: float = 5.0) -> None:
+        with self._lock:
+            stream, self._stream = self._stream, None
+        if stream is not None:
+            try:
+                stream.close(ack_timeout=ack_timeout)
+            except Exception as exc:  # already broken: nothing left to flush
+                log.debug("closing the consume stream: %s", exc)
+
+    def _on_answer(self, frame: dict[str, Any]) -> None:
+        """Answers to the stream's nacks and extensions (fetcher thread)."""
+        stale = list(frame.get("stale") or ())
+        if frame.get("type") == "extended":
+            with self._lock:
+                lost = [self._held[r] for r in stale if r in self._held]
+                for lease in lost:
+                    lease.lost = True
+            for lease in lost:
+                log.warning("lease of message %s was lost before it could be extended", lease.message.id)
+        elif frame.get("type") == "nacked":
+            self._note_stale(stale, stale, "nack")
+
+    def _note_stream_stale(self, stream: Stream) -> None:
+        """Stale answers to the acks the stream carried (fetcher thread)."""
+        new = stream.stale[self._stale_seen :]
+        if new:
+            self._stale_seen += len(new)
+            self._note_stale(new, new)
+
+    def _on_stream(self, send: Callable[[Stream], None]) -> bool:
+        """Send on the consume stream, if one is up: whether it went."""
+        stream = self._stream
+        if stream is None:
+            return False
+        try:
+            send(stream)
+            return True
+        except Exception as exc:  # the stream is going: the caller uses HTTP
+            log.debug("consume stream send failed: %s", exc)
+            return False
+
     # -- handling --------------------------------------------------------------
 
     def _handle_loop(self) -> None:
@@ -312,6 +423,8 @@ class Worker:
     def _nack(self, message: Message, **kw: Any) -> None:
         if self._force.is_set():
             return  # everything was released; any answer would be stale
+        if self._on_stream(lambda stream: stream.nack_later([message.receipt], **kw)):
+            return
         for _attempt in range(3):
             try:
                 result = self.client.nack(self.queue, [message.receipt], **kw)
@@ -326,7 +439,9 @@ class Worker:
     def _ack(self, receipt: str) -> None:
         """A finished message's ack. While the fetcher waits for a free slot
         (this handler's, about to be released), the ack rides on its next
-        receive; else it goes now."""
+        receive; else it goes now. With a consume stream, on it."""
+        if self._on_stream(lambda stream: stream.ack([receipt])):
+            return
         with self._lock:
             if not self._fetching and not self._stopping.is_set():
                 self._deferred.append(receipt)
@@ -454,8 +569,14 @@ class Worker:
         if not due:
             return
         started = time.monotonic()
+        receipts = [lease.message.receipt for lease in due]
+        if self._on_stream(lambda stream: stream.extend_later(receipts, self.lease_seconds)):
+            for lease in due:  # a stale one is marked lost when its answer comes
+                lease.expires = started + self.lease_seconds
+                self._count("extended")
+            return
         try:
-            result = self.client.extend(self.queue, [lease.message.receipt for lease in due], self.lease_seconds)
+            result = self.client.extend(self.queue, receipts, self.lease_seconds)
         except (OSError, MQError) as exc:
             log.warning("lease extension failed (%s); retrying", exc)
             return
