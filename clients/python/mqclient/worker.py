@@ -277,14 +277,18 @@ class Worker:
             finally:
                 with self._lock:
                     self._fetching = False
-            now = time.monotonic()
-            for message in messages:
-                lease = _Lease(message, now + self.lease_seconds)
-                with self._lock:
-                    self._held[message.receipt] = lease
-                self._work.put(lease)
+            self._queue_work(messages)
             for _ in range(free - len(messages)):
                 self._slots.release()
+
+    def _queue_work(self, messages: list[Message]) -> None:
+        """Leased messages, held and queued for the handlers."""
+        now = time.monotonic()
+        for message in messages:
+            lease = _Lease(message, now + self.lease_seconds)
+            with self._lock:
+                self._held[message.receipt] = lease
+            self._work.put(lease)
 
     def _stream_loop(self) -> None:
         """``stream=True``: deliveries pushed on a consume stream, its window
@@ -313,12 +317,7 @@ class Worker:
                 while not self._stopping.is_set() and self.consumer_id == consumer:
                     messages = stream.receive(timeout=0.2)
                     self._note_stream_stale(stream)
-                    now = time.monotonic()
-                    for message in messages:
-                        lease = _Lease(message, now + self.lease_seconds)
-                        with self._lock:
-                            self._held[message.receipt] = lease
-                        self._work.put(lease)
+                    self._queue_work(messages)
             except (OSError, MQError) as exc:
                 if not self._stopping.is_set():
                     log.warning("consume stream lost (%s); reopening", exc)
