@@ -53,6 +53,8 @@ PREFIX = "bench-"
 PREFETCH = 10
 # Batches a producer's publish stream has on their way, unanswered, at most.
 PUBLISH_WINDOW = 8
+# In the latency scenario: mqadmin with its consumer on a consume stream.
+STREAMED = "mqadmin_stream"
 RABBIT_QUEUE = "mqbench"
 PROCRASTINATE_SCHEMA = "procrastinate_bench"
 
@@ -803,7 +805,10 @@ class Bench:
     def scenario_latency(self) -> None:
         s = self.s
         self.say("5. send -> long-polling consumer")
-        peers: list[tuple[str, Callable[[int], list[float]], str]] = [("mqadmin", self.mq_latency, "")]
+        peers: list[tuple[str, Callable[[int], list[float]], str]] = [
+            ("mqadmin", self.mq_latency, ""),
+            (STREAMED, self.mq_stream_latency, ""),
+        ]
         if "raw" in self.peers:
             peers.append(("raw", self.raw_latency, "(LISTEN/NOTIFY + claim)"))
         if self.rabbit_reason is None:
@@ -813,6 +818,13 @@ class Bench:
         # Rounds of sends for each peer in turn, as the rates are measured:
         # a slow spell of the machine lands in every peer's percentiles alike.
         samples, failed = self.in_turns({peer: partial(measure, s.latency) for peer, measure, _ in peers})
+        # The consume stream's percentiles go in mqadmin's note: the row is
+        # about a long-polling consumer; a stream is a pushed one.
+        streamed = [ms for one in samples.pop(STREAMED, []) for ms in one]
+        peers = [p for p in peers if p[0] != STREAMED]
+        if streamed and "mqadmin" not in failed:
+            pushed = latency_stat(streamed)
+            peers[0] = ("mqadmin", self.mq_latency, f"(long poll; on a consume stream: p50 {pushed.median:.1f} ms, p99 {pushed.p99:.1f} ms)")
         for peer, _measure, note in peers:
             if peer in failed:
                 self.put("latency", peer, skipped(failed[peer]))
@@ -837,6 +849,25 @@ class Bench:
                         api.ack(queue, [m["receipt"] for m in msgs])
             finally:
                 api.close()
+
+        return self._latency_loop(n, consumer, stop, arrived, got, lambda api, i: api.send(queue, [BODY | {"i": i}]))
+
+    def mq_stream_latency(self, n: int) -> list[float]:
+        """As ``mq_latency``, the consumer on a consume stream (prefetch 1)."""
+        queue = PREFIX + "latency"
+        got: dict[int, float] = {}
+        arrived = threading.Event()
+        stop = threading.Event()
+
+        def consumer() -> None:
+            from mqclient import Client
+
+            with Client(self.url, self.token, timeout=60).consume(queue, prefetch=1) as stream:
+                while not stop.is_set():
+                    for m in stream.receive(timeout=0.2):
+                        got[m.body["i"]] = time.perf_counter()
+                        arrived.set()
+                        stream.ack([m.receipt])
 
         return self._latency_loop(n, consumer, stop, arrived, got, lambda api, i: api.send(queue, [BODY | {"i": i}]))
 

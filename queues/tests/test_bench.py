@@ -54,6 +54,10 @@ def test_bench_runs_every_scenario_and_writes_one_table(tmp_path, monkeypatch) -
         cell = by_key["produce_batch"]["cells"][peer]
         assert (cell["median"] or 0) > 0 or cell["skipped"], (peer, cell)
     assert "Machine:" in md
+    # The streams are measured beside the HTTP calls, in mqadmin's notes.
+    assert "publish stream" in by_key["produce_batch"]["cells"]["mqadmin"]["note"]
+    assert "consume stream" in by_key["latency"]["cells"]["mqadmin"]["note"]
+    assert "consume stream" in by_key["windowed"]["cells"]["mqadmin"]["note"]
     # The dashboard's thousand queues are not left behind.
     from queues.models import Queue
 
