@@ -4,7 +4,8 @@ ledger proves nothing was lost.
 Runs two `mq serve` nodes on one PostgreSQL database of its own, producers
 sending numbered messages with dedup ids (retrying through failures with the
 same ids), and worker processes that write every message they process to a
-ledger file before acking it. Meanwhile: workers are SIGKILLed at random, a
+ledger file before acking it (every other one on a consume stream, the
+rest over HTTP). Meanwhile: workers are SIGKILLed at random, a
 server node is SIGKILLed and restarted, PostgreSQL is restarted, the second
 node is killed while the first carries on. At the end every produced message
 must have been processed or dead-lettered; duplicates are counted and must
@@ -85,6 +86,45 @@ def worker_main(urls: list[str], token: str, ledger: Path, stop_after: float) ->
         out.flush()
 
 
+def stream_worker_main(urls: list[str], token: str, ledger: Path, stop_after: float) -> None:
+    """As ``worker_main``, on a consume stream (mqclient's): deliveries are
+    pushed, acks go back as frames. An ack whose answer never came (the
+    stream broke first) or came back stale is an ``ackfail``: answers come in
+    the order the acks were sent."""
+    from queues.apps import CLIENT_PATH
+
+    sys.path.append(CLIENT_PATH)
+    from mqclient import Client
+
+    out = open(ledger, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+    deadline = time.monotonic() + stop_after
+    turn = 0
+    while time.monotonic() < deadline:
+        url = urls[turn % len(urls)]
+        turn += 1
+        sent: list[tuple[int, str, str]] = []  # (seq, id, receipt) acked on this stream, in order
+        stream = None
+        try:
+            with Client(url, token, timeout=10).consume(QUEUE, prefetch=10) as stream:
+                while time.monotonic() < deadline:
+                    messages = stream.receive(timeout=1)
+                    for m in messages:
+                        out.write(f"done {m.body['seq']} {m.id} {m.delivery_count}\n")
+                        os.fsync(out.fileno())
+                    time.sleep(random.uniform(0, 0.03))  # the "work"
+                    if messages:
+                        sent += [(m.body["seq"], m.id, m.receipt) for m in messages]  # before: the send may fail
+                        stream.ack([m.receipt for m in messages])
+        except Exception:  # a node or the database went away: open another stream
+            time.sleep(0.2)
+        if stream is not None:
+            answered, stale = stream.acked + len(stream.stale), set(stream.stale)
+            for i, (seq, mid, receipt) in enumerate(sent):
+                if i >= answered or receipt in stale:
+                    out.write(f"ackfail {seq} {mid}\n")
+            out.flush()
+
+
 # -------------------------------------------------------------------- harness --
 
 
@@ -141,7 +181,9 @@ class Harness:
         self.workers[k] = subprocess.Popen(
             [PY, "-m", "queues.chaos", "worker", "--urls", urls, "--token", self.token,
              "--ledger", str(self.ledgers[k]),
-             "--stop-after", str(self.seconds + 120)],
+             "--stop-after", str(self.seconds + 120),
+             # Every other worker consumes on a stream, the others over HTTP.
+             *(["--stream"] if k % 2 else [])],
             cwd=ROOT, env=self.env,
         )
 
@@ -318,13 +360,15 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--token", required=True)
     w.add_argument("--ledger", required=True)
     w.add_argument("--stop-after", type=float, default=600)
+    w.add_argument("--stream", action="store_true", help="Consume on a consume stream instead of HTTP.")
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--no-pg-restart", action="store_true", help="Leave PostgreSQL running.")
     parser.add_argument("--database-url", default=os.environ.get("CHAOS_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/mqchaos"))
     args = parser.parse_args(argv)
     if args.cmd == "worker":
-        worker_main(args.urls.split(","), args.token, Path(args.ledger), args.stop_after)
+        run = stream_worker_main if args.stream else worker_main
+        run(args.urls.split(","), args.token, Path(args.ledger), args.stop_after)
         return 0
     return Harness(args.seconds, args.workers, args.database_url, restart_pg=not args.no_pg_restart).run()
 
