@@ -16,6 +16,9 @@ Client -> server frames (JSON text):
 
 Server -> client frames:
 
+- ``{"type": "ready", "queue": ..., "prefetch": ..., "visibility_timeout": ...,
+  "consumer": ...}`` first, once the stream is open (a refused one gets an
+  error frame instead, below);
 - ``{"type": "messages", "messages": [...]}``: deliveries, shaped as a
   receive's; with ``acked`` and ``stale`` when acks went in the same round;
 - ``{"type": "nacked", "nacked": [...], "stale": [...]}`` and
@@ -35,7 +38,7 @@ it sent are applied and what it still holds is ready again at once, each a
 redelivery (a consumer's leave).
 
 ``ws://host/api/v1/queues/{name}/publish`` (a token that may produce to
-the queue) is the producer's side: the client sends
+the queue) is the producer's side: after its ``ready`` frame, the client sends
 ``{"type": "send", "id": ..., "messages": [...]}`` (the HTTP send's batch;
 ``id`` is the client's, any string or number, echoed back) without waiting,
 and each frame is answered in order, after its commit, by
@@ -237,6 +240,7 @@ class SocketApp:
                 await stream.close_with(error)
                 return
             await send({"type": "websocket.accept"})
+            await stream.send({"type": "ready", "queue": stream.name, **stream.settings()})
             gauge = OPEN_STREAMS.labels(stream.kind)
             gauge.inc()
             try:
@@ -290,6 +294,10 @@ class Stream:
 
     def configure(self, options: Any) -> None:
         """Take the validated query parameters."""
+
+    def settings(self) -> dict[str, Any]:
+        """What the ``ready`` frame tells the client it got."""
+        return {}
 
     async def _token(self, scope: dict[str, Any], address: str) -> Any:
         header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), "")
@@ -397,6 +405,11 @@ class ConsumeStream(Stream):
         self.prefetch = options.prefetch
         self.visibility_timeout = options.visibility_timeout
         self.consumer = options.consumer
+
+    def settings(self) -> dict[str, Any]:
+        assert self.queue is not None
+        vt = self.queue.visibility_timeout if self.visibility_timeout is None else self.visibility_timeout
+        return {"prefetch": self.prefetch, "visibility_timeout": vt, "consumer": self.consumer}
 
     async def open(self, scope: dict[str, Any]) -> None:
         await super().open(scope)

@@ -56,6 +56,8 @@ async def opened(queue: str, query: str = "", token: str | None = None) -> Webso
     comm = communicator(queue, token or await sync_to_async(make_token)(), query)
     connected, _ = await comm.connect()
     assert connected
+    ready = await comm.receive_json_from(timeout=5)
+    assert ready["type"] == "ready" and ready["queue"] == queue, ready
     return comm
 
 
@@ -82,6 +84,15 @@ async def test_deliveries_are_pushed_up_to_prefetch_and_an_ack_frees_a_slot():
     assert left == {"ready": [(ids[1], 1), (ids[2], 1), (ids[3], 0), (ids[4], 0)]}
     counts = (await sync_to_async(broker.queue_counts)())[(await sync_to_async(broker.get_queue)("orders")).id]
     assert (counts.ready, counts.in_flight) == (4, 0)
+
+
+async def test_a_stream_opens_with_a_ready_frame_saying_what_it_was_granted():
+    await sync_to_async(make_queue)("granted", visibility_timeout=45)
+    consumer = await sync_to_async(broker.register_consumer)("chef", ["granted"], {}, None)
+    comm = communicator("granted", await sync_to_async(make_token)(), f"?prefetch=7&consumer={consumer.pk}")
+    assert (await comm.connect())[0]
+    assert await frame(comm) == {"type": "ready", "queue": "granted", "prefetch": 7, "visibility_timeout": 45, "consumer": consumer.pk}
+    await comm.disconnect()
 
 
 async def test_a_send_reaches_a_waiting_stream():
@@ -333,6 +344,13 @@ def publisher(queue: str, token: str | None, query: str = "") -> WebsocketCommun
     return WebsocketCommunicator(application, f"/api/v1/queues/{queue}/publish{query}", headers=headers)
 
 
+async def opened_publisher(queue: str) -> WebsocketCommunicator:
+    comm = publisher(queue, await sync_to_async(make_token)("produce"))
+    assert (await comm.connect())[0]
+    assert await frame(comm) == {"type": "ready", "queue": queue}
+    return comm
+
+
 def bodies(name: str) -> list[Any]:
     return [json.loads(b) for b in Message.objects.filter(queue__name=name).order_by("id").values_list("body", flat=True)]
 
@@ -347,8 +365,7 @@ async def test_send_frames_are_answered_in_order_and_those_that_wait_share_a_com
         return publish(queue, messages, **kw)
 
     monkeypatch.setattr(broker, "publish", counted)
-    comm = publisher("orders", await sync_to_async(make_token)("produce"))
-    assert (await comm.connect())[0]
+    comm = await opened_publisher("orders")
     ids: list[Any] = ["first", 2, None, *range(3, 12)]
     for n, frame_id in enumerate(ids):
         frame_out: dict[str, Any] = {"type": "send", "messages": [{"body": [n, i]} for i in range(3)]}
@@ -369,8 +386,7 @@ async def test_send_frames_are_answered_in_order_and_those_that_wait_share_a_com
 async def test_a_refused_send_frame_is_only_its_own(monkeypatch):
     await sync_to_async(make_queue)("small", max_message_bytes=50)
     monkeypatch.setattr("queues.api.stream.FRAMES_PER_COMMIT", 16)
-    comm = publisher("small", await sync_to_async(make_token)("produce"))
-    assert (await comm.connect())[0]
+    comm = await opened_publisher("small")
     await comm.send_json_to({"type": "send", "id": 1, "messages": [{"body": "ok-1"}]})
     await comm.send_json_to({"type": "send", "id": 2, "messages": [{"body": "ok-2"}, {"body": "x" * 200}]})
     await comm.send_to(text_data='{"type": "send", "id": 3, "messages": [')
@@ -398,8 +414,7 @@ async def test_a_refused_send_frame_is_only_its_own(monkeypatch):
 
 async def test_frames_sent_just_before_closing_are_still_written():
     await sync_to_async(make_queue)("hasty")
-    comm = publisher("hasty", await sync_to_async(make_token)("produce"))
-    assert (await comm.connect())[0]
+    comm = await opened_publisher("hasty")
     for n in range(20):
         await comm.send_json_to({"type": "send", "messages": [{"body": n}]})
     await comm.disconnect()
@@ -433,6 +448,13 @@ def test_mqclient_publisher_against_a_real_server(transactional_db):
     make_queue("made")
     with live_server() as url:
         client = Client(url, make_token("produce"))
+        # A refused stream raises when it is opened, with the contract's error.
+        with pytest.raises(MQError) as refused:
+            client.publisher("nope")
+        assert (refused.value.status, refused.value.code) == (404, "queue_not_found")
+        with pytest.raises(MQError) as forbidden:
+            client.consume("made")
+        assert (forbidden.value.status, forbidden.value.code) == (403, "forbidden")
         with client.publisher("made", window=3) as pub:
             numbers = [pub.send_batch([{"body": {"n": n, "i": i}} for i in range(50)]) for n in range(10)]
             bad = pub.send_batch([{"body": "fine"}, {"body": "too urgent", "priority": 99}])

@@ -50,6 +50,22 @@ def _connect(client: Client, queue: str, kind: str, params: dict[str, Any]) -> A
     )
 
 
+def _opened(ws: Any, timeout: float) -> dict[str, Any]:
+    """The server's first frame: ``ready``, or the error that refused the
+    stream (raised here, not at the first read)."""
+    from websockets.exceptions import ConnectionClosed
+
+    try:
+        frame: dict[str, Any] = json.loads(ws.recv(timeout=timeout))
+    except TimeoutError:
+        raise StreamClosed(504, "stream_not_ready", f"The server did not open the stream within {timeout:g} s.") from None
+    except ConnectionClosed as exc:
+        raise _closed(exc, None) from None
+    if frame.get("type") == "error":
+        raise _error(int(frame.get("status", 400)), frame.get("error") or {})
+    return frame
+
+
 def _closed(exc: Any, error: MQError | None) -> MQError:
     """What to raise when the server closed a stream: the error it sent
     before closing, else one made of the close code."""
@@ -100,6 +116,12 @@ class Stream:
         self._error: MQError | None = None
         self._stack = ExitStack()
         self._ws = self._stack.enter_context(_connect(client, queue, "consume", params))
+        try:
+            # What the server granted: prefetch, visibility_timeout, consumer.
+            self.settings = _opened(self._ws, client.timeout)
+        except BaseException:
+            self._stack.close()
+            raise
 
     # -- reading -------------------------------------------------------------
 
@@ -243,6 +265,11 @@ class Publisher:
         self._error: MQError | None = None
         self._stack = ExitStack()
         self._ws = self._stack.enter_context(_connect(client, queue, "publish", {}))
+        try:
+            _opened(self._ws, client.timeout)
+        except BaseException:
+            self._stack.close()
+            raise
 
     def send_batch(self, messages: list[dict[str, Any]]) -> int:
         """Send up to 1000 messages (as ``Client.send_batch``); returns the
