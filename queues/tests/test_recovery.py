@@ -137,6 +137,9 @@ def test_killed_workers_messages_are_redelivered_within_heartbeat_timeout(server
         killed_at = time.time()
         # ...and, once the monitor declares the doomed one dead, the four it held.
         wait_for(lambda: sum(e.event == "done" for e in read_log(log)) == 10, timeout=HEARTBEAT_TIMEOUT + 10)
+        # The survivor is killed below: let its last ack land first (a worker
+        # logs "done" before it acks).
+        wait_for(lambda: client.get_queue("jobs")["in_flight"] == 0, timeout=10)
         # The survivor's background heartbeats kept it alive all along (one
         # registration, never declared dead), though its timeout is 2 s.
         survivors = [c for c in client.consumers() if c["name"] == "survivor"]
