@@ -807,7 +807,7 @@ class Bench:
         self.say("5. send -> long-polling consumer")
         peers: list[tuple[str, Callable[[int], list[float]], str]] = [
             ("mqadmin", self.mq_latency, ""),
-            (STREAMED, self.mq_stream_latency, ""),
+            (STREAMED, partial(self.mq_latency, stream=True), ""),
         ]
         if "raw" in self.peers:
             peers.append(("raw", self.raw_latency, "(LISTEN/NOTIFY + claim)"))
@@ -831,44 +831,40 @@ class Bench:
             else:
                 self.put("latency", peer, latency_stat([ms for one in samples[peer] for ms in one], note))
 
-    def mq_latency(self, n: int) -> list[float]:
+    def mq_latency(self, n: int, *, stream: bool = False) -> list[float]:
+        """Long-polling consumer, or with ``stream`` one on a consume stream
+        (prefetch 1)."""
         queue = PREFIX + "latency"
         got: dict[int, float] = {}
         arrived = threading.Event()
         stop = threading.Event()
 
-        def consumer() -> None:
+        def arrive(i: int) -> None:
+            got[i] = time.perf_counter()
+            arrived.set()
+
+        def polling() -> None:
             api = Api(self.url, self.token)
             try:
                 while not stop.is_set():
                     msgs = api.receive(queue, 1, wait=2)
                     for m in msgs:
-                        got[m["body"]["i"]] = time.perf_counter()
-                        arrived.set()
+                        arrive(m["body"]["i"])
                     if msgs:
                         api.ack(queue, [m["receipt"] for m in msgs])
             finally:
                 api.close()
 
-        return self._latency_loop(n, consumer, stop, arrived, got, lambda api, i: api.send(queue, [BODY | {"i": i}]))
-
-    def mq_stream_latency(self, n: int) -> list[float]:
-        """As ``mq_latency``, the consumer on a consume stream (prefetch 1)."""
-        queue = PREFIX + "latency"
-        got: dict[int, float] = {}
-        arrived = threading.Event()
-        stop = threading.Event()
-
-        def consumer() -> None:
+        def streaming() -> None:
             from mqclient import Client
 
-            with Client(self.url, self.token, timeout=60).consume(queue, prefetch=1) as stream:
+            with Client(self.url, self.token, timeout=60).consume(queue, prefetch=1) as consumed:
                 while not stop.is_set():
-                    for m in stream.receive(timeout=0.2):
-                        got[m.body["i"]] = time.perf_counter()
-                        arrived.set()
-                        stream.ack([m.receipt])
+                    for m in consumed.receive(timeout=0.2):
+                        arrive(m.body["i"])
+                        consumed.ack([m.receipt])
 
+        consumer = streaming if stream else polling
         return self._latency_loop(n, consumer, stop, arrived, got, lambda api, i: api.send(queue, [BODY | {"i": i}]))
 
     def _latency_loop(self, n: int, consumer: Callable[[], None], stop: threading.Event, arrived: threading.Event, got: dict[int, float], send: Callable[[Any, int], object]) -> list[float]:

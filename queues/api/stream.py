@@ -61,7 +61,7 @@ import contextvars
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl
@@ -148,13 +148,16 @@ CONSUME_FRAMES: dict[str, TypeAdapter[Any]] = {
 SEND_FRAME: TypeAdapter[SendFrame] = TypeAdapter(SendFrame)
 
 
-def _decoded(data: str | bytes, kinds: str) -> dict[str, Any]:
+def _decoded(data: str | bytes, kinds: Collection[str]) -> dict[str, Any]:
+    """A frame's JSON object, whose ``type`` is one of ``kinds``."""
     try:
         content = orjson.loads(data)
     except orjson.JSONDecodeError:
         raise BadRequest("A frame must be JSON.") from None
-    if not isinstance(content, dict) or not isinstance(content.get("type"), str):
-        raise BadRequest(f'A frame is a JSON object whose "type" is {kinds}.')
+    if not isinstance(content, dict) or content.get("type") not in kinds:
+        names = [f'"{k}"' for k in kinds]
+        wanted = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+        raise BadRequest(f'A frame is a JSON object whose "type" is {wanted}.')
     return content
 
 
@@ -169,21 +172,15 @@ def parse_frame(data: str | bytes) -> AckFrame | NackFrame | ExtendFrame:
     """A consumer's frame, validated as the matching HTTP call's body;
     raises the contract's error (400 for the wrong shape, 422 for a bad
     value)."""
-    content = _decoded(data, '"ack", "nack" or "extend"')
-    adapter = CONSUME_FRAMES.get(content["type"])
-    if adapter is None:
-        raise BadRequest('A frame is a JSON object whose "type" is "ack", "nack" or "extend".')
-    frame: AckFrame | NackFrame | ExtendFrame = _validated(adapter, content)
+    content = _decoded(data, CONSUME_FRAMES)
+    frame: AckFrame | NackFrame | ExtendFrame = _validated(CONSUME_FRAMES[content["type"]], content)
     broker.parse_receipts(frame.receipts)  # InvalidValue for a malformed one, before anything is applied
     return frame
 
 
 def parse_send(data: str | bytes) -> SendFrame:
     """A producer's frame, validated as the HTTP send's batch."""
-    content = _decoded(data, '"send"')
-    if content["type"] != "send":
-        raise BadRequest('A frame is a JSON object whose "type" is "send".')
-    return _validated(SEND_FRAME, content)
+    return _validated(SEND_FRAME, _decoded(data, ("send",)))
 
 
 def frame_id(data: str | bytes) -> FrameId:
@@ -461,8 +458,7 @@ class ConsumeStream(Stream):
             op = self.ops.popleft()
             if not self.full():
                 self.drained.set()
-            frame = await self.in_thread(self.apply, op)
-            expires = frame.pop("_expires", None)
+            frame, expires = await self.in_thread(self.apply, op)
             if expires is not None:
                 stale = set(frame["stale"])
                 for receipt in op.receipts:
@@ -532,24 +528,20 @@ class ConsumeStream(Stream):
         finally:
             connection.close()
 
-    def apply(self, op: NackFrame | ExtendFrame) -> dict[str, Any]:
+    def apply(self, op: NackFrame | ExtendFrame) -> tuple[dict[str, Any], float | None]:
         """A nack or an extend: its answer frame (an error frame for a
-        refusal, such as the queue being gone)."""
+        refusal, such as the queue being gone), and for an extend the new
+        lease expiry (for the loop's ``held``)."""
         assert self.queue is not None
         try:
             if isinstance(op, NackFrame):
                 result = broker.nack(self.queue, op.receipts, delay=op.delay, reason=op.reason)
-                return {"type": "nacked", "nacked": result.done, "stale": result.stale}
+                return {"type": "nacked", "nacked": result.done, "stale": result.stale}, None
             result, expires = broker.extend(self.queue, op.receipts, op.visibility_timeout)
-            return {
-                "type": "extended",
-                "extended": result.done,
-                "stale": result.stale,
-                "lease_expires_at": epoch_to_iso(expires),
-                "_expires": expires,  # for the loop's ``held``; not sent
-            }
+            frame = {"type": "extended", "extended": result.done, "stale": result.stale, "lease_expires_at": epoch_to_iso(expires)}
+            return frame, expires
         except MQError as exc:
-            return error_frame(exc)
+            return error_frame(exc), None
         finally:
             connection.close()
 
