@@ -712,13 +712,61 @@ class Bench:
         for n in (1, 4):
             measures = [self.mq_drain_measure("drain", n, s.drain, 100)]
             if "raw" in self.peers:
-                measures.append(Measure("raw", partial(self.raw_drain, "raw", n, s.drain, 100)))
+                measures.append(self.raw_drain_measure(n, s.drain, 100, statement_costs=n == 1))
             if self.rabbit_reason is None:
                 measures.append(Measure("rabbitmq", partial(rabbit_drain, n, s.drain, prefetch=100), "(manual ack)"))
             if self.procrastinate_reason is None:
                 # A worker takes one job at a time: it drains a smaller batch.
                 measures.append(Measure("procrastinate", partial(procrastinate_worker, s.trips, n), f"(worker, concurrency {n})"))
             self.interleaved(f"drain_{n}", measures)
+
+    def raw_drain_measure(self, consumers: int, total: int, per: int, *, statement_costs: bool = False) -> Measure:
+        """The raw SQL drain; with ``statement_costs``, what PostgreSQL
+        alone spends on a message (in the note): the claim and the ack of a
+        batch run as statements of their own, each timed with its commit."""
+        drain = partial(self.raw_drain, "raw", consumers, total, per)
+        if not statement_costs:
+            return Measure("raw", drain)
+        costs: list[tuple[float, float]] = []
+
+        def claim_us() -> float:
+            costs.append(self.statement_costs(total, per))
+            return costs[-1][0]
+
+        return Measure(
+            "raw",
+            drain,
+            twins=(claim_us, lambda: costs[-1][1]),
+            twin_note=f"(PostgreSQL alone, {per} a statement, each with its commit: " "claim {:.0f} µs + ack {:.0f} µs a message)",
+        )
+
+    def statement_costs(self, total: int, per: int) -> tuple[float, float]:
+        """Microseconds a message of the claim of ``per`` and of their ack,
+        each its own statement (medians over a drain of ``total``, full
+        batches only): the floor under every receive + ack, whatever runs
+        the statements."""
+        self.prefill("raw", total)
+        qid = self.queue_ids["raw"]
+        raw = self.raw()
+        claims: list[float] = []
+        acks: list[float] = []
+        try:
+            while True:
+                started = time.perf_counter()
+                rows = raw.claim(qid, per)
+                claimed = time.perf_counter()
+                if not rows:
+                    break
+                raw.ack(qid, rows)
+                if len(rows) == per:
+                    claims.append((claimed - started) / per * 1e6)
+                    acks.append((time.perf_counter() - claimed) / per * 1e6)
+        finally:
+            raw.close()
+            self.empty("raw")
+        if not claims:
+            raise BenchError(f"no full batch of {per} claimed from {total} messages")
+        return statistics.median(claims), statistics.median(acks)
 
     def mq_drain_measure(self, name: str, consumers: int, total: int, per: int) -> Measure:
         """The drain with acks riding on receives; as its twins (in the

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -58,6 +59,9 @@ def test_bench_runs_every_scenario_and_writes_one_table(tmp_path, monkeypatch) -
     assert "publish stream" in by_key["produce_batch"]["cells"]["mqadmin"]["note"]
     assert "consume stream" in by_key["latency"]["cells"]["mqadmin"]["note"]
     assert "consume stream" in by_key["windowed"]["cells"]["mqadmin"]["note"]
+    # What PostgreSQL alone spends on a message, beside the raw drain.
+    costs = re.search(r"claim (\d+) µs \+ ack (\d+) µs a message", by_key["drain_1"]["cells"]["raw"]["note"])
+    assert costs and int(costs[1]) > 0 and int(costs[2]) > 0, by_key["drain_1"]["cells"]["raw"]["note"]
     # The dashboard's thousand queues are not left behind.
     from queues.models import Queue
 
