@@ -48,6 +48,7 @@ def test_bench_runs_every_scenario_and_writes_one_table(tmp_path, monkeypatch) -
         assert mq["skipped"] is None, (row["key"], mq["skipped"])
         assert mq["median"] > 0, row["key"]
         assert row["met"] in ("yes", "no", "?", "—")
+        assert row["floor_met"] in ("yes", "no", "?", "—")
     # Raw SQL runs wherever mqadmin does; each other peer either ran or says why not.
     by_key = {row["key"]: row for row in data["rows"]}
     assert by_key["produce_batch"]["cells"]["raw"]["median"] > 0
@@ -59,6 +60,11 @@ def test_bench_runs_every_scenario_and_writes_one_table(tmp_path, monkeypatch) -
     assert "publish stream" in by_key["produce_batch"]["cells"]["mqadmin"]["note"]
     assert "consume stream" in by_key["latency"]["cells"]["mqadmin"]["note"]
     assert "consume stream" in by_key["windowed"]["cells"]["mqadmin"]["note"]
+    # Where a target names another peer, the table says whether the raw SQL
+    # floor meets it too.
+    for key in ("produce_batch", "drain_1", "drain_4", "round_trip", "latency"):
+        assert by_key[key]["floor_met"] in ("yes", "no"), key
+    assert "(raw SQL: " in next(line for line in md.splitlines() if line.startswith("| 4. one message"))
     # What PostgreSQL alone spends on a message, beside the raw drain.
     costs = re.search(r"claim (\d+) µs \+ ack (\d+) µs a message", by_key["drain_1"]["cells"]["raw"]["note"])
     assert costs and int(costs[1]) > 0 and int(costs[2]) > 0, by_key["drain_1"]["cells"]["raw"]["note"]
