@@ -67,12 +67,15 @@ from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
+import psycopg
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError, connection
 from prometheus_client import Gauge
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from .. import broker, notify
+from ..backends import NOTIFY_CHANNEL
 from ..exceptions import BadRequest, MQError, Unauthorized, Unavailable
 from ..metrics import REGISTRY
 from ..models import Queue, Scope, epoch_to_iso
@@ -101,6 +104,15 @@ MAX_PREFETCH = 1000
 # before the stream stops reading the client's frames.
 FRAMES_PER_COMMIT = 16
 MAX_PENDING_FRAMES = 64
+# On PostgreSQL a busy consume stream claims a few messages at a time on the
+# event loop, over a connection of its own (see ConsumeStream.look_on_loop);
+# at most this many such connections per process, the other streams claim
+# on their threads over the pool. One gives up its connection after
+# QUIET_SECONDS without a delivery.
+LOOP_LOOK_MAX = 20
+MAX_LOOP_CONNECTIONS = 20
+QUIET_SECONDS = 10.0
+_loop_connections = 0
 
 OPEN_STREAMS = Gauge("mq_streams", "Streams (websockets) open in this process.", ["kind"], registry=REGISTRY)
 
@@ -207,9 +219,11 @@ def as_mq_error(exc: Exception) -> MQError | None:
     a bug, logged and closed with 1011)."""
     if isinstance(exc, MQError):
         return exc
-    if isinstance(exc, (OperationalError, InterfaceError)) or type(exc).__name__ == "PoolTimeout":
+    if isinstance(exc, (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)):
         return Unavailable()
-    if isinstance(exc, DatabaseError):
+    if type(exc).__name__ == "PoolTimeout":
+        return Unavailable()
+    if isinstance(exc, (DatabaseError, psycopg.DatabaseError)):
         return Unavailable("The database refused the operation; retry shortly.")
     return None
 
@@ -397,6 +411,11 @@ class ConsumeStream(Stream):
         self.acks: list[str] = []
         self.ops: deque[NackFrame | ExtendFrame] = deque()
         self.waiter: notify.Waiter | None = None
+        # The stream's own connection for looks on the loop (PostgreSQL),
+        # the look running now, and since when looks have found nothing.
+        self.db: psycopg.AsyncConnection[Any] | None = None
+        self.looking: asyncio.Task[Any] | None = None
+        self.quiet_since: float | None = None
 
     def configure(self, options: ConsumeIn) -> None:
         self.prefetch = options.prefetch
@@ -428,6 +447,11 @@ class ConsumeStream(Stream):
         leases is released as never delivered), then ``settle``."""
         pump.cancel()
         await asyncio.gather(pump, return_exceptions=True)
+        if self.looking is not None:
+            # A look the hang-up cut short still runs on our connection; it
+            # releases what it leases when done (broker.unlost).
+            await asyncio.wait([self.looking])
+        await self.close_db()
         await self.in_thread(self.settle)
 
     def take(self, frame: AckFrame | NackFrame | ExtendFrame) -> None:
@@ -479,7 +503,14 @@ class ConsumeStream(Stream):
         credit = min(credit, broker.MAX_RECEIVE)
         offer = notify.Offer(credit, self.visibility_timeout, self.consumer)
         with notify.waiter(queue.id, offer) as waiter:
-            deliveries, acked = await broker.unlost(queue.id, self.in_thread(self.look, queue, acks, credit), _leased)
+            if self.look_on_loop(queue, credit, len(acks)):
+                self.looking = asyncio.ensure_future(self.look_here(queue, acks, credit))
+                look: Awaitable[Any] = self.looking
+            else:
+                look = self.in_thread(self.look, queue, acks, credit)
+            deliveries, acked = await broker.unlost(queue.id, look, _leased)
+            self.looking = None
+            await self.note_quiet(bool(deliveries))
             if not deliveries and acked is None and not self.pending():
                 self.waiter = waiter
                 try:
@@ -493,6 +524,85 @@ class ConsumeStream(Stream):
 
     def pending(self) -> bool:
         return bool(self.acks or self.ops)
+
+    # -- looks on the loop (PostgreSQL) ----------------------------------------
+
+    def look_on_loop(self, queue: Queue, credit: int, acks: int) -> bool:
+        """Whether this look runs on the event loop, over the stream's own
+        connection, instead of on the stream's thread over the pool: on
+        PostgreSQL, for a queue that is neither FIFO nor paused (those take
+        the broker's general path), for a small look (a round trip, a window
+        of a few: up to LOOP_LOOK_MAX claimed and acked each), while the
+        stream is busy and this process holds fewer than
+        MAX_LOOP_CONNECTIONS such connections. It is the same statement
+        without two thread hand-offs: 21-35 % more round trips, measured.
+        A batch of 100 gains nothing so, and with four streams lost 10 %:
+        its rows are read on the loop, among everyone's frames."""
+        if credit > LOOP_LOOK_MAX or acks > LOOP_LOOK_MAX:
+            return False
+        if queue.fifo or queue.paused or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+            return False
+        if self.db is not None:
+            return True
+        return self.quiet_since is None and _loop_connections < MAX_LOOP_CONNECTIONS
+
+    async def look_here(self, queue: Queue, acks: list[str], credit: int) -> tuple[list[broker.Delivery], broker.ReceiptResult | None]:
+        """``look`` on the loop: the statement ``broker.ack_and_receive``
+        (or ``receive``) runs on PostgreSQL for such a queue, with the rare
+        second claim after due delayed messages were promoted."""
+        global _loop_connections
+        parsed = broker.parse_receipts(acks)
+        if self.db is None:
+            _loop_connections += 1
+            try:
+                conninfo = {k: v for k, v in connection.get_connection_params().items() if k not in ("cursor_factory", "context")}
+                self.db = await psycopg.AsyncConnection.connect(autocommit=True, **conninfo)
+            except BaseException:
+                _loop_connections -= 1
+                raise
+        vt = queue.visibility_timeout if self.visibility_timeout is None else self.visibility_timeout
+        now = time.time()
+        expires = now + vt
+        try:
+            cur = await self.db.execute(*broker.receive_statement(queue, now, expires, credit, self.consumer, acks=parsed or None))
+            rows, promoted, found = broker.split_claim_rows(await cur.fetchall())
+            if promoted:
+                await self.db.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(queue.id)])
+                notify.wake([queue.id])
+                if len(rows) < credit:
+                    again, params = broker.claim_statement(queue, max_messages=credit - len(rows), expires=expires, consumer_id=self.consumer)
+                    cur = await self.db.execute(*broker.counted_claim_statement(queue.id, again, params))
+                    rows += await cur.fetchall()
+        except BaseException:
+            await self.close_db()  # in an unknown state: the next look connects afresh
+            raise
+        deliveries = sorted(
+            (broker.Delivery(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], expires) for r in rows), key=lambda d: (-d.priority, d.id)
+        )
+        return deliveries, broker._match_receipts(parsed, found) if parsed else None
+
+    async def note_quiet(self, delivered: bool) -> None:
+        """A stream whose looks have found nothing for QUIET_SECONDS gives its
+        connection back; its rechecks go to its thread and the pool until a
+        look delivers again."""
+        if delivered:
+            self.quiet_since = None
+            return
+        now = time.monotonic()
+        if self.quiet_since is None:
+            self.quiet_since = now
+        elif now - self.quiet_since >= QUIET_SECONDS:
+            await self.close_db()
+
+    async def close_db(self) -> None:
+        global _loop_connections
+        db, self.db = self.db, None
+        if db is not None:
+            _loop_connections -= 1
+            try:
+                await db.close()
+            except Exception:
+                log.warning("closing a consume stream's connection failed", exc_info=True)
 
     async def idle(self) -> None:
         """Full: wait for a frame, or for the first held lease to run out."""

@@ -262,6 +262,104 @@ async def test_a_deleted_queue_ends_its_streams():
     await comm.wait(timeout=5)
 
 
+postgres_only = pytest.mark.skipif(
+    __import__("django.db", fromlist=["connection"]).connection.vendor != "postgresql", reason="looks on the loop are PostgreSQL's"
+)
+
+
+async def drain_one_by_one(comm: WebsocketCommunicator, n: int) -> list[str]:
+    got: list[str] = []
+    held = (await frame(comm))["messages"]
+    while held:
+        got += [m["id"] for m in held]
+        if len(got) >= n:
+            break
+        await comm.send_json_to({"type": "ack", "receipts": [m["receipt"] for m in held]})
+        answer = await frame(comm)
+        held = answer["messages"]
+    return got
+
+
+@postgres_only
+@pytest.mark.parametrize("cap", [20, 0], ids=["on-the-loop", "past-the-cap"])
+async def test_on_postgresql_a_busy_stream_claims_on_the_loop_over_a_connection_it_gives_back(monkeypatch, cap):
+    """Under the cap a stream's looks run on the loop (none on its thread);
+    past it, on its thread over the pool, as every look on SQLite."""
+    from queues.api import stream
+
+    thread_looks = []
+    real = stream.ConsumeStream.look
+
+    def counted(self: Any, *args: Any) -> Any:
+        thread_looks.append(args)
+        return real(self, *args)
+
+    monkeypatch.setattr(stream.ConsumeStream, "look", counted)
+    monkeypatch.setattr(stream, "MAX_LOOP_CONNECTIONS", cap)
+    await sync_to_async(make_queue)("loop")
+    ids = await sync_to_async(send)("loop", *range(6))
+    comm = await opened("loop", "?prefetch=1")
+    assert await drain_one_by_one(comm, 6) == [str(i) for i in ids]
+    assert stream._loop_connections == (1 if cap else 0)
+    assert (len(thread_looks) == 0) == bool(cap), len(thread_looks)
+    await comm.disconnect()
+    assert stream._loop_connections == 0
+    # The last one was held when the stream closed: ready again; the rest acked.
+    assert await sync_to_async(states)("loop") == {"ready": [(ids[5], 1)]}
+
+
+@postgres_only
+async def test_a_quiet_stream_gives_its_connection_back_and_takes_one_again_when_busy(monkeypatch):
+    from queues.api import stream
+
+    monkeypatch.setattr(stream, "QUIET_SECONDS", 0.3)
+    monkeypatch.setattr(stream, "POLL_RECHECK_SECONDS", 0.1)
+    await sync_to_async(make_queue)("quiet")
+    [first] = await sync_to_async(send)("quiet", "first")
+    comm = await opened("quiet", "?prefetch=5")
+    got = await frame(comm)
+    await comm.send_json_to({"type": "ack", "receipts": [got["messages"][0]["receipt"]]})
+    assert (await frame(comm))["acked"] == [str(first)]
+    assert await comm.receive_nothing(timeout=0.8)  # looks find nothing for longer than QUIET_SECONDS
+    assert stream._loop_connections == 0
+    [second] = await sync_to_async(send)("quiet", "second")
+    got = await frame(comm)  # handed over by the send, or found by a recheck
+    assert [m["id"] for m in got["messages"]] == [str(second)]
+    await comm.send_json_to({"type": "ack", "receipts": [got["messages"][0]["receipt"]]})
+    assert (await frame(comm))["acked"] == [str(second)]
+    await comm.disconnect()
+    assert stream._loop_connections == 0
+    assert await sync_to_async(states)("quiet") == {}
+
+
+@postgres_only
+async def test_a_look_on_the_loop_cut_short_by_a_hang_up_releases_what_it_leased(monkeypatch):
+    from queues.api import stream
+
+    looked = asyncio.Event()
+    real = stream.ConsumeStream.look_here
+
+    async def slow_look(self: Any, *args: Any) -> Any:
+        result = await real(self, *args)
+        looked.set()
+        await asyncio.sleep(0.5)  # the client hangs up meanwhile
+        return result
+
+    monkeypatch.setattr(stream.ConsumeStream, "look_here", slow_look)
+    await sync_to_async(make_queue)("hangup")
+    ids = await sync_to_async(send)("hangup", "a", "b")
+    comm = await opened("hangup", "?prefetch=2")
+    await asyncio.wait_for(looked.wait(), 5)
+    await comm.disconnect()
+    deadline = time.monotonic() + 5
+    # Leased, never delivered: ready again at once, not at the visibility
+    # timeout, and not counted as a delivery.
+    while (left := await sync_to_async(states)("hangup")) != {"ready": [(ids[0], 0), (ids[1], 0)]} and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert left == {"ready": [(ids[0], 0), (ids[1], 0)]}, left
+    assert stream._loop_connections == 0
+
+
 def test_mqclient_streams_drain_a_real_server_together_each_message_acked_once(transactional_db):
     """Three streams of the Python client, each acking one message at a
     time, drain a real server; one of them quits half-way holding messages.
