@@ -52,7 +52,9 @@ own. Frames received before the client went are still written.
 Served by plain ASGI apps, not Channels consumers: Channels gives every
 frame a thread hand-off to close old connections, and a stream does its
 database work on one thread of its own, which gives its connection back to
-the pool after each statement."""
+the pool after each statement. On PostgreSQL a busy consume stream's small
+looks (a round trip, a window of a few) run on the event loop instead, over
+an asynchronous connection of the stream's own (``look_on_loop``)."""
 
 from __future__ import annotations
 
