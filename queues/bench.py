@@ -1110,10 +1110,9 @@ class Bench:
 
         rows: list[Row] = []
         mq = lambda k: get(k, "mqadmin")  # noqa: E731
-
         raw = lambda k: get(k, "raw")  # noqa: E731
 
-        r_raw = ratio(mq("produce_batch"), get("produce_batch", "raw"))
+        r_raw = ratio(mq("produce_batch"), raw("produce_batch"))
         r_rmq = ratio(mq("produce_batch"), get("produce_batch", "rabbitmq"))
         f_rmq = ratio(raw("produce_batch"), get("produce_batch", "rabbitmq"))
         rows.append(Row("produce_batch", "1. produce, batches of 100", cells("produce_batch"),
@@ -1124,7 +1123,7 @@ class Bench:
                         ratios={"vs_raw": ratio(mq("produce_single"), get("produce_single", "raw"))}))
         for n in (1, 4):
             key = f"drain_{n}"
-            r_raw = ratio(mq(key), get(key, "raw"))
+            r_raw = ratio(mq(key), raw(key))
             r_rmq = ratio(mq(key), get(key, "rabbitmq"))
             f_rmq = ratio(raw(key), get(key, "rabbitmq"))
             rows.append(Row(key, f"3. receive 100 + ack 100, {n} consumer{'s' if n > 1 else ''}", cells(key),

@@ -780,7 +780,7 @@ def ack_and_receive(
     parsed = parse_receipts(receipts)
     if parsed and dialect().postgres and not queue.paused and not queue.fifo:
         deliveries, found = _receive(queue, max_messages, visibility_timeout, consumer_id, now, acks=parsed)
-        return deliveries, _match_receipts(parsed, found)
+        return deliveries, match_receipts(parsed, found)
     acked = ack(queue, receipts) if parsed else ReceiptResult()
     return _receive(queue, max_messages, visibility_timeout, consumer_id, now)[0], acked
 
@@ -817,10 +817,7 @@ def _receive(
                 # and tell other processes' waiting receives.
                 _announce_ready(cur, queue.id)
                 if len(rows) < max_messages:
-                    again, params = claim_statement(
-                        queue, max_messages=max_messages - len(rows), expires=expires, consumer_id=consumer_id
-                    )
-                    cur.execute(*counted_claim_statement(queue.id, again, params))
+                    cur.execute(*reclaim_statement(queue, max_messages - len(rows), expires, consumer_id))
                     rows += cur.fetchall()
     else:
         if acks is not None:
@@ -837,12 +834,14 @@ def _receive(
                 tally.move(queue.id, S.READY, S.IN_FLIGHT, len(rows))
                 tally.add(queue.id, "received_total", len(rows))
             tally.save()
-    deliveries = [
-        Delivery(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], expires)
-        for r in rows
-    ]
+    return to_deliveries(rows, expires), acked
+
+
+def to_deliveries(rows: list[tuple[Any, ...]], expires: float) -> list[Delivery]:
+    """A claim's rows as deliveries, in delivery order."""
+    deliveries = [Delivery(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], expires) for r in rows]
     deliveries.sort(key=lambda x: (-x.priority, x.id))
-    return deliveries, acked
+    return deliveries
 
 
 def receive_statement(
@@ -930,6 +929,13 @@ def counted_claim_statement(queue_id: int, claim: str, params: list[Any]) -> tup
     return f"{counted} SELECT * FROM main", [*params, queue_id]
 
 
+def reclaim_statement(queue: Queue, missing: int, expires: float, consumer_id: str | None) -> tuple[str, list[Any]]:
+    """PostgreSQL: the second claim of a receive whose statement promoted
+    due delayed messages (its snapshot did not see them ready)."""
+    claim, params = claim_statement(queue, max_messages=missing, expires=expires, consumer_id=consumer_id)
+    return counted_claim_statement(queue.id, claim, params)
+
+
 def _one_per_group(rows: list[tuple]) -> list[tuple]:
     # The head test runs against the statement's snapshot, where every member
     # of a group is still ready, so the group's head is the only candidate;
@@ -1014,10 +1020,16 @@ def split_claim_rows(rows: list[tuple[Any, ...]]) -> tuple[list[tuple[Any, ...]]
     return claimed, promoted, acked
 
 
+def announce_statement(queue_id: int) -> tuple[str, list[Any]]:
+    """PostgreSQL: tell other processes' waiting receives that messages of
+    this queue became ready outside a send."""
+    return "SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(queue_id)]
+
+
 def _announce_ready(cur: Any, queue_id: int) -> None:
     """Messages of this queue became ready outside a send: wake the receives
     waiting on it, in this process at once, in others by NOTIFY."""
-    cur.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(queue_id)])
+    cur.execute(*announce_statement(queue_id))
     transaction.on_commit(lambda: notify.wake([queue_id]))
 
 
@@ -1069,7 +1081,7 @@ def parse_receipts(receipts: Sequence[str]) -> list[tuple[int, str, str]]:
     return parsed
 
 
-def _match_receipts(parsed: list[tuple[int, str, str]], found: Iterable[tuple[int, str]]) -> ReceiptResult:
+def match_receipts(parsed: list[tuple[int, str, str]], found: Iterable[tuple[int, str]]) -> ReceiptResult:
     found_set = set(found)
     result = ReceiptResult()
     done: set[int] = set()
@@ -1161,7 +1173,7 @@ def ack(queue: Queue, receipts: Sequence[str]) -> ReceiptResult:
         with prepared_cursor() as cur:
             cur.execute(*ack_statement(queue.id, parsed))
             found = cur.fetchall()
-        return _match_receipts(parsed, found)
+        return match_receipts(parsed, found)
     with transaction.atomic():
         with connection.cursor() as cur:
             cur.execute(*_ack_delete(queue.id, parsed))
@@ -1173,7 +1185,7 @@ def ack(queue: Queue, receipts: Sequence[str]) -> ReceiptResult:
                 tally.add(origin, "dead_out", -1)
         tally.add(queue.id, "acked_total", len(rows))
         tally.save()
-    return _match_receipts(parsed, [(r[0], r[1]) for r in rows])
+    return match_receipts(parsed, [(r[0], r[1]) for r in rows])
 
 
 def extend(queue: Queue, receipts: Sequence[str], visibility_timeout: int, *, now: float | None = None) -> tuple[ReceiptResult, float]:
@@ -1189,7 +1201,7 @@ def extend(queue: Queue, receipts: Sequence[str], visibility_timeout: int, *, no
             [expires, *params],
         )
         found = cur.fetchall()
-    return _match_receipts(parsed, found), expires
+    return match_receipts(parsed, found), expires
 
 
 def nack(
@@ -1205,7 +1217,7 @@ def nack(
         _release(queue, [(r[0], r[2], r[3], r[4]) for r in rows], tally, now=now, delay=delay, reason=reason, kind="nack")
         tally.add(queue.id, "nacked_total", len(rows))
         tally.save()
-    return _match_receipts(parsed, [(r[0], r[1]) for r in rows])
+    return match_receipts(parsed, [(r[0], r[1]) for r in rows])
 
 
 def _release(

@@ -77,7 +77,6 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from .. import broker, notify
-from ..backends import NOTIFY_CHANNEL
 from ..exceptions import BadRequest, MQError, Unauthorized, Unavailable
 from ..metrics import REGISTRY
 from ..models import Queue, Scope, epoch_to_iso
@@ -221,9 +220,7 @@ def as_mq_error(exc: Exception) -> MQError | None:
     a bug, logged and closed with 1011)."""
     if isinstance(exc, MQError):
         return exc
-    if isinstance(exc, (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)):
-        return Unavailable()
-    if type(exc).__name__ == "PoolTimeout":
+    if isinstance(exc, (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)) or type(exc).__name__ == "PoolTimeout":
         return Unavailable()
     if isinstance(exc, (DatabaseError, psycopg.DatabaseError)):
         return Unavailable("The database refused the operation; retry shortly.")
@@ -568,20 +565,16 @@ class ConsumeStream(Stream):
         try:
             cur = await self.db.execute(*broker.receive_statement(queue, now, expires, credit, self.consumer, acks=parsed or None))
             rows, promoted, found = broker.split_claim_rows(await cur.fetchall())
-            if promoted:
-                await self.db.execute("SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(queue.id)])
+            if promoted:  # as broker._receive does
+                await self.db.execute(*broker.announce_statement(queue.id))
                 notify.wake([queue.id])
                 if len(rows) < credit:
-                    again, params = broker.claim_statement(queue, max_messages=credit - len(rows), expires=expires, consumer_id=self.consumer)
-                    cur = await self.db.execute(*broker.counted_claim_statement(queue.id, again, params))
+                    cur = await self.db.execute(*broker.reclaim_statement(queue, credit - len(rows), expires, self.consumer))
                     rows += await cur.fetchall()
         except BaseException:
             await self.close_db()  # in an unknown state: the next look connects afresh
             raise
-        deliveries = sorted(
-            (broker.Delivery(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], expires) for r in rows), key=lambda d: (-d.priority, d.id)
-        )
-        return deliveries, broker._match_receipts(parsed, found) if parsed else None
+        return broker.to_deliveries(rows, expires), broker.match_receipts(parsed, found) if parsed else None
 
     async def note_quiet(self, delivered: bool) -> None:
         """A stream whose looks have found nothing for QUIET_SECONDS gives its

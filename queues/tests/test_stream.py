@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.db import connection
 
 from conftest import make_token
 from queues import broker
@@ -262,9 +263,7 @@ async def test_a_deleted_queue_ends_its_streams():
     await comm.wait(timeout=5)
 
 
-postgres_only = pytest.mark.skipif(
-    __import__("django.db", fromlist=["connection"]).connection.vendor != "postgresql", reason="looks on the loop are PostgreSQL's"
-)
+postgres_only = pytest.mark.skipif(connection.vendor != "postgresql", reason="looks on the loop are PostgreSQL's")
 
 
 async def drain_one_by_one(comm: WebsocketCommunicator, n: int) -> list[str]:
