@@ -962,6 +962,36 @@ def test_on_postgresql_the_hot_statements_are_prepared_on_a_kept_connection(db):
     assert_counts_exact(q)
 
 
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_on_postgresql_the_hot_statements_keep_one_plan_beside_a_big_queue(db):
+    # One queue holds nearly every row. PostgreSQL had found the generic
+    # plan of the claim + ack dearer than one made for the small queue's id
+    # and planned it at every call (0.5 ms each): the ack probed the queue's
+    # index, cheap for a small queue, costed for an average one.
+    big, small = make_queue("big"), make_queue("small")
+    for start in range(0, 30_000, 1_000):
+        send(big, *range(start, start + 1_000))
+    with connection.cursor() as cur:
+        cur.execute("ANALYZE queues_message")
+    send(small, *range(30))
+    held: list[broker.Delivery] = []
+    for i in range(22):
+        held, acked = broker.ack_and_receive(small, [d.receipt for d in held], max_messages=1, now=T0)
+        assert len(held) == 1 and len(acked.done) == min(i, 1)
+    with connection.cursor() as cur:
+        cur.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE 'WITH acked AS%%mq_ready_head(%%'")
+        ((generic, custom),) = cur.fetchall()
+        # Prepared after a few runs; PostgreSQL tries five plans of its own,
+        # then keeps the generic one.
+        assert custom == 5 and generic >= 10, (generic, custom)
+        # The function's query keeps one plan too, and never compiles it:
+        # costed for the big queue, compiling took 5-6 ms a claim.
+        cur.execute("SELECT proconfig FROM pg_proc WHERE proname = 'mq_ready_head'")
+        config = cur.fetchone()[0]
+        assert "plan_cache_mode=force_generic_plan" in config and "jit=off" in config
+    assert_counts_exact(big, small)
+
+
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the claim function is PostgreSQL's")
 def test_on_postgresql_the_claim_walks_the_claim_index_even_on_stale_statistics(db):
     # Statistics taken while the queue was empty: planned as a plain
