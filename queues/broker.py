@@ -565,7 +565,7 @@ class Handing:
         ready = [i for i, row in enumerate(rows) if row[_STATE] == S.READY]
         if not ready:
             return
-        waiters = notify.take(self.queue.id, len(ready))
+        waiters = _to_live_consumers(notify.take(self.queue.id, len(ready)))
         # As a claim takes them: highest priority first, then oldest.
         ready.sort(key=lambda i: (-rows[i][_PRIORITY], i))
         for w in waiters:
@@ -596,6 +596,32 @@ class Handing:
                 out.append(Delivery(self.ids[i], r[_BODY], r[_HEADERS], r[_PRIORITY], r[_GROUP], 1, r[_ENQUEUED], r[_TOKEN], r[_EXPIRES]))
             out.sort(key=lambda d: (-d.priority, d.id))
             notify.hand(w, out)
+
+
+def _to_live_consumers(waiters: list[notify.Waiter]) -> list[notify.Waiter]:
+    """The taken waiters whose consumer (if they name one) is not dead; the
+    others are told to look again, where their claim finds the consumer dead
+    and takes nothing. A receive checks its consumer before it waits and
+    each claim checks it again (``claim_statement``): without this, a
+    consumer declared dead while its stream stayed open was still handed new
+    messages, each taken back by the monitor's sweep and delivered again.
+    A consumer declared dead between this check and the commit is the
+    monitor's straggler sweep's (health.STRAGGLER_WINDOW_SECONDS), as for a
+    claim."""
+    named = {w.offer.consumer_id for w in waiters if w.offer is not None and w.offer.consumer_id is not None}
+    if not named:
+        return waiters
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT id FROM {CONSUMER_TABLE} WHERE id IN ({placeholders(len(named))}) AND status <> 'dead'", list(named))
+        alive = {row[0] for row in cur.fetchall()}
+    live = []
+    for w in waiters:
+        assert w.offer is not None
+        if w.offer.consumer_id is None or w.offer.consumer_id in alive:
+            live.append(w)
+        else:
+            notify.hand(w, True)
+    return live
 
 
 def json_rows(columns: Sequence[tuple[str, str]], rows: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:

@@ -12,7 +12,7 @@ import pytest
 from django.db import connection
 
 from queues import broker, monitor
-from queues.models import Message
+from queues.models import Consumer, ConsumerStatus, Message
 
 from .workers import wait_for
 
@@ -434,6 +434,24 @@ def test_a_send_hands_its_messages_to_a_receive_waiting_in_this_process(tapi, mo
     assert sorted(held.values_list("consumer_id", flat=True)) == [cid, cid]
     assert tapi.ack("jobs", *(m["receipt"] for m in got))["acked"] == [m["id"] for m in got]
     assert [m["body"] for m in tapi.receive("jobs")] == ["c"]
+
+
+def test_a_send_hands_nothing_to_a_receive_whose_consumer_was_declared_dead_meanwhile(tapi, monkeypatch):
+    # The receive checked its consumer before it waited. Handed the message,
+    # it would hold it for a dead consumer until the monitor took it back.
+    from queues.api import views
+
+    monkeypatch.setattr(views, "POLL_RECHECK_SECONDS", 30.0)
+    tapi.make_queue("jobs")
+    cid = tapi.post("consumers", {"name": "w", "queues": ["jobs"]}).data["id"]
+    waiter, result = waiting_receive(tapi, "jobs", wait=1, consumer=cid)
+    Consumer.objects.filter(pk=cid).update(status=ConsumerStatus.DEAD, dead_at=time.time())
+    broker.publish(broker.get_queue("jobs"), [broker.NewMessage(body=b'"for the living"')])
+    waiter.join(5)
+    assert result["messages"] == []
+    assert tapi.counts("jobs")["ready"] == 1
+    assert not Message.objects.filter(consumer_id=cid).exists()
+    assert [m["body"] for m in tapi.receive("jobs")] == ["for the living"]
 
 
 def test_a_send_inside_a_callers_transaction_hands_nothing(tapi, monkeypatch):
