@@ -249,6 +249,10 @@ MQ_WORKERS = env_int("MQ_WORKERS", 1, minimum=1)
 MQ_DEDUP_WINDOW_SECONDS = env_int("MQ_DEDUP_WINDOW_SECONDS", 300, minimum=1)
 MQ_HEARTBEAT_TIMEOUT_SECONDS = env_int("MQ_HEARTBEAT_TIMEOUT_SECONDS", 15, minimum=2)
 MQ_MAX_WAIT_SECONDS = 20
+# PostgreSQL: busy consume streams that claim on the event loop over a
+# connection of their own, per process, outside the pool (queues.api.stream);
+# the others claim on their threads over the pool. 0: all of them do.
+MQ_STREAM_DB_CONNECTIONS = env_int("MQ_STREAM_DB_CONNECTIONS", 20, minimum=0)
 
 LOGGING = {
     "version": 1,

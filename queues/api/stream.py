@@ -107,11 +107,10 @@ FRAMES_PER_COMMIT = 16
 MAX_PENDING_FRAMES = 64
 # On PostgreSQL a busy consume stream claims a few messages at a time on the
 # event loop, over a connection of its own (see ConsumeStream.look_on_loop);
-# at most this many such connections per process, the other streams claim
-# on their threads over the pool. One gives up its connection after
-# QUIET_SECONDS without a delivery.
+# at most MQ_STREAM_DB_CONNECTIONS (a setting) such connections per process,
+# the other streams claim on their threads over the pool. One gives up its
+# connection after QUIET_SECONDS without a delivery.
 LOOP_LOOK_MAX = 20
-MAX_LOOP_CONNECTIONS = 20
 QUIET_SECONDS = 10.0
 _loop_connections = 0
 
@@ -533,7 +532,7 @@ class ConsumeStream(Stream):
         the broker's general path), for a small look (a round trip, a window
         of a few: up to LOOP_LOOK_MAX claimed and acked each), while the
         stream is busy and this process holds fewer than
-        MAX_LOOP_CONNECTIONS such connections. It is the same statement
+        ``MQ_STREAM_DB_CONNECTIONS`` such connections. It is the same statement
         without two thread hand-offs: 21-35 % more round trips, measured.
         A batch of 100 gains nothing so, and with four streams lost 10 %:
         its rows are read on the loop, among everyone's frames."""
@@ -543,7 +542,7 @@ class ConsumeStream(Stream):
             return False
         if self.db is not None:
             return True
-        return self.quiet_since is None and _loop_connections < MAX_LOOP_CONNECTIONS
+        return self.quiet_since is None and _loop_connections < settings.MQ_STREAM_DB_CONNECTIONS
 
     async def look_here(self, queue: Queue, acks: list[str], credit: int) -> tuple[list[broker.Delivery], broker.ReceiptResult | None]:
         """``look`` on the loop: the statement ``broker.ack_and_receive``

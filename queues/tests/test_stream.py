@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
+from django.conf import settings
 from django.db import connection
 
 from conftest import make_token
@@ -294,7 +295,7 @@ async def test_on_postgresql_a_busy_stream_claims_on_the_loop_over_a_connection_
         return real(self, *args)
 
     monkeypatch.setattr(stream.ConsumeStream, "look", counted)
-    monkeypatch.setattr(stream, "MAX_LOOP_CONNECTIONS", cap)
+    monkeypatch.setattr(settings, "MQ_STREAM_DB_CONNECTIONS", cap)
     await sync_to_async(make_queue)("loop")
     ids = await sync_to_async(send)("loop", *range(6))
     comm = await opened("loop", "?prefetch=1")
