@@ -22,6 +22,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from . import broker
+from .backends import dialect
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class Leadership:
         return self._pg is not None or self._file is not None
 
     def acquire(self) -> bool:
-        if settings.DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+        if dialect().postgres:
             return self._acquire_pg()
         return self._acquire_file()
 

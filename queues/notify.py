@@ -24,7 +24,7 @@ from typing import Any
 
 from django.conf import settings
 
-from .backends import NOTIFY_CHANNEL
+from .backends import NOTIFY_CHANNEL, dialect
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def waiter(queue_id: int, offer: Offer | None = None) -> Iterator[Waiter]:
 
 
 def _ensure_listener(loop: asyncio.AbstractEventLoop) -> None:
-    if settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+    if not dialect().postgres:
         return
     _forget_closed_loops()
     entry = _listeners.get(loop)

@@ -77,6 +77,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from pydantic import ValidationError as PydanticValidationError
 
 from .. import broker, notify
+from ..backends import dialect
 from ..exceptions import BadRequest, MQError, Unauthorized, Unavailable
 from ..metrics import REGISTRY
 from ..models import Queue, Scope, epoch_to_iso
@@ -538,7 +539,7 @@ class ConsumeStream(Stream):
         its rows are read on the loop, among everyone's frames."""
         if credit > LOOP_LOOK_MAX or acks > LOOP_LOOK_MAX:
             return False
-        if queue.fifo or queue.paused or settings.DATABASES["default"]["ENGINE"] != "django.db.backends.postgresql":
+        if queue.fifo or queue.paused or not dialect().postgres:
             return False
         if self.db is not None:
             return True
