@@ -49,6 +49,17 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     return value
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    """One of ``choices`` (upper case), whatever the case it is written in."""
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    value = raw.strip().upper()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name} must be one of {', '.join(choices)} (any case), not {raw!r}")
+    return value
+
+
 def env_list(name: str, default: list[str]) -> list[str]:
     raw = os.environ.get(name)
     if raw is None:
@@ -254,6 +265,7 @@ MQ_MAX_WAIT_SECONDS = 20
 # the others claim on their threads over the pool. 0: all of them do.
 MQ_STREAM_DB_CONNECTIONS = env_int("MQ_STREAM_DB_CONNECTIONS", 20, minimum=0)
 
+LOG_LEVEL = env_choice("MQ_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -262,7 +274,7 @@ LOGGING = {
     "loggers": {
         # Not propagated: daphne gives the root logger a handler of its own,
         # and every line would be printed twice.
-        "mqadmin": {"handlers": ["console"], "level": env_str("MQ_LOG_LEVEL", "INFO"), "propagate": False},
-        "queues": {"handlers": ["console"], "level": env_str("MQ_LOG_LEVEL", "INFO"), "propagate": False},
+        "mqadmin": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "queues": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
     },
 }

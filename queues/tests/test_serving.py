@@ -102,3 +102,17 @@ def test_our_log_lines_are_printed_once_after_daphne_sets_up_logging() -> None:
     assert run.returncode == 0, run.stderr
     assert run.stderr.count("monitor stopped") == 1, run.stderr
     assert run.stderr.count("careful") == 1, run.stderr
+
+
+def test_the_log_level_is_taken_in_any_case_and_a_wrong_one_is_named() -> None:
+    script = "import logging, django; django.setup(); print(logging.getLogger('queues.monitor').getEffectiveLevel())"
+
+    def run(level: str) -> subprocess.CompletedProcess[str]:
+        env = subprocess_env(DJANGO_SETTINGS_MODULE="mqadmin.settings", MQ_LOG_LEVEL=level)
+        return subprocess.run([PY, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+    assert run("warning").stdout.strip() == "30"
+    assert run(" Debug ").stdout.strip() == "10"
+    wrong = run("loud")
+    assert wrong.returncode != 0
+    assert "MQ_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case), not 'loud'" in wrong.stderr
