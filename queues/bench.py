@@ -97,6 +97,13 @@ class Sizes:
     big: int  # messages waiting in scenario 6/7
     dash_queues: int
 
+    def __str__(self) -> str:
+        return (
+            f"{self.rounds} rounds a scenario; a round sends {self.batches} batches of 100 and {self.singles:,} single "
+            f"messages, drains {self.drain:,}, makes {self.trips:,} round trips, handles {self.windowed:,} through a window "
+            f"and times {self.latency:,} sends; {self.big:,} waiting in rows 6-7, beside {self.dash_queues:,} queues"
+        )
+
     @classmethod
     def for_run(cls, *, quick: bool, big: int | None, rounds: int | None) -> Sizes:
         if quick:
@@ -557,7 +564,7 @@ class Bench:
         self.setup()
         load_before = os.getloadavg()
         self.say(f"mq bench: {self.s}")
-        self.say(f"machine: {self.machine}")
+        self.say(f"machine: {machine_line(self.machine)}")
         self.rabbit_reason = rabbit_available() if "rabbitmq" in self.peers else "not selected"
         self.procrastinate_reason = procrastinate_available() if "procrastinate" in self.peers else "not selected"
         with mq_server(self.results_dir / "server.log") as url:
@@ -1536,6 +1543,15 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def machine_line(m: dict[str, Any]) -> str:
+    """The machine a run measured, as the table's footer and the run's first lines say it."""
+    autovacuum = "" if m.get("autovacuum", True) else ", autovacuum off: the benchmark vacuums between rounds"
+    return (
+        f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB, {m.get('os')}, Python {m.get('python')}, "
+        f"{m.get('postgresql')} (synchronous_commit={m.get('synchronous_commit')}{autovacuum}), RabbitMQ {m.get('rabbitmq') or '?'}"
+    )
+
+
 def markdown(rows: list[Row], machine: dict[str, Any], sizes: Sizes) -> str:
     lines = [
         "| scenario | " + " | ".join(HEADERS) + " | target | met? |",
@@ -1546,10 +1562,7 @@ def markdown(rows: list[Row], machine: dict[str, Any], sizes: Sizes) -> str:
     m = machine
     lines += [
         "",
-        f"Machine: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gb')} GB, {m.get('os')}, "
-        f"Python {m.get('python')}, {m.get('postgresql')} (synchronous_commit={m.get('synchronous_commit')}"
-        f"{'' if m.get('autovacuum', True) else ', autovacuum off: the benchmark vacuums between rounds'}), "
-        f"RabbitMQ {m.get('rabbitmq') or '?'}. Load average before/after: {m.get('load_average_before')} / "
+        f"Machine: {machine_line(m)}. Load average before/after: {m.get('load_average_before')} / "
         f"{m.get('load_average_after')}; run took {m.get('duration_s')} s.",
         f"Median of {sizes.rounds} rounds (min-max); latency: percentiles over {sizes.latency * sizes.rounds} sends.",
     ]
