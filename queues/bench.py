@@ -1127,7 +1127,7 @@ class Bench:
                         verdict(r_raw and r_raw >= 0.6, r_rmq and r_rmq > 1), {"vs_raw": r_raw, "vs_rabbitmq": r_rmq},
                         verdict(f_rmq and f_rmq > 1)))
         rows.append(Row("produce_single", "2. produce, one per request", cells("produce_single"),
-                        ratios={"vs_raw": ratio(mq("produce_single"), get("produce_single", "raw"))}))
+                        ratios={"vs_raw": ratio(mq("produce_single"), raw("produce_single"))}))
         for n in (1, 4):
             key = f"drain_{n}"
             r_raw = ratio(mq(key), raw(key))
