@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -64,6 +65,16 @@ class Api:
 
     def counts(self, queue: str) -> dict:
         return self.get(f"queues/{queue}").data
+
+
+@functools.cache
+def served_handler() -> Any:
+    """The HTTP handler `mq serve` runs (queues.speedups), one per test
+    process as one per server: its request threads are reused across
+    requests."""
+    from queues.speedups import ReusedThreadsASGIHandler
+
+    return ReusedThreadsASGIHandler()
 
 
 def make_token(scopes: str = "produce,consume,admin", queues: str = "*", name: str | None = None) -> str:

@@ -19,6 +19,7 @@ from django.views.decorators.http import require_POST
 
 from queues import broker, events
 from queues.exceptions import MQError, QueueNotFound
+from queues.models import QueueCounts
 from queues.states import MessageState
 
 PAGE_SIZE = 50
@@ -60,14 +61,14 @@ def _cursor(raw: str | None) -> int | None:
 def queue_detail(request: HttpRequest, name: str) -> HttpResponse:
     queue = _queue_or_404(name)
     counts = broker.queue_counts([queue.id]).get(queue.id)
-    config = queue.to_dict(counts) if counts is not None else queue.to_dict(broker.QueueCounts())
+    config = queue.to_dict(counts) if counts is not None else queue.to_dict(QueueCounts())
     state = request.GET.get("state", MessageState.READY)
     if state not in STATES:
         state = MessageState.READY
     newest = request.GET.get("order") == "newest"
     group = (request.GET.get("group") or "").strip()[:128] or None
     cursor = _cursor(request.GET.get("after"))
-    rows = broker.browse_page(queue, state=state, group=group, newest=newest, limit=PAGE_SIZE + 1, cursor=cursor)
+    rows = broker.browse(queue, state=state, group=group, newest=newest, limit=PAGE_SIZE + 1, after=cursor)
     more = len(rows) > PAGE_SIZE
     rows = rows[:PAGE_SIZE]
     browse = {"state": state, "order": "newest" if newest else "oldest", "group": group or ""}

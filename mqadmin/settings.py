@@ -255,6 +255,9 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("MQ_MAX_REQUEST_BYTES", 10 * 1024 * 1024, 
 MQ_MONITOR = env_bool("MQ_MONITOR", True)
 # PostgreSQL with autovacuum off: the monitor vacuums the queue tables itself.
 MQ_VACUUM = env_bool("MQ_VACUUM", True)
+# `mq serve` applies its server speed-ups (queues.speedups); off: the
+# server libraries run as shipped.
+MQ_SPEEDUPS = env_bool("MQ_SPEEDUPS", True)
 # Processes `mq serve` runs on its port (above 1: PostgreSQL and Redis only).
 MQ_WORKERS = env_int("MQ_WORKERS", 1, minimum=1)
 MQ_DEDUP_WINDOW_SECONDS = env_int("MQ_DEDUP_WINDOW_SECONDS", 300, minimum=1)

@@ -7,7 +7,7 @@ one listening connection per process and event loop, not one per request.
 
 A waiting receive may also offer to take messages: a send in the same
 process then leases its new messages to it in the send's own INSERT and
-hands them over after the commit (``take``/``hand``; ``broker.Handing``), so
+hands them over after the commit (``take``/``hand``; ``broker.publish.Handing``), so
 the receive answers without a claim of its own.
 """
 
@@ -47,14 +47,22 @@ class Offer:
     consumer_id: str | None = None
 
 
+# Called (on a thread of its own) with the queue id and the deliveries a
+# send handed to a receive that had gone away.
+Unanswered = Callable[[int, list[Any]], None]
+
+
 class Waiter:
     """A receive waiting on a queue. ``wait()`` ends with True (woken: look
     again), False (timed out) or a list of deliveries a send handed it."""
 
-    def __init__(self, future: asyncio.Future[Any], offer: Offer | None, queue_id: int) -> None:
+    def __init__(
+        self, future: asyncio.Future[Any], offer: Offer | None, queue_id: int, on_unanswered: Unanswered | None = None
+    ) -> None:
         self.future = future
         self.offer = offer
         self.queue_id = queue_id
+        self.on_unanswered = on_unanswered
         # Only while it waits may a send take it; once taken, only that
         # send resolves it (a wake-up or the timeout leave it alone).
         self.armed = False
@@ -85,21 +93,16 @@ class Waiter:
                 self.future.set_result(True)
 
 
-# Called (on a thread of its own) with the queue id and the deliveries a
-# send handed to a receive that had gone away; set by the broker.
-on_unanswered: Callable[[int, list[Any]], None] | None = None
-
-
 def _deliver(waiter: Waiter, result: Any) -> None:
     if not waiter.future.done():
         waiter.future.set_result(result)
     elif isinstance(result, list) and result:
         # The receive was cancelled (its client hung up) after a send leased
         # it these: back to ready now, not at their visibility timeout.
-        if on_unanswered is None:
+        if waiter.on_unanswered is None:
             log.warning("%d messages handed to a receive that went away return at their visibility timeout", len(result))
         else:
-            waiter.future.get_loop().run_in_executor(None, on_unanswered, waiter.queue_id, result)
+            waiter.future.get_loop().run_in_executor(None, waiter.on_unanswered, waiter.queue_id, result)
 
 
 def _time_out(waiter: Waiter) -> None:
@@ -114,9 +117,9 @@ def hand(waiter: Waiter, result: list[Any] | bool) -> None:
     deliveries a send leased to it after taking it."""
     loop = waiter.future.get_loop()
     if loop.is_closed():
-        if isinstance(result, list) and result and on_unanswered is not None:
+        if isinstance(result, list) and result and waiter.on_unanswered is not None:
             # Nobody will answer: release them, off the sender's thread.
-            threading.Thread(target=on_unanswered, args=(waiter.queue_id, result), daemon=True).start()
+            threading.Thread(target=waiter.on_unanswered, args=(waiter.queue_id, result), daemon=True).start()
         return
     loop.call_soon_threadsafe(_deliver, waiter, result)
 
@@ -155,13 +158,15 @@ def take(queue_id: int, messages: int) -> list[Waiter]:
 
 
 @contextmanager
-def waiter(queue_id: int, offer: Offer | None = None) -> Iterator[Waiter]:
+def waiter(queue_id: int, offer: Offer | None = None, *, on_unanswered: Unanswered | None = None) -> Iterator[Waiter]:
     """Register interest *before* checking the queue, so a message that arrives
     between the empty check and the wait still wakes us (no lost wake-up).
-    With an ``offer``, a send in this process may lease messages to it."""
+    With an ``offer``, a send in this process may lease messages to it;
+    should the receive be gone by the time they are handed over,
+    ``on_unanswered`` gives them back."""
     loop = asyncio.get_running_loop()
     _ensure_listener(loop)
-    w = Waiter(loop.create_future(), offer, queue_id)
+    w = Waiter(loop.create_future(), offer, queue_id, on_unanswered)
     with _lock:
         _waiters.setdefault(queue_id, {})[w.future] = w
     try:

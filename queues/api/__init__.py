@@ -52,3 +52,17 @@ def build_api() -> NinjaAPI:
 
 
 api = build_api()
+
+
+def urls() -> tuple[list[Any], str, str]:
+    """The API's URL patterns (for ``include``), with their sync twins set on
+    the views they may serve for (``queues.speedups.SyncTwin``)."""
+    from django.urls import URLPattern
+
+    from .views import SYNC_TWINS
+
+    patterns, app_name, namespace = api.urls
+    for pattern in patterns:
+        if isinstance(pattern, URLPattern) and pattern.name in SYNC_TWINS:
+            pattern.callback.sync_twin = SYNC_TWINS[pattern.name]  # type: ignore[attr-defined]
+    return patterns, app_name, namespace

@@ -1,53 +1,22 @@
 """Streams: consuming and producing over a websocket. The broker pushes
 deliveries to a held connection, as RabbitMQ pushes to a consumer with a
-prefetch window; a producer sends without waiting for each answer.
+prefetch window; a producer sends without waiting for each answer. The
+frames each side sends are in ``frames.py``.
 
-``ws://host/api/v1/queues/{name}/consume?prefetch=10`` with
-``Authorization: Bearer <token>`` (a token that may consume the queue).
-Query parameters, all optional: ``prefetch`` (1-1000, default 10: how many
-unacked messages the stream may hold), ``visibility_timeout`` (s, default
-the queue's) and ``consumer`` (a registered consumer's id).
+``/api/v1/queues/{name}/consume`` holds at most ``prefetch`` unacked
+messages: a slot frees when its receipt is acked or nacked, or its lease
+expires. The acks that arrive while a claim runs ride on the next one, in
+its statement on PostgreSQL (as a receive's ``"ack"``): a busy stream claims
+and acks in batches on its own. Between deliveries it waits in the broker's
+one long-poll loop, where a send in this process may hand it messages.
+When the stream closes, the acks it sent are applied and what it still
+holds is ready again at once, each a redelivery (a consumer's leave).
 
-Client -> server frames (JSON text):
-
-- ``{"type": "ack", "receipts": [...]}``
-- ``{"type": "nack", "receipts": [...], "delay": s, "reason": "..."}``
-- ``{"type": "extend", "receipts": [...], "visibility_timeout": s}``
-
-Server -> client frames:
-
-- ``{"type": "ready", "queue": ..., "prefetch": ..., "visibility_timeout": ...,
-  "consumer": ...}`` first, once the stream is open (a refused one gets an
-  error frame instead, below);
-- ``{"type": "messages", "messages": [...]}``: deliveries, shaped as a
-  receive's; with ``acked`` and ``stale`` when acks went in the same round;
-- ``{"type": "nacked", "nacked": [...], "stale": [...]}`` and
-  ``{"type": "extended", "extended": [...], "stale": [...], "lease_expires_at": ...}``;
-- ``{"type": "error", "status": 422, "error": {"code", "message"}}``: the
-  contract's error, with the status an HTTP call would have had.
-  A bad frame is answered so and the stream goes on; a refused stream (bad
-  token, unknown queue...) gets it, then closes with 4000 + the HTTP status.
-
-The stream holds at most ``prefetch`` unacked messages: a slot frees when
-its receipt is acked or nacked, or its lease expires. The acks that arrive
-while a claim runs ride on the next one, in its statement on PostgreSQL (as
-a receive's ``"ack"``): a busy stream claims and acks in batches on its own.
-A send in this process leases its new messages to a waiting stream in its
-own INSERT, as to a long-polling receive. When the stream closes, the acks
-it sent are applied and what it still holds is ready again at once, each a
-redelivery (a consumer's leave).
-
-``ws://host/api/v1/queues/{name}/publish`` (a token that may produce to
-the queue) is the producer's side: after its ``ready`` frame, the client sends
-``{"type": "send", "id": ..., "messages": [...]}`` (the HTTP send's batch;
-``id`` is the client's, any string or number, echoed back) without waiting,
-and each frame is answered in order, after its commit, by
-``{"type": "sent", "id": ..., "messages": [{"id", "duplicate"}]}`` or an
-error frame with that ``id``. Each frame is all or nothing, as a send. Frames
-that arrive while a commit runs are written together in the next one (one
-INSERT, one commit: a group commit); should that fail, each is tried on its
-own, so one frame's error (a message too large, a full queue) is only its
-own. Frames received before the client went are still written.
+``/api/v1/queues/{name}/publish``: frames that arrive while a commit runs
+are written together in the next one (one INSERT, one commit: a group
+commit); should that fail, each is tried on its own, so one frame's error
+(a message too large, a full queue) is only its own. Frames received before
+the client went are still written.
 
 Served by plain ASGI apps, not Channels consumers: Channels gives every
 frame a thread hand-off to close old connections, and a stream does its
@@ -63,28 +32,39 @@ import contextvars
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
 import orjson
 import psycopg
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, connection
+from django.db import connection
 from prometheus_client import Gauge
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from .. import broker, notify
-from ..backends import dialect
-from ..exceptions import BadRequest, MQError, Unauthorized, Unavailable
+from ..exceptions import MQError, Unauthorized
 from ..metrics import REGISTRY
 from ..models import Queue, Scope, epoch_to_iso
-from . import schemas as s
 from .auth import _cached, allowed, check_failure_budget, record_failure, verify
 from .errors import invalid
-from .views import POLL_RECHECK_SECONDS, _check_consumer, new_messages
+from .frames import (
+    AckFrame,
+    ConsumeIn,
+    ExtendFrame,
+    NackFrame,
+    PublishIn,
+    SendFrame,
+    as_mq_error,
+    error_frame,
+    frame_id,
+    parse_frame,
+    parse_send,
+)
+from .views import new_messages
 
 log = logging.getLogger("queues.api")
 
@@ -100,8 +80,6 @@ CLOSE_INTERNAL = 1011
 # wait unapplied before the stream stops reading the client's frames.
 ACKS_PER_LOOK = 1000
 MAX_PENDING_ACKS = 10_000
-# Unacked messages a stream may hold; a look claims at most MAX_RECEIVE.
-MAX_PREFETCH = 1000
 # Send frames one commit takes at most, and how many may wait unanswered
 # before the stream stops reading the client's frames.
 FRAMES_PER_COMMIT = 16
@@ -116,115 +94,6 @@ QUIET_SECONDS = 10.0
 _loop_connections = 0
 
 OPEN_STREAMS = Gauge("mq_streams", "Streams (websockets) open in this process.", ["kind"], registry=REGISTRY)
-
-
-class ConsumeIn(BaseModel):
-    """A consume stream's query string (text, so not strict)."""
-
-    model_config = ConfigDict(extra="forbid")
-    prefetch: int = Field(10, ge=1, le=MAX_PREFETCH)
-    visibility_timeout: int | None = Field(None, ge=0, le=s.MAX_SECONDS)
-    consumer: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,40}$")
-
-
-class PublishIn(BaseModel):
-    """A publish stream takes no parameters."""
-
-    model_config = ConfigDict(extra="forbid")
-
-
-class AckFrame(s.AckIn):
-    type: Literal["ack"]
-
-
-class NackFrame(s.NackIn):
-    type: Literal["nack"]
-
-
-class ExtendFrame(s.ExtendIn):
-    type: Literal["extend"]
-
-
-FrameId = str | int | None
-
-
-class SendFrame(s.BatchIn):
-    type: Literal["send"]
-    id: Annotated[str, Field(max_length=200)] | int | None = None
-
-
-CONSUME_FRAMES: dict[str, TypeAdapter[Any]] = {
-    "ack": TypeAdapter(AckFrame),
-    "nack": TypeAdapter(NackFrame),
-    "extend": TypeAdapter(ExtendFrame),
-}
-SEND_FRAME: TypeAdapter[SendFrame] = TypeAdapter(SendFrame)
-
-
-def _decoded(data: str | bytes, kinds: Collection[str]) -> dict[str, Any]:
-    """A frame's JSON object, whose ``type`` is one of ``kinds``."""
-    try:
-        content = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        raise BadRequest("A frame must be JSON.") from None
-    if not isinstance(content, dict) or content.get("type") not in kinds:
-        names = [f'"{k}"' for k in kinds]
-        wanted = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
-        raise BadRequest(f'A frame is a JSON object whose "type" is {wanted}.')
-    return content
-
-
-def _validated[T](adapter: TypeAdapter[T], content: dict[str, Any]) -> T:
-    try:
-        return adapter.validate_python(content)
-    except PydanticValidationError as exc:
-        raise invalid(exc.errors()) from None
-
-
-def parse_frame(data: str | bytes) -> AckFrame | NackFrame | ExtendFrame:
-    """A consumer's frame, validated as the matching HTTP call's body;
-    raises the contract's error (400 for the wrong shape, 422 for a bad
-    value)."""
-    content = _decoded(data, CONSUME_FRAMES)
-    frame: AckFrame | NackFrame | ExtendFrame = _validated(CONSUME_FRAMES[content["type"]], content)
-    broker.parse_receipts(frame.receipts)  # InvalidValue for a malformed one, before anything is applied
-    return frame
-
-
-def parse_send(data: str | bytes) -> SendFrame:
-    """A producer's frame, validated as the HTTP send's batch."""
-    return _validated(SEND_FRAME, _decoded(data, ("send",)))
-
-
-def frame_id(data: str | bytes) -> FrameId:
-    """The ``id`` of a frame that could not be parsed, if it has a usable one."""
-    try:
-        content = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        return None
-    value = content.get("id") if isinstance(content, dict) else None
-    return value if isinstance(value, (str, int)) and not isinstance(value, bool) and len(str(value)) <= 200 else None
-
-
-def error_frame(exc: MQError, id: FrameId = None) -> dict[str, Any]:
-    """The contract's error, with the HTTP status the same call would have
-    had (a frame has no status line), and the ``id`` of the frame it answers."""
-    frame: dict[str, Any] = {"type": "error", "status": exc.status, "error": {"code": exc.code, "message": exc.message, **exc.extra}}
-    if id is not None:
-        frame["id"] = id
-    return frame
-
-
-def as_mq_error(exc: Exception) -> MQError | None:
-    """The contract's error for what a stream's database work raised (None:
-    a bug, logged and closed with 1011)."""
-    if isinstance(exc, MQError):
-        return exc
-    if isinstance(exc, (OperationalError, InterfaceError, psycopg.OperationalError, psycopg.InterfaceError)) or type(exc).__name__ == "PoolTimeout":
-        return Unavailable()
-    if isinstance(exc, (DatabaseError, psycopg.DatabaseError)):
-        return Unavailable("The database refused the operation; retry shortly.")
-    return None
 
 
 class SocketApp:
@@ -429,7 +298,7 @@ class ConsumeStream(Stream):
     async def open(self, scope: dict[str, Any]) -> None:
         await super().open(scope)
         if self.consumer is not None:
-            await self.in_thread(_check_consumer, self.consumer)
+            await self.in_thread(broker.check_consumer, self.consumer)
 
     async def on_frame(self, data: str | bytes) -> None:
         try:
@@ -501,25 +370,34 @@ class ConsumeStream(Stream):
             return
         credit = min(credit, broker.MAX_RECEIVE)
         offer = notify.Offer(credit, self.visibility_timeout, self.consumer)
-        with notify.waiter(queue.id, offer) as waiter:
+
+        async def look(queue: Queue, _looks: int) -> broker.Received:
             if self.look_on_loop(queue, credit, len(acks)):
                 self.looking = asyncio.ensure_future(self.look_here(queue, acks, credit))
-                look: Awaitable[Any] = self.looking
-            else:
-                look = self.in_thread(self.look, queue, acks, credit)
-            deliveries, acked = await broker.unlost(queue.id, look, _leased)
-            self.looking = None
-            await self.note_quiet(bool(deliveries))
-            if not deliveries and acked is None and not self.pending():
-                self.waiter = waiter
                 try:
-                    handed = await waiter.wait(POLL_RECHECK_SECONDS)
+                    received = await asyncio.shield(self.looking)
                 finally:
-                    self.waiter = None
-                if isinstance(handed, list):
-                    deliveries = handed
-        if deliveries or acked is not None:
-            await self.deliver(deliveries, acked)
+                    self.looking = None
+            else:
+                received = await self.in_thread(self.look, queue, acks, credit)
+            await self.note_quiet(bool(received.deliveries))
+            return received
+
+        received = await broker.long_poll(
+            queue,
+            look,
+            offer=offer,
+            wait=broker.waiting.POLL_RECHECK_SECONDS,
+            may_wait=lambda got: got.acked is None and not self.pending(),
+            once=True,
+            on_wait=self.waiting,
+        )
+        if received.deliveries or received.acked is not None:
+            await self.deliver(received.deliveries, received.acked)
+
+    def waiting(self, waiter: notify.Waiter | None) -> None:
+        """The waiter a frame interrupts (``take``), while the stream waits."""
+        self.waiter = waiter
 
     def pending(self) -> bool:
         return bool(self.acks or self.ops)
@@ -539,18 +417,15 @@ class ConsumeStream(Stream):
         its rows are read on the loop, among everyone's frames."""
         if credit > LOOP_LOOK_MAX or acks > LOOP_LOOK_MAX:
             return False
-        if queue.fifo or queue.paused or not dialect().postgres:
+        if not broker.one_statement(queue):
             return False
         if self.db is not None:
             return True
         return self.quiet_since is None and _loop_connections < settings.MQ_STREAM_DB_CONNECTIONS
 
-    async def look_here(self, queue: Queue, acks: list[str], credit: int) -> tuple[list[broker.Delivery], broker.ReceiptResult | None]:
-        """``look`` on the loop: the statement ``broker.ack_and_receive``
-        (or ``receive``) runs on PostgreSQL for such a queue, with the rare
-        second claim after due delayed messages were promoted."""
+    async def look_here(self, queue: Queue, acks: list[str], credit: int) -> broker.Received:
+        """``look`` on the loop, over the stream's own connection."""
         global _loop_connections
-        parsed = broker.parse_receipts(acks)
         if self.db is None:
             _loop_connections += 1
             try:
@@ -559,22 +434,13 @@ class ConsumeStream(Stream):
             except BaseException:
                 _loop_connections -= 1
                 raise
-        vt = queue.visibility_timeout if self.visibility_timeout is None else self.visibility_timeout
-        now = time.time()
-        expires = now + vt
         try:
-            cur = await self.db.execute(*broker.receive_statement(queue, now, expires, credit, self.consumer, acks=parsed or None))
-            rows, promoted, found = broker.split_claim_rows(await cur.fetchall())
-            if promoted:  # as broker._receive does
-                await self.db.execute(*broker.announce_statement(queue.id))
-                notify.wake([queue.id])
-                if len(rows) < credit:
-                    cur = await self.db.execute(*broker.reclaim_statement(queue, credit - len(rows), expires, self.consumer))
-                    rows += await cur.fetchall()
+            return await broker.areceive_on(
+                self.db, queue, acks, max_messages=credit, visibility_timeout=self.visibility_timeout, consumer_id=self.consumer
+            )
         except BaseException:
             await self.close_db()  # in an unknown state: the next look connects afresh
             raise
-        return broker.to_deliveries(rows, expires), broker.match_receipts(parsed, found) if parsed else None
 
     async def note_quiet(self, delivered: bool) -> None:
         """A stream whose looks have found nothing for QUIET_SECONDS gives its
@@ -602,9 +468,9 @@ class ConsumeStream(Stream):
     async def idle(self) -> None:
         """Full: wait for a frame, or for the first held lease to run out."""
         self.wake.clear()
-        first = min(self.held.values(), default=time.time() + POLL_RECHECK_SECONDS)
+        first = min(self.held.values(), default=time.time() + broker.waiting.POLL_RECHECK_SECONDS)
         try:
-            await asyncio.wait_for(self.wake.wait(), max(0.0, min(first - time.time(), POLL_RECHECK_SECONDS)) + 0.001)
+            await asyncio.wait_for(self.wake.wait(), max(0.0, min(first - time.time(), broker.waiting.POLL_RECHECK_SECONDS)) + 0.001)
         except TimeoutError:
             pass
 
@@ -618,12 +484,12 @@ class ConsumeStream(Stream):
 
     # -- on the stream's thread ----------------------------------------------
 
-    def look(self, queue: Queue, acks: list[str], credit: int) -> tuple[list[broker.Delivery], broker.ReceiptResult | None]:
+    def look(self, queue: Queue, acks: list[str], credit: int) -> broker.Received:
         options: dict[str, Any] = {"max_messages": credit, "visibility_timeout": self.visibility_timeout, "consumer_id": self.consumer}
         try:
             if acks:
-                return broker.ack_and_receive(queue, acks, **options)
-            return broker.receive(queue, **options), None
+                return broker.Received(*broker.ack_and_receive(queue, acks, **options))
+            return broker.Received(broker.receive(queue, **options))
         finally:
             connection.close()  # back to the pool: an idle stream holds none
 
@@ -751,7 +617,3 @@ class PublishStream(Stream):
 
 def close_connection() -> None:
     connection.close()  # the calling thread's
-
-
-def _leased(look: tuple[list[broker.Delivery], Any]) -> list[broker.Delivery]:
-    return look[0]

@@ -3,28 +3,20 @@ and shape its results. Errors become the contract's JSON in ``errors.py``."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
-from asgiref.sync import sync_to_async
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from ninja import Body, Query, Router
-
-from mqadmin.handlers import NOW_SUFFIX, SERVED_NOW
 
 from .. import broker, notify
 from ..exceptions import InvalidValue, NotFound
-from ..models import Consumer, Queue, Scope, epoch_to_iso
+from ..models import Scope, epoch_to_iso
+from ..speedups import SyncTwin, is_twin_request
 from . import schemas as s
 from .auth import BearerAuth, require
 
 router = Router()
-
-# A waiting receive re-checks the queue at least this often even without a
-# wake-up: covers delays coming due, lease expiries, a lost NOTIFY.
-POLL_RECHECK_SECONDS = 1.0
-
 
 def json_response(data: Any, status: int = 200) -> HttpResponse:
     return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
@@ -130,105 +122,72 @@ def new_messages(items: list[s.MessageIn]) -> list[broker.NewMessage]:
     auth=BearerAuth(on_loop=True),
     response={200: s.ReceiveOut, **ERRORS},
     summary="Lease messages (long poll with wait)",
+    url_name="receive",
 )
 async def receive(request: HttpRequest, name: str, payload: s.ReceiveIn | None = None) -> HttpResponse:
     p = payload or s.ReceiveIn.model_validate({})
     require(request, Scope.CONSUME, name)
     queue = await broker.aget_queue(name)
-    deadline = time.monotonic() + p.wait
-    options = _options(p)
-    # The consumer's check and the acks go in the same thread hand-off as
-    # the first look.
-    first = p.consumer is not None or p.ack is not None
-    acked = None
     # While it waits, a send in this process may lease it messages directly.
     offer = notify.Offer(p.max, p.visibility_timeout, p.consumer)
-    while True:
-        # Register before looking, so a send between the look and the wait
-        # still wakes us.
-        with notify.waiter(queue.id, offer) as waiter:
-            # Should the client hang up while a look runs, what it leased
-            # is ready again at once (``unlost``).
-            if first:
-                deliveries, acked = await broker.unlost(queue.id, _afirst_look(queue, p.ack, **options), _leased)
-                first = False
-            else:
-                deliveries = await broker.unlost(queue.id, broker.areceive(queue, **options), list)
-            remaining = deadline - time.monotonic()
-            if not deliveries and remaining > 0:
-                handed = await waiter.wait(min(remaining, POLL_RECHECK_SECONDS))
-                if isinstance(handed, list):
-                    deliveries = handed
-            if deliveries or remaining <= 0:
-                return _received(deliveries, acked)
-        # Pick up pause/resume and config changes made while we waited.
-        queue = await broker.aget_queue(name)
+    looks = broker.thread_looks(p.ack, max_messages=p.max, visibility_timeout=p.visibility_timeout, consumer_id=p.consumer)
+    return _received(await broker.long_poll(queue, looks, offer=offer, wait=p.wait))
 
 
-# ``mq serve``'s handler (mqadmin.handlers) serves a receive that does not
-# wait here: the same call, answered on the one-hand-off path of sync views.
-# Not part of the API: it answers 404 to anyone else.
-@router.post(f"/queues/{{name}}/receive{NOW_SUFFIX}", response={200: s.ReceiveOut, **ERRORS}, include_in_schema=False)
+@router.post(
+    "/queues/{name}/receive-now",
+    response={200: s.ReceiveOut, **ERRORS},
+    include_in_schema=False,
+    url_name="receive_now",
+)
 def receive_now(request: HttpRequest, name: str, payload: s.ReceiveIn | None = None) -> HttpResponse:
-    """``receive`` for a call with no ``wait``: its first look is all it does,
-    so it runs as a sync view, in one hand-off to the request's thread
-    instead of two: a quarter less server CPU for an empty receive, a sixth
-    for a one-message round trip. The handler chose it by
-    the body and watches the client meanwhile: should the client hang up,
-    what the look leased (``response.leased``) is released at once, as
-    ``receive`` does through ``broker.unlost``."""
-    if not getattr(request, "scope", {}).get(SERVED_NOW):
+    """``receive``'s sync twin, for a call that does not wait: its first look
+    is all it does, so ``mq serve``'s handler runs it as a sync view, in one
+    hand-off to the request's thread instead of two. Not part of the API:
+    it answers 404 to a request the handler did not route here."""
+    if not is_twin_request(request):
         raise NotFound(f"No endpoint at {request.path}.")
     p = payload or s.ReceiveIn.model_validate({})
     require(request, Scope.CONSUME, name)
     queue = broker.get_queue(name)
-    deliveries, acked = _first_look(queue, p.ack, **_options(p))
-    response = _received(deliveries, acked)
-    response.leased = (queue.id, deliveries)  # type: ignore[attr-defined]
+    options = {"max_messages": p.max, "visibility_timeout": p.visibility_timeout, "consumer_id": p.consumer}
+    received = broker.first_look(queue, p.ack, options)
+    response = _received(received)
+    response.leased = (queue.id, received.deliveries)  # type: ignore[attr-defined]
     return response
 
 
-def _options(p: s.ReceiveIn) -> dict[str, Any]:
-    return {"max_messages": p.max, "visibility_timeout": p.visibility_timeout, "consumer_id": p.consumer}
+def _release_unanswered(response: HttpResponseBase) -> None:
+    """The client hung up while ``receive_now`` ran: what it leased is ready
+    again at once, as ``broker.unlost`` does for the async view."""
+    leased: tuple[int, list[broker.Delivery]] | None = getattr(response, "leased", None)
+    if leased and leased[1]:
+        broker.release_unanswered_now(*leased)
 
 
-def _received(deliveries: list[broker.Delivery], acked: broker.ReceiptResult | None) -> HttpResponse:
-    out: dict[str, Any] = {"messages": [d.to_dict() for d in deliveries]}
-    if acked is not None:
-        out |= {"acked": acked.done, "stale": acked.stale}
+def may_wait(body: bytes) -> bool:
+    """Whether a receive's body may ask it to wait: anything but a JSON
+    object whose ``wait`` is absent or zero. A body the API would refuse
+    goes the async view's way, which answers it."""
+    try:
+        data = orjson.loads(body) if body else {}
+    except orjson.JSONDecodeError:
+        return True
+    if not isinstance(data, dict):
+        return True
+    wait = data.get("wait", 0)
+    return type(wait) not in (int, float) or wait != 0
+
+
+# Views (by URL name) that a sync twin may serve under `mq serve` (queues.speedups).
+SYNC_TWINS = {"receive": SyncTwin("receive_now", when=lambda body: not may_wait(body), on_hang_up=_release_unanswered)}
+
+
+def _received(received: broker.Received) -> HttpResponse:
+    out: dict[str, Any] = {"messages": [d.to_dict() for d in received.deliveries]}
+    if received.acked is not None:
+        out |= {"acked": received.acked.done, "stale": received.acked.stale}
     return json_response(out)
-
-
-def _check_consumer(consumer_id: str) -> None:
-    from ..exceptions import ConsumerDead, ConsumerNotFound
-    from ..models import ConsumerStatus
-
-    status = Consumer.objects.filter(pk=consumer_id).values_list("status", flat=True).first()
-    if status is None:
-        raise ConsumerNotFound(f"No consumer with id {consumer_id!r}; register first.")
-    if status == ConsumerStatus.DEAD:
-        raise ConsumerDead()
-
-
-def _leased(look: tuple[list[broker.Delivery], Any]) -> list[broker.Delivery]:
-    return look[0]
-
-
-def _first_look(
-    queue: Queue, receipts: list[str] | None, **options: Any
-) -> tuple[list[broker.Delivery], broker.ReceiptResult | None]:
-    """A receive's first look with what rides on it: the consumer's check
-    (nothing is acked for a consumer that is unknown or dead), then the acks
-    (before the claim, so a long poll holds no finished message; on
-    PostgreSQL in the claim's own statement), then the claim."""
-    if options["consumer_id"] is not None:
-        _check_consumer(options["consumer_id"])
-    if receipts is None:
-        return broker.receive_before_wait(queue, **options), None
-    return broker.ack_and_receive_before_wait(queue, receipts, **options)
-
-
-_afirst_look = sync_to_async(_first_look)
 
 
 @router.post("/queues/{name}/ack", response={200: s.AckOut, **ERRORS}, summary="Acknowledge (delete) messages")

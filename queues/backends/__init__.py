@@ -1,73 +1,40 @@
-"""The SQL that differs between PostgreSQL and SQLite.
-
-Both run the same statements where they can; the differences are row locking
-(PostgreSQL's ``FOR UPDATE SKIP LOCKED`` vs SQLite's one writer at a time under
-``BEGIN IMMEDIATE``), how a random lease token is made, and wake-ups
-(PostgreSQL ``NOTIFY`` reaches every process; SQLite is one process).
-"""
+"""The SQL that the broker runs, per database: ``postgresql.py`` and
+``sqlite.py``, over what both share (``common.py``). ``dialect()`` gives the
+statements of the configured database."""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from importlib import import_module
 from typing import Any
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connection
 
-NOTIFY_CHANNEL = "mq_ready"
+from .common import Statement, Statements, placeholders
+from .postgresql import NOTIFY_CHANNEL, PostgreSQL
+from .sqlite import SQLite
+
+__all__ = ["NOTIFY_CHANNEL", "PostgreSQL", "SQLite", "Statement", "Statements", "dialect", "placeholders", "prepared_cursor"]
+
+POSTGRESQL = PostgreSQL()
+SQLITE = SQLite()
 
 
-@dataclass(frozen=True)
-class Dialect:
-    postgres: bool
-    #: appended to a SELECT that picks rows to claim
-    skip_locked: str
-    #: appended to a SELECT that must keep its rows until commit
-    for_update: str
-    #: appended to a SELECT whose rows must not change until commit (others may read)
-    for_share: str
-    #: a fresh random 32-character token, computed per row in SQL
-    random_token: str
-
-
-POSTGRES = Dialect(
-    postgres=True,
-    skip_locked=" FOR UPDATE SKIP LOCKED",
-    for_update=" FOR UPDATE",
-    for_share=" FOR SHARE",
-    random_token="replace(gen_random_uuid()::text, '-', '')",
-)
-# Under BEGIN IMMEDIATE a SQLite transaction is the only writer: the rows it
-# reads cannot change under it, so no lock clause is needed (or accepted).
-SQLITE = Dialect(
-    postgres=False,
-    skip_locked="",
-    for_update="",
-    for_share="",
-    random_token="lower(hex(randomblob(16)))",
-)
-
-
-def dialect() -> Dialect:
-    return POSTGRES if _vendor(settings.DATABASES[DEFAULT_DB_ALIAS]["ENGINE"]) == "postgresql" else SQLITE
+def dialect() -> Statements:
+    """The statements of the default database (``.postgres`` tells which)."""
+    return POSTGRESQL if _vendor(settings.DATABASES[DEFAULT_DB_ALIAS]["ENGINE"]) == "postgresql" else SQLITE
 
 
 @functools.cache
 def _vendor(engine: str) -> str:
     # The backend class's own attribute, not ``connection.vendor``: on the
     # event loop each task is a context of its own, where reaching
-    # ``connection`` builds a new DatabaseWrapper (5 % of the server's CPU
-    # per streamed round trip, when a consume stream's look built its
-    # statement).
+    # ``connection`` builds a new DatabaseWrapper (a noticeable share of the
+    # server's CPU when a consume stream's look built its statement).
     return str(import_module(f"{engine}.base").DatabaseWrapper.vendor)
-
-
-def placeholders(count: int) -> str:
-    return ", ".join(["%s"] * count)
 
 
 @contextmanager
@@ -79,12 +46,12 @@ def prepared_cursor() -> Iterator[Any]:
     psycopg prepares each one after a few runs on a connection (the pool
     keeps connections): planned once instead of at every call. Django binds
     on the client, which never prepares; the plan of a claim, a WITH of four
-    parts, cost about 0.5 ms on the 2-core machine, as much as running it.
-    These statements' texts are fixed (their rows travel as one JSON
-    parameter), so a connection holds a handful of plans. The cursor is
-    Django's wrapper around psycopg's server-side binding cursor: errors are
-    Django's, and query logging and execute wrappers see the statements.
-    ``MQ_DB_PREPARE=off`` (no ``prepare_threshold``) gives Django's cursor."""
+    parts, cost as much as running it. These statements' texts are fixed
+    (their rows travel as one JSON parameter), so a connection holds a
+    handful of plans. The cursor is Django's wrapper around psycopg's
+    server-side binding cursor: errors are Django's, and query logging and
+    execute wrappers see the statements. ``MQ_DB_PREPARE=off`` (no
+    ``prepare_threshold``) gives Django's cursor."""
     if connection.vendor != "postgresql" or connection.settings_dict["OPTIONS"].get("prepare_threshold") is None:
         with connection.cursor() as cur:
             yield cur

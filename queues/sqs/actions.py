@@ -22,10 +22,6 @@ from ..models import Message, Queue, Scope, Token
 from . import attributes as attrs
 from . import errors
 
-# A waiting ReceiveMessage re-checks the queue at least this often even
-# without a wake-up (delays coming due, expired leases, a lost NOTIFY), as
-# the JSON API's receive does.
-POLL_RECHECK_SECONDS = 1.0
 MAX_BATCH_ENTRIES = 10
 MAX_BATCH_BYTES = 1024 * 1024
 # SQS's maximum visibility timeout (12 hours).
@@ -376,17 +372,9 @@ async def receive_message(call: Call, p: Params) -> dict[str, Any]:
     wanted_attributes = p.strings("MessageAttributeNames")
     call.require(Scope.CONSUME, name)
     queue = await broker.aget_queue(name)
-    deadline = time.monotonic() + wait
-    while True:
-        # Register before looking, so a send between the look and the wait
-        # still wakes us (the JSON API's receive does the same).
-        with notify.waiter(queue.id) as waiter:
-            deliveries = await broker.areceive(queue, max_messages=max_messages, visibility_timeout=visibility)
-            remaining = deadline - time.monotonic()
-            if deliveries or remaining <= 0:
-                break
-            await waiter.wait(min(remaining, POLL_RECHECK_SECONDS))
-        queue = await broker.aget_queue(name)
+    looks = broker.thread_looks(None, max_messages=max_messages, visibility_timeout=visibility, consumer_id=None)
+    offer = notify.Offer(max_messages, visibility)
+    deliveries = (await broker.long_poll(queue, looks, offer=offer, wait=wait)).deliveries
     if not deliveries:
         return {}
     return await _areceived(queue, deliveries, system, wanted_attributes)

@@ -11,6 +11,7 @@ from datetime import datetime
 import pytest
 from django.db import connection
 
+from conftest import served_handler
 from queues import broker, monitor
 from queues.models import Consumer, ConsumerStatus, Message
 
@@ -390,9 +391,9 @@ def test_long_poll_wakes_early_when_a_message_arrives(tapi, monkeypatch):
     """A receive waiting up to 3 s returns soon after a send from another
     thread. Its periodic re-check is pushed out of the way, so only the
     wake-up can end the wait early."""
-    from queues.api import views
+    from queues.broker import waiting
 
-    monkeypatch.setattr(views, "POLL_RECHECK_SECONDS", 30.0)
+    monkeypatch.setattr(waiting, "POLL_RECHECK_SECONDS", 30.0)
     tapi.make_queue("jobs")
     waiter, result = waiting_receive(tapi, "jobs", wait=3)
     sent_at = time.monotonic()
@@ -409,14 +410,14 @@ def test_a_send_hands_its_messages_to_a_receive_waiting_in_this_process(tapi, mo
     INSERT: the receive answers without a claim of its own, with the
     messages a claim would have chosen (highest priority, then oldest, up
     to its max), on leases as real as a claim's."""
-    from queues.api import views
+    from queues.broker import waiting
 
-    monkeypatch.setattr(views, "POLL_RECHECK_SECONDS", 30.0)
+    monkeypatch.setattr(waiting, "POLL_RECHECK_SECONDS", 30.0)
     tapi.make_queue("jobs", visibility_timeout=120)
     cid = tapi.post("consumers", {"name": "w", "queues": ["jobs"]}).data["id"]
     looks: list[dict] = []
-    claim = broker.receive
-    monkeypatch.setattr(broker, "receive", lambda queue, **kw: looks.append(kw) or claim(queue, **kw))
+    claim = waiting.receive
+    monkeypatch.setattr(waiting, "receive", lambda queue, **kw: looks.append(kw) or claim(queue, **kw))
     waiter, result = waiting_receive(tapi, "jobs", wait=3, max=2, consumer=cid, visibility_timeout=60)
     sent_at = time.time()
     new = [broker.NewMessage(body=b'"a"'), broker.NewMessage(body=b'"b"', priority=5), broker.NewMessage(body=b'"c"')]
@@ -439,9 +440,9 @@ def test_a_send_hands_its_messages_to_a_receive_waiting_in_this_process(tapi, mo
 def test_a_send_hands_nothing_to_a_receive_whose_consumer_was_declared_dead_meanwhile(tapi, monkeypatch):
     # The receive checked its consumer before it waited. Handed the message,
     # it would hold it for a dead consumer until the monitor took it back.
-    from queues.api import views
+    from queues.broker import waiting
 
-    monkeypatch.setattr(views, "POLL_RECHECK_SECONDS", 30.0)
+    monkeypatch.setattr(waiting, "POLL_RECHECK_SECONDS", 30.0)
     tapi.make_queue("jobs")
     cid = tapi.post("consumers", {"name": "w", "queues": ["jobs"]}).data["id"]
     waiter, result = waiting_receive(tapi, "jobs", wait=1, consumer=cid)
@@ -459,9 +460,9 @@ def test_a_send_inside_a_callers_transaction_hands_nothing(tapi, monkeypatch):
     # messages would not exist: the receive looks for itself after the commit.
     from django.db import transaction
 
-    from queues.api import views
+    from queues.broker import waiting
 
-    monkeypatch.setattr(views, "POLL_RECHECK_SECONDS", 30.0)
+    monkeypatch.setattr(waiting, "POLL_RECHECK_SECONDS", 30.0)
     tapi.make_queue("jobs")
     waiter, result = waiting_receive(tapi, "jobs", wait=3)
     with transaction.atomic():
@@ -484,7 +485,7 @@ def test_what_a_receive_leased_is_ready_again_at_once_when_its_client_hangs_up_d
     import json
 
     if handler == "served":
-        from mqadmin.asgi import application
+        application = served_handler()
     else:
         from django.core.asgi import get_asgi_application
 
@@ -496,7 +497,9 @@ def test_what_a_receive_leased_is_ready_again_at_once_when_its_client_hangs_up_d
     waiting = tapi.send("jobs", "a", "b")
     claimed = threading.Event()
     hung_up = threading.Event()
-    claim = broker._receive  # under receive and ack_and_receive
+    from queues.broker import claim as claiming
+
+    claim = claiming._claim  # under receive and ack_and_receive
 
     def slow_claim(*args, **kw):  # type: ignore[no-untyped-def]
         hung_up.wait(5)  # the client is gone before the claim runs
@@ -504,7 +507,7 @@ def test_what_a_receive_leased_is_ready_again_at_once_when_its_client_hangs_up_d
         claimed.set()
         return got
 
-    monkeypatch.setattr(broker, "_receive", slow_claim)
+    monkeypatch.setattr(claiming, "_claim", slow_claim)
     body = {"max": 10, **({"ack": [done["receipt"]]} if acks else {})}
     sent: list[dict] = []
 
@@ -552,9 +555,9 @@ def test_receive_with_a_consumer_that_left_is_410(api):
 
 
 def test_long_poll_on_a_paused_queue_wakes_when_it_is_resumed(tapi, monkeypatch):
-    from queues.api import views
+    from queues.broker import waiting
 
-    monkeypatch.setattr(views, "POLL_RECHECK_SECONDS", 30.0)
+    monkeypatch.setattr(waiting, "POLL_RECHECK_SECONDS", 30.0)
     tapi.make_queue("jobs", paused=True)
     tapi.send("jobs", "held")
     waiter, result = waiting_receive(tapi, "jobs", wait=4)
@@ -567,12 +570,12 @@ def test_long_poll_on_a_paused_queue_wakes_when_it_is_resumed(tapi, monkeypatch)
 
 
 def served_post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, dict]:
-    """One POST through the ASGI application `mq serve` runs."""
+    """One POST through the ASGI handler `mq serve` runs."""
     import orjson
     from asgiref.sync import async_to_sync
     from channels.testing import HttpCommunicator
 
-    from mqadmin.asgi import application
+    application = served_handler()
 
     pairs = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
     pairs += [(b"content-type", b"application/json"), (b"host", b"testserver")]
@@ -581,15 +584,14 @@ def served_post(path: str, body: bytes, headers: dict[str, str]) -> tuple[int, d
 
 
 def test_mq_serve_answers_a_receive_that_does_not_wait_on_the_sync_path(tapi, monkeypatch):
-    # The sync view calls _first_look by its module name; the async one holds
-    # its own reference (sync_to_async): the spy sees only the sync path.
+    # The sync twin calls broker.first_look by its name; the async view's
+    # looks hold their own reference (sync_to_async): the spy sees only the
+    # sync path.
     import orjson
 
-    from queues.api import views
-
-    looks: list[dict] = []
-    first_look = views._first_look
-    monkeypatch.setattr(views, "_first_look", lambda *a, **kw: looks.append(kw) or first_look(*a, **kw))
+    looks: list[tuple] = []
+    first_look = broker.first_look
+    monkeypatch.setattr(broker, "first_look", lambda *a: looks.append(a) or first_look(*a))
     tapi.make_queue("jobs")
     tapi.send("jobs", "a", "b", "c")
     status, out = served_post("/api/v1/queues/jobs/receive", orjson.dumps({"max": 1}), tapi.headers)
@@ -643,10 +645,6 @@ def test_the_sync_receive_path_is_not_part_of_the_api(tapi):
     ],
 )
 def test_which_receives_may_wait(body, waits):
-    import io
+    from queues.api.views import may_wait
 
-    from mqadmin.handlers import may_wait
-
-    f = io.BytesIO(body)
-    assert may_wait(f) is waits
-    assert f.read() == body  # left for the view to read
+    assert may_wait(body) is waits

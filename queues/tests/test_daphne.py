@@ -1,4 +1,4 @@
-"""What mqadmin/asgi.py changes in daphne and Twisted, per request, for speed:
+"""What `mq serve` changes (queues/speedups.py) in daphne and Twisted, per request, for speed:
 each change must keep what users see (daphne's access log) and drop only
 work whose result nobody reads."""
 
@@ -11,7 +11,9 @@ import daphne.http_protocol
 import twisted.web.http
 from twisted.web.test.requesthelper import DummyRequest
 
-import mqadmin.asgi  # noqa: F401 - applies the changes, as `mq serve` does
+from queues import speedups
+
+speedups.patch_twisted_and_daphne()  # as `mq serve` does
 
 
 def test_twisted_formats_no_second_access_log_line() -> None:

@@ -2,7 +2,7 @@
 login; every response keeps its security headers; pages keep CSRF. Checked on
 three paths: Django's sync handler (Client), Django's ASGI one (AsyncClient),
 where our subclasses run their hooks on the event loop, and the ASGI handler
-`mq serve` runs (mqadmin/handlers.py), which serves a sync view with the sync
+`mq serve` runs (queues/speedups.py), which serves a sync view with the sync
 middleware chain on one request thread."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from django.core.checks import run_checks
 from django.test import AsyncClient, Client, override_settings
 
-from conftest import make_token
+from conftest import make_token, served_handler
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -40,7 +40,7 @@ def serve(method: str, path: str, data: str = "", content_type: str = "", header
     from asgiref.sync import async_to_sync
     from channels.testing import HttpCommunicator
 
-    from mqadmin.asgi import application
+    application = served_handler()
 
     pairs = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     if content_type:

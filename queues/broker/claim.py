@@ -1,0 +1,261 @@
+"""The claim: where a message is leased to a receive.
+
+Every receive claims here, whoever asks: an HTTP receive, an SQS
+ReceiveMessage, a consume stream (``receive`` and ``ack_and_receive`` on the
+request's thread; ``areceive_on`` on the event loop over a connection the
+caller holds). A claim leases ready messages, highest priority first, then
+oldest; on a FIFO queue only each group's head, of the groups the consumer
+owns. Due delayed messages become ready on the way.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections import defaultdict
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, NamedTuple
+
+import orjson
+from django.db import connection, transaction
+
+from .. import notify
+from ..backends import PostgreSQL, Statement, dialect, prepared_cursor
+from ..hashing import owned_clause
+from ..models import Queue, epoch_to_iso
+from ..states import MessageState as S
+from .counters import Tally
+from .receipts import ReceiptResult, ack, match_receipts, parse_receipts
+
+# Messages one receive may claim.
+MAX_RECEIVE = 100
+
+
+class Delivery(NamedTuple):
+    """A message leased to a receive. A named tuple, not a frozen dataclass:
+    a claim builds up to 100 of them, and a frozen dataclass's __init__
+    costs several times more."""
+
+    id: int
+    body: str
+    headers: str
+    priority: int
+    group: str
+    delivery_count: int
+    enqueued_at: float
+    lease_token: str
+    lease_expires_at: float
+
+    @property
+    def receipt(self) -> str:
+        return f"{self.id}.{self.lease_token}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": str(self.id),
+            "body": orjson.Fragment(self.body),
+            "headers": orjson.Fragment(self.headers),
+            "priority": self.priority,
+            "group": self.group or None,
+            "delivery_count": self.delivery_count,
+            "enqueued_at": epoch_to_iso(self.enqueued_at),
+            "receipt": self.receipt,
+            "lease_expires_at": epoch_to_iso(self.lease_expires_at),
+        }
+
+
+class Received(NamedTuple):
+    """A receive's answer: its deliveries, and the verdict on the acks that
+    rode on it (None when none did)."""
+
+    deliveries: list[Delivery]
+    acked: ReceiptResult | None = None
+
+
+def receive(
+    queue: Queue,
+    *,
+    max_messages: int = 1,
+    visibility_timeout: int | None = None,
+    consumer_id: str | None = None,
+    now: float | None = None,
+) -> list[Delivery]:
+    """Lease up to ``max_messages`` ready messages: highest priority first,
+    then oldest. One claiming statement, whatever the batch size. Returns the
+    deliveries (empty when nothing is ready or the queue is paused)."""
+    return _claim(queue, max_messages, visibility_timeout, consumer_id, now, None).deliveries
+
+
+def ack_and_receive(
+    queue: Queue,
+    receipts: Sequence[str],
+    *,
+    max_messages: int = 1,
+    visibility_timeout: int | None = None,
+    consumer_id: str | None = None,
+    now: float | None = None,
+) -> tuple[list[Delivery], ReceiptResult]:
+    """``ack(receipts)``, then ``receive``: what a consumer does between two
+    batches. The acks come first, so no finished message is held while the
+    receive waits.
+
+    On PostgreSQL, for a queue that is neither paused nor FIFO, both are ONE
+    statement (``PostgreSQL.receive``): one commit, not two. The claim skips
+    the messages the acks delete: a message whose lease expired while it
+    stayed ready still takes its ack (as SQS), and is not handed out again.
+    A FIFO queue acks first and claims after, in two statements: the claim
+    must see the ack, or a group whose message was just acked would look
+    busy."""
+    parsed = parse_receipts(receipts)
+    if parsed and one_statement(queue):
+        received = _claim(queue, max_messages, visibility_timeout, consumer_id, now, parsed)
+        assert received.acked is not None
+        return received.deliveries, received.acked
+    acked = ack(queue, receipts) if parsed else ReceiptResult()
+    return _claim(queue, max_messages, visibility_timeout, consumer_id, now, None).deliveries, acked
+
+
+def one_statement(queue: Queue) -> bool:
+    """Whether a receive of this queue (with its acks) is one statement:
+    on PostgreSQL, for a queue that is neither paused nor FIFO."""
+    return dialect().postgres and not queue.paused and not queue.fifo
+
+
+async def areceive_on(
+    db: Any,
+    queue: Queue,
+    receipts: Sequence[str],
+    *,
+    max_messages: int,
+    visibility_timeout: int | None,
+    consumer_id: str | None,
+) -> Received:
+    """``ack_and_receive`` (or ``receive`` without receipts) on the event
+    loop, over ``db``, an autocommit ``psycopg.AsyncConnection`` the caller
+    holds: for a queue where that is one statement (``one_statement``)."""
+    if not one_statement(queue):
+        raise ValueError("a receive runs on the event loop only on PostgreSQL, for a queue neither FIFO nor paused")
+    parsed = parse_receipts(receipts)
+    # On the loop, outside any transaction: wake this process's receives at once.
+    wake = functools.partial(notify.wake, [queue.id])
+    steps = _one_statement_steps(queue, max_messages, visibility_timeout, consumer_id, time.time(), parsed or None, wake)
+    statement = next(steps)
+    while True:
+        cur = await db.execute(*statement)
+        try:
+            statement = steps.send(await cur.fetchall())
+        except StopIteration as done:
+            received: Received = done.value
+            return received
+
+
+def _claim(
+    queue: Queue,
+    max_messages: int,
+    visibility_timeout: int | None,
+    consumer_id: str | None,
+    now: float | None,
+    acks: list[tuple[int, str, str]] | None,
+) -> Received:
+    """The claim on the caller's thread; with ``acks`` (only where it is
+    ``one_statement``) the same statement acks them first."""
+    if queue.paused:
+        return Received([], None)
+    now = time.time() if now is None else now
+    if one_statement(queue):
+        with prepared_cursor() as cur:
+            wake = functools.partial(transaction.on_commit, functools.partial(notify.wake, [queue.id]))
+            steps = _one_statement_steps(queue, max_messages, visibility_timeout, consumer_id, now, acks, wake)
+            statement = next(steps)
+            while True:
+                cur.execute(*statement)
+                try:
+                    statement = steps.send(cur.fetchall())
+                except StopIteration as done:
+                    received: Received = done.value
+                    return received
+    if acks is not None:
+        raise ValueError("acks ride on a claim only where it is one statement")
+    expires = now + (queue.visibility_timeout if visibility_timeout is None else visibility_timeout)
+    sql = dialect()
+    # Consistent hashing: a live consumer claims only the groups it owns,
+    # so a group sticks to one consumer while that consumer lives.
+    owned = owned_clause(queue.name, consumer_id) if queue.fifo and consumer_id else None
+    with transaction.atomic():
+        tally = Tally()
+        promote_due_in(tally, now, queue_id=queue.id)
+        with connection.cursor() as cur:
+            cur.execute(*sql.claim(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, owned=owned))
+            rows = cur.fetchall()
+        if queue.fifo and len(rows) > 1:
+            rows = _one_per_group(rows)
+        if rows:
+            tally.move(queue.id, S.READY, S.IN_FLIGHT, len(rows))
+            tally.add(queue.id, "received_total", len(rows))
+        tally.save()
+    return Received(to_deliveries(rows, expires), None)
+
+
+def _one_statement_steps(
+    queue: Queue,
+    max_messages: int,
+    visibility_timeout: int | None,
+    consumer_id: str | None,
+    now: float,
+    acks: list[tuple[int, str, str]] | None,
+    wake: Callable[[], Any],
+) -> Generator[Statement, list[tuple[Any, ...]], Received]:
+    """The statements of a one-statement receive, whoever runs them (the
+    request's thread or the event loop): each is yielded, and its rows sent
+    back. Due delayed messages, made ready by the receive itself, are rare:
+    its snapshot did not see them ready, so a second claim takes what is
+    missing, and the receives waiting on the queue are told (``wake`` for
+    this process's)."""
+    sql = dialect()
+    assert isinstance(sql, PostgreSQL)
+    expires = now + (queue.visibility_timeout if visibility_timeout is None else visibility_timeout)
+    pairs = sorted({(mid, token) for mid, token, _ in acks}) if acks is not None else None
+    rows, promoted, found = sql.split_receive(
+        (yield sql.receive(queue, now=now, expires=expires, max_messages=max_messages, consumer_id=consumer_id, acks=pairs))
+    )
+    if promoted:
+        yield sql.announce(queue.id)
+        wake()
+        if len(rows) < max_messages:
+            rows += yield sql.reclaim(queue, max_messages=max_messages - len(rows), expires=expires, consumer_id=consumer_id)
+    return Received(to_deliveries(rows, expires), match_receipts(acks, found) if acks is not None else None)
+
+
+def to_deliveries(rows: Sequence[Sequence[Any]], expires: float) -> list[Delivery]:
+    """A claim's rows (``backends.common.CLAIMED``) as deliveries, in delivery order."""
+    deliveries = [Delivery(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], expires) for r in rows]
+    deliveries.sort(key=lambda x: (-x.priority, x.id))
+    return deliveries
+
+
+def _one_per_group(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    # The head test runs against the statement's snapshot, where every member
+    # of a group is still ready, so the group's head is the only candidate;
+    # this is a belt to those braces.
+    seen: set[str] = set()
+    out = []
+    for r in sorted(rows, key=lambda r: r[0]):
+        if r[4] and r[4] in seen:
+            raise AssertionError("FIFO claim returned two messages of one group")
+        seen.add(r[4])
+        out.append(r)
+    return out
+
+
+def promote_due_in(tally: Tally, now: float, *, queue_id: int | None = None) -> int:
+    """Delayed messages (of one queue, or all) whose time has come become
+    ready, counted in ``tally``; returns how many. In the caller's transaction."""
+    with connection.cursor() as cur:
+        cur.execute(*dialect().promote(now, queue_id))
+        rows = cur.fetchall()
+    per_queue: dict[int, int] = defaultdict(int)
+    for (qid,) in rows:
+        per_queue[qid] += 1
+    for qid, n in per_queue.items():
+        tally.move(qid, S.DELAYED, S.READY, n)
+    return len(rows)

@@ -1,0 +1,163 @@
+"""Queues: look up (cached), create or update, list with counts, delete."""
+
+from __future__ import annotations
+
+import copy
+import re
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.db.models.signals import post_delete, post_save
+
+from .. import events
+from ..exceptions import InvalidValue, QueueExists, QueueInUse, QueueNotFound
+from ..models import Message, Queue, QueueCounts, QueueStats
+from .counters import Tally, count_by, queue_counts
+
+QUEUE_FIELDS = (
+    "visibility_timeout",
+    "max_deliveries",
+    "dead_letter_queue",
+    "retention",
+    "delay",
+    "fifo",
+    "paused",
+    "max_message_bytes",
+    "max_depth",
+)
+
+_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
+
+
+class QueueCache:
+    """Queue lookups by name, cached per process: every API call starts with
+    one, and its ORM query cost more than the work of a receive. Any save or
+    delete of a queue in this process forgets them all at once (and again
+    at commit); other processes see a change within ``SECONDS``."""
+
+    SECONDS = 1.0
+
+    def __init__(self) -> None:
+        self.entries: dict[str, tuple[float, Queue]] = {}
+
+    def get(self, name: str) -> Queue | None:
+        hit = self.entries.get(name)
+        if hit is not None and hit[0] > time.monotonic():
+            return copy.copy(hit[1])  # callers may change their copy
+        return None
+
+    def put(self, queue: Queue) -> None:
+        self.entries[queue.name] = (time.monotonic() + self.SECONDS, copy.copy(queue))
+
+    def forget(self, **_: Any) -> None:
+        """Drop every cached lookup (a signal receiver, too)."""
+        self.entries.clear()
+        if connection.in_atomic_block:
+            transaction.on_commit(self.entries.clear)
+
+
+cache = QueueCache()
+QUEUE_CACHE_SECONDS = QueueCache.SECONDS
+forget_queues = cache.forget
+
+post_save.connect(cache.forget, sender=Queue, dispatch_uid="mq-forget-queues-save")
+post_delete.connect(cache.forget, sender=Queue, dispatch_uid="mq-forget-queues-delete")
+
+
+def get_queue(name: str) -> Queue:
+    """The queue called ``name``; raises QueueNotFound."""
+    queue = cache.get(name)
+    if queue is not None:
+        return queue
+    if not _QUEUE_NAME.fullmatch(name):
+        raise QueueNotFound(f"No queue named {name[:100]!r} (names are 1-80 of A-Z a-z 0-9 _ . -).")
+    try:
+        queue = Queue.objects.select_related("dead_letter_queue").get(name=name)
+    except Queue.DoesNotExist:
+        raise QueueNotFound(f"No queue named {name!r}.") from None
+    cache.put(queue)
+    return queue
+
+
+_aget_queue = sync_to_async(get_queue)
+
+
+async def aget_queue(name: str) -> Queue:
+    """``get_queue`` for async callers; a cached queue costs no thread hop."""
+    queue = cache.get(name)
+    if queue is not None:
+        return queue
+    return await _aget_queue(name)
+
+
+def put_queue(name: str, config: dict[str, Any], *, create_only: bool = False) -> tuple[Queue, bool]:
+    """Create the queue or update the given settings. Returns (queue, created).
+    Raises QueueExists with ``create_only``, InvalidValue for a bad setting."""
+    unknown = set(config) - set(QUEUE_FIELDS)
+    if unknown:
+        raise InvalidValue(f"Unknown queue setting {sorted(unknown)[0]!r}.")
+    values = dict(config)
+    if "dead_letter_queue" in values and values["dead_letter_queue"] is not None:
+        dlq_name = values["dead_letter_queue"]
+        if dlq_name == name:
+            raise InvalidValue("A queue cannot be its own dead-letter queue.")
+        try:
+            values["dead_letter_queue"] = Queue.objects.get(name=dlq_name)
+        except Queue.DoesNotExist:
+            raise InvalidValue(f"Dead-letter queue {dlq_name!r} does not exist; create it first.") from None
+    with transaction.atomic():
+        queue = Queue.objects.select_for_update().filter(name=name).first()
+        created = queue is None
+        if queue is None:
+            queue = Queue(name=name)
+        elif create_only:
+            raise QueueExists(f"Queue {name!r} already exists.")
+        for key, value in values.items():
+            setattr(queue, key, value)
+        try:
+            queue.full_clean()
+        except ValidationError as exc:
+            # A domain error, so every caller (API, mq command, admin) reports it plainly.
+            field, messages = next(iter(exc.message_dict.items()))
+            raise InvalidValue(f"{field}: {messages[0]}") from None
+        queue.save()
+        if created:
+            QueueStats.objects.create(queue=queue)
+        elif values.get("paused") is False:
+            # Resumed: receives waiting on it look again.
+            tally = Tally()
+            tally.ready_queues.add(queue.id)
+            tally.save()
+    return queue, created
+
+
+def list_queues(names: Iterable[str] | None = None) -> list[tuple[Queue, QueueCounts]]:
+    """Queues (all, or these), by name, each with its live counts."""
+    qs = Queue.objects.select_related("dead_letter_queue").order_by("name")
+    if names is not None:
+        qs = qs.filter(name__in=list(names))
+    queues = list(qs)
+    counts = queue_counts([q.id for q in queues])
+    return [(q, counts.get(q.id, QueueCounts())) for q in queues]
+
+
+def delete_queue(queue: Queue) -> None:
+    """Delete a queue and every message in it. Raises QueueInUse when other
+    queues dead-letter into it."""
+    with transaction.atomic():
+        users = list(Queue.objects.filter(dead_letter_queue=queue).values_list("name", flat=True))
+        if users:
+            raise QueueInUse(f"Queue {queue.name!r} is the dead-letter queue of {', '.join(users)}.")
+        # Messages that were dead-lettered into it leave their origin's count.
+        tally = Tally()
+        for origin_id, n in count_by(Message.objects.filter(queue=queue, origin_queue__isnull=False), "origin_queue_id"):
+            tally.add(origin_id, "dead_out", -n)
+        tally.deltas.pop(queue.id, None)
+        tally.save()
+        Message.objects.filter(queue=queue).delete()
+        queue.delete()
+        events.emit("queue_deleted", queue.name)
