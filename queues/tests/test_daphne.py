@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import types
+from typing import Any
 
 import daphne.http_protocol
 import twisted.web.http
@@ -80,3 +81,27 @@ def test_a_finished_request_is_forgotten_at_once_and_a_failed_one_left_for_daphn
         server.connections[failed]["application_instance"].exception()  # retrieved: no "never retrieved" noise
 
     asyncio.run(main())
+
+
+def test_a_speed_up_written_for_another_version_is_skipped(monkeypatch: Any) -> None:
+    # A patch of a library at a version it was not written for could break
+    # the server in ways no test here sees: it is not applied at all.
+    import django.core.asgi
+
+    handler = django.core.asgi.ASGIHandler  # type: ignore[attr-defined]
+    monkeypatch.setattr(speedups, "DJANGO_VERSION", (0, 0))
+    monkeypatch.setattr(speedups, "TWISTED_VERSION", "0.0.0")
+    assert speedups.apply() == []
+    assert django.core.asgi.ASGIHandler is handler  # type: ignore[attr-defined]
+    assert speedups.patch_twisted_and_daphne() is False
+
+
+def test_the_handler_knows_no_paths_of_the_api_only_the_sync_twins_it_declares() -> None:
+    # The receive names its sync twin; the handler reads it from the URL
+    # conf, whatever the path.
+    sent = speedups.route("/api/v1/queues/jobs/messages")
+    assert sent.sync and sent.twin is None
+    received = speedups.route("/api/v1/queues/jobs/receive")
+    assert not received.sync and received.twin is not None
+    assert received.twin_path == "/api/v1/queues/jobs/receive-now"
+    assert received.twin.when(b'{"max": 3}') and not received.twin.when(b'{"wait": 2}')
