@@ -27,13 +27,14 @@ lint: $(STAMP)
 clean:
 	rm -rf $(VENV) db.sqlite3* test-db.sqlite3* db-test-run.sqlite3* staticfiles
 
-# The pizzeria (issue 3) against the server `make run` started: customers,
-# three chefs, one crash. Token: $MQ_TOKEN, else a temporary one.
+# The pizzeria against the server `make run` started: customers, three
+# chefs, one crash. Token: $MQ_TOKEN, else a temporary one.
 demo: $(STAMP)
 	$(PY) manage.py mq demo
 
-# The benchmark (issue 6): mqadmin beside raw SQL, RabbitMQ and Procrastinate,
-# on a PostgreSQL database of its own. BENCH_ARGS=--quick for a short run.
+# The benchmark: mqadmin beside raw SQL, RabbitMQ and Procrastinate, on a
+# PostgreSQL database of its own. BENCH_ARGS=--quick for a short run; the
+# results and how to read them: docs/performance.md.
 BENCH_DB ?= mqbench
 BENCH_PG ?= postgres://postgres@127.0.0.1:5432
 bench: $(STAMP)

@@ -137,7 +137,7 @@ if DEBUG and SECRET_KEY == SECRET_KEY_DEFAULT and (
 # Django's W001-W003 look for its own middleware by name; ours are subclasses
 # of it (see MIDDLEWARE), and mq.W004 checks for them by class instead.
 SILENCED_SYSTEM_CHECKS = ["security.W001", "security.W002", "security.W003"]
-# HTTPS=on: served behind a TLS-terminating proxy (see README, production).
+# HTTPS=on: served behind a TLS-terminating proxy (see README, Deployment).
 HTTPS = env_bool("HTTPS", False)
 # Believe X-Forwarded-For/-Proto: set when a reverse proxy of ours is in front.
 TRUST_PROXY_HEADERS = env_bool("TRUST_PROXY_HEADERS", HTTPS)
