@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from queues import broker, events
-from queues.admin import COUNT_LIMIT
+from queues.admin.messages import COUNT_LIMIT
 from queues.models import Consumer, Message, Queue, Token
 from queues.states import MessageState as S
 
