@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -27,7 +27,7 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from .. import broker
-from ..models import Message, Queue
+from ..models import Message, MessageQuerySet, Queue
 from ..states import MessageState as S
 from .shared import actor, confirm_page, confirmed, log_changes, span, when
 
@@ -116,8 +116,8 @@ class DeadOfFilter(admin.SimpleListFilter):
         value = self.value() or ""
         if not value.isdigit():
             return queryset
-        qid = int(value)
-        return queryset.filter(Q(queue_id=qid, state=S.DEAD) | Q(origin_queue_id=qid))
+        # The list's queryset comes from Message.objects: a MessageQuerySet.
+        return cast(MessageQuerySet, queryset).dead_of(int(value))
 
 
 class MessageChangeList(ChangeList):

@@ -614,6 +614,26 @@ def test_redrive_of_an_empty_queue_moves_nothing(db):
     assert live_counts(q)["ready"] == 1
 
 
+def test_a_redrive_moves_exactly_the_redrivable_messages(db):
+    dlq = make_queue("dlq", max_deliveries=1)
+    q = make_queue("q", max_deliveries=1, dead_letter_queue=dlq)
+    send(dlq, "dead-in-place")
+    broker.nack(dlq, [receive(dlq)[0].receipt])
+    send(q, "held", "dies-again", "waits-1", "waits-2")
+    for d in receive(q, 4):
+        broker.nack(q, [d.receipt])
+    receive(dlq)  # leased in the dead-letter queue: left to its holder
+    broker.nack(dlq, [receive(dlq)[0].receipt])  # dead again, still from q
+    send(dlq, "the-dlqs-own")
+    assert [Message.objects.dead_of(x).count() for x in (q, dlq)] == [live_counts(q)["dead"], live_counts(dlq)["dead"]] == [4, 2]
+    redrivable = set(Message.objects.redrivable(dlq).values_list("id", flat=True))
+    before = {m.id: (m.queue_id, m.state) for m in Message.objects.all()}
+    assert broker.redrive(dlq) == len(redrivable) == 4
+    after = {m.id: (m.queue_id, m.state) for m in Message.objects.all()}
+    assert {i for i in before if after[i] != before[i]} == redrivable
+    assert_counts_exact(q, dlq)
+
+
 # ------------------------------------------------------------------- browse --
 
 
