@@ -152,6 +152,22 @@ class MessageQuerySet(models.QuerySet["Message"]):
     def dead(self) -> MessageQuerySet:
         return self.filter(state=MessageState.DEAD)
 
+    def dead_of(self, queue: Queue | int) -> MessageQuerySet:
+        """The dead messages of a queue as the API counts and browses them:
+        dead in it, or dead-lettered out of it into its dead-letter queue
+        (in whatever state they are there)."""
+        return self.filter(Q(queue=queue, state=MessageState.DEAD) | Q(origin_queue=queue))
+
+    def redrivable(self, queue: Queue | int) -> MessageQuerySet:
+        """What a redrive of ``queue`` moves: messages dead in it, and messages
+        dead-lettered into it that are still waiting (ready or delayed; a
+        leased one is left to its holder). ``broker.redrive`` selects this
+        same set, each message going back to its origin queue or staying."""
+        waiting = [MessageState.READY, MessageState.DELAYED]
+        return self.filter(queue=queue).filter(
+            Q(state=MessageState.DEAD) | Q(origin_queue__isnull=False, state__in=waiting)
+        )
+
     def expired(self, now: float | None = None) -> MessageQuerySet:
         """In-flight messages whose lease has run out."""
         return self.in_flight().filter(lease_expires_at__lte=now if now is not None else time.time())

@@ -4,26 +4,19 @@ delete, purge, redrive (contract section 2, "Queues")."""
 from __future__ import annotations
 
 import time
-from collections import Counter
 
 import pytest
 
 from queues import broker, monitor
 from queues.models import Message, Queue
-from queues.states import MessageState as S
+
+from . import helpers
 
 COUNT_KEYS = ("ready", "delayed", "in_flight", "dead")
 
 
 def real_counts(name: str) -> dict[str, int]:
-    queue = Queue.objects.get(name=name)
-    by_state = Counter(Message.objects.filter(queue=queue).values_list("state", flat=True))
-    return {
-        "ready": by_state[S.READY],
-        "delayed": by_state[S.DELAYED],
-        "in_flight": by_state[S.IN_FLIGHT],
-        "dead": by_state[S.DEAD] + Message.objects.filter(origin_queue=queue).count(),
-    }
+    return helpers.real_counts(Queue.objects.get(name=name))
 
 
 def api_counts(api, name: str) -> dict[str, int]:

@@ -1,6 +1,7 @@
-"""The operator's admin: every action goes through the broker, keeps counters
-exact, is logged and announced; pages stay fast on big tables and never
-render a message body as HTML."""
+"""The message admin: requeue, move, dead-letter and delete go through the
+broker, keep counters exact (also racing a consumer's ack), are logged and
+announced; pages stay fast on big tables and never render a message body
+as HTML."""
 
 from __future__ import annotations
 
@@ -10,198 +11,20 @@ from typing import Any
 
 import orjson
 import pytest
-from django.contrib.admin.models import CHANGE, DELETION, LogEntry
+from django.contrib.admin.models import DELETION
 from django.db import connection, connections
-from django.test import TestCase
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from queues import broker, events
-from queues.admin import COUNT_LIMIT
-from queues.models import Consumer, Message, Queue, Token
+from queues.admin.messages import COUNT_LIMIT
+from queues.models import Message, Queue
 from queues.states import MessageState as S
 
-from .test_broker import assert_counts_exact, make_queue, real_counts, send
+from ..helpers import assert_counts_exact, make_queue, real_counts, send
+from .helpers import CHANGELIST, act, confirm, drained, lease, logged, page_text
 
-CHANGELIST = "admin:queues_message_changelist"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_events() -> None:
-    events.drain()
-
-
-def act(client: Any, model: str, action: str, ids: list[Any], **extra: Any) -> Any:
-    """Run an admin action on the given ids, as the changelist form posts it."""
-    data = {"action": action, "_selected_action": [str(i) for i in ids], **extra}
-    # Events are recorded on commit: run the callbacks the test's
-    # transaction would otherwise hold back.
-    with TestCase.captureOnCommitCallbacks(execute=True):
-        return client.post(reverse(f"admin:queues_{model}_changelist"), data, follow=True)
-
-
-def confirm(client: Any, model: str, action: str, ids: list[Any], **extra: Any) -> Any:
-    return act(client, model, action, ids, post="yes", **extra)
-
-
-def drained(kind: str) -> list[dict[str, Any]]:
-    return [e for e in events.drain() if e["kind"] == kind]
-
-
-def logged(action_flag: int = CHANGE) -> list[LogEntry]:
-    return list(LogEntry.objects.filter(action_flag=action_flag).order_by("id"))
-
-
-def page_text(response: Any) -> str:
-    return re.sub(r"\s+", " ", response.content.decode())
-
-
-def lease(queue: Queue, consumer: Consumer | None = None) -> broker.Delivery:
-    (delivery,) = broker.receive(queue, consumer_id=consumer.pk if consumer else None)
-    return delivery
-
-
-# --------------------------------------------------------------------------- #
-# Access
-# --------------------------------------------------------------------------- #
-
-
-@pytest.mark.parametrize("url", ["/admin/", "/admin/queues/message/", "/admin/queues/queue/", "/admin/queues/token/add/"])
-def test_non_staff_users_are_refused(client: Any, django_user_model: Any, url: str) -> None:
-    user = django_user_model.objects.create_user("visitor", password="pw-visitor-1")
-    client.force_login(user)
-    response = client.get(url)
-    assert response.status_code == 302
-    assert response["Location"].startswith("/admin/login/")
-
-
-def test_anonymous_users_are_sent_to_login(client: Any, db: None) -> None:
-    response = client.get("/admin/queues/message/")
-    assert response.status_code == 302 and "/admin/login/" in response["Location"]
-
-
-def test_non_staff_cannot_run_an_action(client: Any, django_user_model: Any) -> None:
-    q = make_queue("q")
-    (mid,) = send(q, "x")
-    client.force_login(django_user_model.objects.create_user("visitor", password="pw-visitor-1"))
-    response = confirm(client, "message", "delete_messages", [mid])
-    assert "/admin/login/" in response.redirect_chain[-1][0]
-    assert Message.objects.filter(pk=mid).exists()
-
-
-# --------------------------------------------------------------------------- #
-# Queues
-# --------------------------------------------------------------------------- #
-
-
-def test_queue_list_shows_live_counts_without_a_count_per_row(admin_client: Any) -> None:
-    for i in range(8):
-        q = make_queue(f"q{i}")
-        send(q, *range(i))
-    with CaptureQueriesContext(connection) as queries:
-        response = admin_client.get("/admin/queues/queue/")
-    assert response.status_code == 200
-    text = page_text(response)
-    assert re.search(r'field-name[^>]*>.*?q7.*?field-ready">7<', text)
-    assert not [q for q in queries.captured_queries if "queues_message" in q["sql"] and "COUNT(" in q["sql"].upper()]
-    # A handful of queries whatever the number of queues (not one per row).
-    assert len(queries.captured_queries) < 15
-
-
-def test_queue_config_is_edited_with_validation(admin_client: Any) -> None:
-    a = make_queue("a")
-    b = make_queue("b", dead_letter_queue="a")
-    url = reverse("admin:queues_queue_change", args=[a.pk])
-    form = {
-        "paused": "",
-        "visibility_timeout": "45",
-        "max_deliveries": "3",
-        "dead_letter_queue": str(b.pk),  # a -> b -> a: a loop
-        "delay": "0",
-        "retention": "",
-        "max_message_bytes": "1000",
-        "max_depth": "",
-    }
-    response = admin_client.post(url, form)
-    assert response.status_code == 200
-    assert "must not form a loop" in page_text(response)
-    form["dead_letter_queue"] = ""
-    form["visibility_timeout"] = "999999"  # over the 12 h limit
-    response = admin_client.post(url, form)
-    assert response.status_code == 200 and "errorlist" in page_text(response)
-    form["visibility_timeout"] = "45"
-    form["paused"] = "on"
-    with TestCase.captureOnCommitCallbacks(execute=True):
-        response = admin_client.post(url, form)
-    assert response.status_code == 302
-    a.refresh_from_db()
-    assert (a.visibility_timeout, a.max_deliveries, a.max_message_bytes, a.paused) == (45, 3, 1000, True)
-    assert [e["queue"] for e in drained("pause")] == ["a"]
-    assert logged()[-1].object_id == str(a.pk)
-
-
-def test_queue_created_in_the_admin_has_counters(admin_client: Any) -> None:
-    response = admin_client.post(
-        reverse("admin:queues_queue_add"),
-        {"name": "fresh", "visibility_timeout": "30", "max_deliveries": "5", "delay": "0", "max_message_bytes": "1024"},
-    )
-    assert response.status_code == 302, page_text(response)
-    q = broker.get_queue("fresh")
-    send(q, "x")
-    assert broker.queue_counts([q.pk])[q.pk].ready == 1
-
-
-def test_pause_and_resume_ask_first_then_act_log_and_announce(admin_client: Any) -> None:
-    q = make_queue("q")
-    send(q, 1, 2, 3)
-    page = act(admin_client, "queue", "pause_queues", [q.pk])
-    assert "stop delivery of 3 waiting messages" in page_text(page)
-    assert not Queue.objects.get(pk=q.pk).paused
-    response = confirm(admin_client, "queue", "pause_queues", [q.pk])
-    assert "Paused q." in page_text(response)
-    assert Queue.objects.get(pk=q.pk).paused
-    assert broker.receive(broker.get_queue("q")) == []
-    assert [e["by"] for e in drained("pause")] == ["admin"]
-    confirm(admin_client, "queue", "resume_queues", [q.pk])
-    assert not Queue.objects.get(pk=q.pk).paused
-    assert drained("resume")
-    assert len(logged()) == 2
-
-
-def test_purge_confirmation_says_how_many_then_purges(admin_client: Any) -> None:
-    q = make_queue("q")
-    send(q, *range(5))
-    lease(q)
-    page = act(admin_client, "queue", "purge_queues", [q.pk])
-    assert "delete 5 messages" in page_text(page)
-    assert Message.objects.filter(queue=q).count() == 5
-    response = confirm(admin_client, "queue", "purge_queues", [q.pk])
-    assert "Purged q: 5 messages." in page_text(response)
-    assert not Message.objects.filter(queue=q).exists()
-    assert_counts_exact(q)
-    assert drained("purge")[0]["count"] == 5
-    assert logged()[-1].object_repr == "q"
-
-
-def test_redrive_confirmation_counts_then_sends_messages_home(admin_client: Any) -> None:
-    dlq = make_queue("dlq")
-    q = make_queue("q", dead_letter_queue="dlq", max_deliveries=1)
-    send(q, "a", "b")
-    for _ in range(2):
-        d = lease(q)
-        broker.nack(q, [d.receipt])
-    assert Message.objects.filter(queue=dlq).count() == 2
-    page = act(admin_client, "queue", "redrive_queues", [dlq.pk])
-    assert "send 2 dead messages back" in page_text(page)
-    confirm(admin_client, "queue", "redrive_queues", [dlq.pk])
-    assert Message.objects.filter(queue=q, state=S.READY).count() == 2
-    assert_counts_exact(q, dlq)
-    assert drained("redrive")[0]["count"] == 2
-
-
-# --------------------------------------------------------------------------- #
-# Messages: actions
-# --------------------------------------------------------------------------- #
+# ----------------------------------------------------------------- actions --
 
 
 def test_requeue_brings_a_dead_lettered_message_home_keeping_its_history(admin_client: Any) -> None:
@@ -370,9 +193,17 @@ def test_select_all_across_pages_acts_on_the_filtered_set(admin_client: Any) -> 
     assert_counts_exact(q, other)
 
 
-# --------------------------------------------------------------------------- #
-# Messages: pages
-# --------------------------------------------------------------------------- #
+def test_event_bodies_are_json(admin_client: Any) -> None:
+    """Events must serialize for the dashboard feed."""
+    q = make_queue("q")
+    ids = send(q, 1)
+    act(admin_client, "message", "requeue_now", ids)
+    confirm(admin_client, "message", "delete_messages", ids)
+    for event in events.drain():
+        orjson.dumps(event)
+
+
+# ------------------------------------------------------------------- pages --
 
 
 def test_message_page_shows_the_body_escaped_and_pretty(admin_client: Any) -> None:
@@ -460,69 +291,3 @@ def _bulk_insert(queue: Queue, n: int) -> None:
                 f"INSERT INTO queues_message ({columns}) SELECT {select} FROM s",
                 [n],
             )
-
-
-# --------------------------------------------------------------------------- #
-# Consumers and tokens
-# --------------------------------------------------------------------------- #
-
-
-def test_consumer_list_shows_what_each_holds_and_release_frees_it(admin_client: Any) -> None:
-    q = make_queue("q")
-    worker = broker.register_consumer("worker-1", ["q"], {}, None)
-    idle = broker.register_consumer("idle-1", ["q"], {}, None)
-    send(q, 1, 2, 3)
-    broker.receive(q, max_messages=2, consumer_id=worker.pk)
-    text = page_text(admin_client.get(reverse("admin:queues_consumer_changelist")))
-    assert re.search(r"worker-1.*?field-in_flight_held\">2<", text)
-    assert re.search(r"idle-1.*?field-in_flight_held\">0<", text)
-    detail = page_text(admin_client.get(reverse("admin:queues_consumer_change", args=[worker.pk])))
-    assert detail.count("delivery 1 · lease expires") == 2
-    response = act(admin_client, "consumer", "release_leases", [worker.pk, idle.pk])
-    assert "Released 2 leases" in page_text(response)
-    assert Message.objects.filter(state=S.READY).count() == 3
-    assert_counts_exact(q)
-    assert len(drained("redelivery")) == 2
-    assert {e.object_id for e in logged()} == {worker.pk, idle.pk}
-
-
-def test_token_is_shown_once_at_creation_and_never_again(admin_client: Any) -> None:
-    response = admin_client.post(
-        reverse("admin:queues_token_add"), {"name": "ci", "scope_choices": ["produce", "consume"], "queue_pattern": "jobs-*"}
-    )
-    assert response.status_code == 200
-    token = Token.objects.get(name="ci")
-    raw = re.search(r'class="mq-token"[^>]*>([^<]+)<', response.content.decode())[1]
-    key_id, secret = raw.split(".", 1)
-    assert key_id == token.key_id and token.check_secret(secret)
-    assert (token.scopes, token.queue_pattern) == ("consume,produce", "jobs-*")
-    assert "no-store" in response["Cache-Control"]
-    for url in (reverse("admin:queues_token_changelist"), reverse("admin:queues_token_change", args=[token.pk])):
-        html = admin_client.get(url).content.decode()
-        assert token.key_id in html
-        assert secret not in html and token.secret_hash not in html
-    assert LogEntry.objects.filter(object_id=str(token.pk)).exists()
-
-
-def test_revoked_token_is_refused_by_the_api(admin_client: Any) -> None:
-    from conftest import Api
-    from queues.api.auth import forget
-
-    forget()
-    _token, raw = Token.issue("svc", ["admin"])
-    api = Api(raw)
-    assert api.get("queues").status_code == 200
-    response = act(admin_client, "token", "revoke", [_token.pk])
-    assert "Revoked svc." in page_text(response)
-    assert api.get("queues").status_code == 401
-    assert logged()[-1].object_id == str(_token.pk)
-
-
-def test_event_bodies_are_json(admin_client: Any) -> None:
-    """Events must serialize for the dashboard feed."""
-    q = make_queue("q")
-    ids = send(q, 1)
-    act(admin_client, "message", "requeue_now", ids)
-    confirm(admin_client, "message", "delete_messages", ids)
-    for event in events.drain():
-        orjson.dumps(event)

@@ -1,0 +1,141 @@
+"""What the hot operations cost the database: a handful of statements a
+batch, one each on PostgreSQL, prepared once per connection, with plans that
+stay on the claim index."""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from queues import broker
+from queues.models import Message
+
+from .helpers import T0, assert_counts_exact, bodies, make_queue, receive, send
+
+
+def test_a_batch_costs_a_handful_of_statements_not_one_per_message(db):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    q = make_queue()
+    with CaptureQueriesContext(connection) as sent:
+        send(q, *range(1000))
+    with CaptureQueriesContext(connection) as received:
+        got = receive(q, 100)
+    with CaptureQueriesContext(connection) as acked:
+        broker.ack(q, [d.receipt for d in got])
+    assert len(got) == 100
+    # Counted statements include savepoints/transaction control: a handful.
+    assert len(sent) <= 12, [x["sql"][:80] for x in sent.captured_queries]
+    assert len(received) <= 8, [x["sql"][:80] for x in received.captured_queries]
+    assert len(acked) <= 8, [x["sql"][:80] for x in acked.captured_queries]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-statement forms are PostgreSQL's")
+def test_on_postgresql_send_receive_and_ack_are_one_statement_each(db):
+    from django.test.utils import CaptureQueriesContext
+
+    dlq = make_queue("dlq")
+    q = make_queue("q", dead_letter_queue=dlq)
+    with CaptureQueriesContext(connection) as sent:
+        send(q, *range(100))
+    with CaptureQueriesContext(connection) as received:
+        got = receive(q, 100)
+    with CaptureQueriesContext(connection) as acked:
+        result = broker.ack(q, [d.receipt for d in got])
+    assert len(result.done) == 100
+    assert [len(sent), len(received), len(acked)] == [1, 1, 1]
+    assert_counts_exact(q, dlq)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-statement forms are PostgreSQL's")
+def test_on_postgresql_acks_riding_on_a_receive_are_in_its_statement(db):
+    from django.test.utils import CaptureQueriesContext
+
+    dlq = make_queue("dlq")
+    q = make_queue("q", dead_letter_queue=dlq)
+    send(q, *range(200))
+    first = receive(q, 100)
+    with CaptureQueriesContext(connection) as both:
+        second, acked = broker.ack_and_receive(q, [d.receipt for d in first], max_messages=100, now=T0)
+    assert len(both) == 1, [x["sql"][:80] for x in both.captured_queries]
+    assert acked.done == [str(d.id) for d in first] and acked.stale == []
+    assert bodies(second) == list(range(100, 200))
+    assert not Message.objects.filter(id__in=[d.id for d in first]).exists()
+    assert broker.queue_counts([q.id])[q.id].totals["acked_total"] == 100
+    assert_counts_exact(q, dlq)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_on_postgresql_the_hot_statements_are_prepared_on_a_kept_connection(db):
+    # Planned once per connection, not at every call: after a few runs the
+    # send's insert, the claim and the ack are prepared statements.
+    q = make_queue()
+    for i in range(6):
+        send(q, i, i + 100)
+        got = receive(q, 2)
+        assert len(broker.ack(q, [d.receipt for d in got]).done) == 2
+    with connection.cursor() as cur:
+        cur.execute("SELECT statement FROM pg_prepared_statements")
+        prepared = [row[0] for row in cur.fetchall()]
+    assert any(s.startswith("WITH ins AS (INSERT INTO queues_message") for s in prepared), prepared
+    assert any("mq_ready_head(" in s for s in prepared), prepared
+    assert any(s.startswith("WITH main AS (DELETE FROM queues_message") for s in prepared), prepared
+    assert_counts_exact(q)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="prepared statements are PostgreSQL's")
+def test_on_postgresql_the_hot_statements_keep_one_plan_beside_a_big_queue(db):
+    # One queue holds nearly every row. PostgreSQL had found the generic
+    # plan of the claim + ack dearer than one made for the small queue's id
+    # and planned it at every call (0.5 ms each): the ack probed the queue's
+    # index, cheap for a small queue, costed for an average one.
+    big, small = make_queue("big"), make_queue("small")
+    for start in range(0, 30_000, 1_000):
+        send(big, *range(start, start + 1_000))
+    with connection.cursor() as cur:
+        cur.execute("ANALYZE queues_message")
+    send(small, *range(30))
+    held: list[broker.Delivery] = []
+    for i in range(22):
+        held, acked = broker.ack_and_receive(small, [d.receipt for d in held], max_messages=1, now=T0)
+        assert len(held) == 1 and len(acked.done) == min(i, 1)
+    with connection.cursor() as cur:
+        cur.execute("SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement LIKE 'WITH acked AS%%mq_ready_head(%%'")
+        ((generic, custom),) = cur.fetchall()
+        # Prepared after a few runs; PostgreSQL tries five plans of its own,
+        # then keeps the generic one.
+        assert custom == 5 and generic >= 10, (generic, custom)
+        # The function's query keeps one plan too, and never compiles it:
+        # costed for the big queue, compiling took 5-6 ms a claim.
+        cur.execute("SELECT proconfig FROM pg_proc WHERE proname = 'mq_ready_head'")
+        config = cur.fetchone()[0]
+        assert "plan_cache_mode=force_generic_plan" in config and "jit=off" in config
+    assert_counts_exact(big, small)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the claim function is PostgreSQL's")
+def test_on_postgresql_the_claim_walks_the_claim_index_even_on_stale_statistics(db):
+    # Statistics taken while the queue was empty: planned as a plain
+    # subquery, the claim would sort all 3,000 ready rows for each receive.
+    q = make_queue()
+    with connection.cursor() as cur:
+        cur.execute("ANALYZE queues_message")
+    send(q, *range(3000))
+    claim, _ = broker.claim_statement(q, max_messages=10, expires=T0 + 30)
+    assert "mq_ready_head(" in claim
+    with connection.cursor() as cur:
+        cur.execute("SELECT proconfig FROM pg_proc WHERE proname = 'mq_ready_head'")
+        (config,) = cur.fetchone()
+        assert "enable_sort=off" in config
+        # The function's own query, under the function's setting.
+        cur.execute("SET LOCAL enable_sort = off")
+        cur.execute(
+            "EXPLAIN SELECT m.id FROM queues_message m WHERE m.queue_id = %s AND m.state = 'ready' "
+            "ORDER BY m.priority DESC, m.id LIMIT 10 FOR UPDATE SKIP LOCKED",
+            [q.id],
+        )
+        plan = "\n".join(r[0] for r in cur.fetchall())
+    assert "mq_msg_claim" in plan and "Sort" not in plan, plan
+    got = receive(q, 10)
+    assert [d.id for d in got] == sorted(d.id for d in got) and len(got) == 10
