@@ -74,10 +74,6 @@ NOT_ACKED = " AND id NOT IN (SELECT id FROM acked)"
 # the ack's row count makes each part wait until the acks are done.
 ACKS_FIRST = "(SELECT count(*) FROM acked) >= 0"
 
-# Where a redrive finds its messages: dead in the queue, or dead-lettered
-# into it and still waiting (``MessageQuerySet.redrivable`` is the same set).
-REDRIVABLE = "(state = 'dead' OR (origin_queue_id IS NOT NULL AND state IN ('ready', 'delayed')))"
-
 
 def placeholders(count: int) -> str:
     return ", ".join(["%s"] * count)
@@ -366,12 +362,6 @@ class Statements:
         """Delete these messages, locked in id order; rows: id, state, origin."""
         where = self.locked_in_id_order(f"id IN ({placeholders(len(ids))})")
         return f"DELETE FROM {MESSAGE_TABLE} WHERE {where} RETURNING id, state, origin_queue_id", list(ids)
-
-    def redrivable(self, queue_id: int, limit: int | None) -> Statement:
-        """Rows: id, state, origin of the queue's redrivable messages, locked."""
-        limit_sql = f" LIMIT {int(limit)}" if limit else ""
-        sql = f"SELECT id, state, origin_queue_id FROM {MESSAGE_TABLE} WHERE queue_id = %s AND {REDRIVABLE} ORDER BY id{limit_sql}{self.for_update}"
-        return sql, [queue_id]
 
     def ready_again(self, ids: Sequence[int], *, queue_id: int, now: float, fresh: bool) -> Statement:
         """Messages ready now in ``queue_id``, no longer leased nor counted as

@@ -15,7 +15,6 @@ from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from django.db import connection, transaction
-from django.db.models import Q
 
 from .. import events
 from ..backends import dialect
@@ -201,9 +200,11 @@ def redrive(queue: Queue, *, max_messages: int | None = None, now: float | None 
     now = time.time() if now is None else now
     sql = dialect()
     with transaction.atomic():
-        with connection.cursor() as cur:
-            cur.execute(*sql.redrivable(queue.id, max_messages))
-            rows = cur.fetchall()
+        # Locked, in id order, as every action that moves many rows locks them.
+        selected = Message.objects.redrivable(queue).select_for_update().order_by("id")
+        if max_messages:
+            selected = selected[:max_messages]
+        rows = list(selected.values_list("id", "state", "origin_queue_id"))
         if not rows:
             return 0
         tally = Tally()
@@ -247,10 +248,7 @@ def browse(
     (keyset pagination: pages stay stable while messages come and go).
     State ``dead`` includes messages dead-lettered out of this queue into its
     dead-letter queue. Served by the (queue, state, id) index."""
-    if state == S.DEAD:
-        qs = Message.objects.filter(Q(queue=queue, state=S.DEAD) | Q(origin_queue=queue))
-    else:
-        qs = Message.objects.filter(queue=queue, state=state)
+    qs = Message.objects.dead_of(queue) if state == S.DEAD else Message.objects.filter(queue=queue, state=state)
     if group:
         qs = qs.filter(group_key=group)
     if after is not None:

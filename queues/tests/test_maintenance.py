@@ -122,7 +122,7 @@ def _dead_rows(table: str) -> int:
 def test_with_autovacuum_off_the_monitor_vacuums_what_autovacuum_would_have(transactional_db, settings, monkeypatch):
     from .workers import wait_for
 
-    monkeypatch.setattr(broker, "_vacuum_rests_until", {})
+    monkeypatch.setattr(broker.vacuum_unvacuumed, "rests_until", {})
 
     table = Message._meta.db_table
     q = make_queue()
@@ -171,8 +171,8 @@ def test_dead_rows_an_open_transaction_holds_are_not_vacuumed_again_and_again(tr
     from .workers import wait_for
 
     table = Message._meta.db_table
-    monkeypatch.setattr(broker, "_vacuum_rests_until", {})
-    monkeypatch.setattr(broker, "VACUUM_REST_FACTOR", 1e6)  # rests for good after one vacuum
+    monkeypatch.setattr(broker.vacuum_unvacuumed, "rests_until", {})
+    monkeypatch.setattr(broker.vacuum_unvacuumed, "REST_FACTOR", 1e6)  # rests for good after one vacuum
     q = make_queue()
     with connection.cursor() as cur:
         cur.execute(f"ALTER TABLE {table} SET (autovacuum_enabled = false)")
@@ -189,7 +189,7 @@ def test_dead_rows_an_open_transaction_holds_are_not_vacuumed_again_and_again(tr
         assert _dead_rows(table) >= 6000  # nothing could be reclaimed
         assert table not in broker.vacuum_unvacuumed()  # resting, not scanning it again
         holder.rollback()  # the transaction ends; its rest over, the next check reclaims them
-        broker._vacuum_rests_until.clear()
+        broker.vacuum_unvacuumed.rests_until.clear()
         assert table in broker.vacuum_unvacuumed()
         wait_for(lambda: _dead_rows(table) == 0, timeout=10, interval=0.1)
     finally:

@@ -8,6 +8,7 @@ import pytest
 from django.db import connection
 
 from queues import broker
+from queues.backends import dialect
 from queues.models import Message
 
 from .helpers import T0, assert_counts_exact, bodies, make_queue, receive, send
@@ -122,7 +123,7 @@ def test_on_postgresql_the_claim_walks_the_claim_index_even_on_stale_statistics(
     with connection.cursor() as cur:
         cur.execute("ANALYZE queues_message")
     send(q, *range(3000))
-    claim, _ = broker.claim_statement(q, max_messages=10, expires=T0 + 30)
+    claim, _ = dialect().claim(q, max_messages=10, expires=T0 + 30, consumer_id=None, owned=None)
     assert "mq_ready_head(" in claim
     with connection.cursor() as cur:
         cur.execute("SELECT proconfig FROM pg_proc WHERE proname = 'mq_ready_head'")
