@@ -133,7 +133,7 @@ def _close_db_pool(django_db_setup, django_db_blocker):  # type: ignore[no-untyp
 
 
 # --------------------------------------------------------------------------- #
-# Per-process caches (issue 6)
+# Per-process caches
 # --------------------------------------------------------------------------- #
 
 
