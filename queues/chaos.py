@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from mqclient import Client
 
 from queues import procs
 
@@ -91,11 +92,6 @@ def stream_worker_main(urls: list[str], token: str, ledger: Path, stop_after: fl
     pushed, acks go back as frames. An ack whose answer never came (the
     stream broke first) or came back stale is an ``ackfail``: answers come in
     the order the acks were sent."""
-    from queues.apps import CLIENT_PATH
-
-    sys.path.append(CLIENT_PATH)
-    from mqclient import Client
-
     out = open(ledger, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
     deadline = time.monotonic() + stop_after
     turn = 0
