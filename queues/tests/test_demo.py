@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from queues.demo import run_demo
+from mqtools.demo import run_demo
 
 from .live import free_port
 
