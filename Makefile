@@ -22,7 +22,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy queues mqadmin dashboard
+	$(VENV)/bin/mypy queues mqadmin dashboard mqtools
 
 clean:
 	rm -rf $(VENV) db.sqlite3* test-db.sqlite3* db-test-run.sqlite3* staticfiles
@@ -46,11 +46,11 @@ bench: $(STAMP)
 # ledger at the end; CHAOS_SECONDS=40 for a short run.
 CHAOS_SECONDS ?= 180
 chaos: $(STAMP)
-	$(PY) -m queues.chaos --seconds $(CHAOS_SECONDS)
+	$(PY) -m mqtools.chaos --seconds $(CHAOS_SECONDS)
 
 # Sustained load with a dashboard open: memory, latency and table size must
 # stay flat. SOAK_SECONDS / SOAK_RATE to change.
 SOAK_SECONDS ?= 300
 SOAK_RATE ?= 200
 soak: $(STAMP)
-	$(PY) -m queues.soak --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE)
+	$(PY) -m mqtools.soak --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE)

@@ -1,13 +1,6 @@
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 from django.apps import AppConfig
-
-# The Python client is a package of its own (clients/python), importable
-# without Django; `mq worker`, `mq demo` and `mq bench` use it from this checkout.
-CLIENT_PATH = str(Path(__file__).resolve().parent.parent / "clients" / "python")
 
 
 class QueuesConfig(AppConfig):
@@ -16,8 +9,6 @@ class QueuesConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        if CLIENT_PATH not in sys.path:
-            sys.path.append(CLIENT_PATH)
         from django.db.backends.signals import connection_created
 
         from . import (

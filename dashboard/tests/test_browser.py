@@ -14,7 +14,7 @@ import httpx
 import pytest
 from django.contrib.auth import get_user_model
 
-from queues.procs import serving
+from mqtools.procs import serving
 from queues.tests.live import ROOT, free_port, subprocess_env
 
 CHROMIUM = Path("/usr/bin/chromium")

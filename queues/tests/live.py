@@ -9,7 +9,7 @@ from contextlib import contextmanager
 
 from django.conf import settings
 
-from queues.procs import ROOT, free_port, serving
+from mqtools.procs import ROOT, free_port, serving
 
 __all__ = ["ROOT", "database_url_of_test_run", "free_port", "live_server", "subprocess_env"]
 

@@ -13,7 +13,8 @@ import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
-from queues import bench
+from mqtools import bench
+from mqtools.bench import rabbitmq
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -29,14 +30,14 @@ def test_bench_refuses_to_run_without_postgresql() -> None:
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="the bench runs on PostgreSQL")
 def test_bench_runs_every_scenario_and_writes_one_table(tmp_path, monkeypatch) -> None:
     # A RabbitMQ queue of its own, so a real bench running beside us is untouched.
-    monkeypatch.setattr(bench, "RABBIT_QUEUE", f"mqbench-test-{id(tmp_path)}")
+    monkeypatch.setattr(rabbitmq, "RABBIT_QUEUE", f"mqbench-test-{id(tmp_path)}")
     out = io.StringIO()
     try:
         md = bench.run(sizes=bench.Sizes.tiny(), out=out, results_dir=tmp_path)
     finally:
-        if bench.rabbit_available() is None:
-            conn, ch = bench._rabbit()
-            ch.queue_delete(bench.RABBIT_QUEUE)
+        if rabbitmq.rabbit_available() is None:
+            conn, ch = rabbitmq._rabbit()
+            ch.queue_delete(rabbitmq.RABBIT_QUEUE)
             conn.close()
 
     data = json.loads((tmp_path / "latest.json").read_text())

@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from queues.procs import stop, wait_until_up
+from mqtools.procs import stop, wait_until_up
 
 from .live import ROOT, free_port, live_server
 

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 from django.db import connection
+from mqclient import Client
 
 from queues.models import Token
 from queues.monitor import LEADER_LOCK_KEY
 
 from .live import ROOT, live_server, subprocess_env
 from .workers import read_log, start_worker, stop, wait_for
-
-from mqclient import Client  # isort: skip - path set by .workers
 
 HEARTBEAT_TIMEOUT = 2  # seconds: the least the server accepts, so the test is short
 

@@ -15,8 +15,8 @@ from django.conf import settings
 
 from conftest import make_token
 from dashboard.tests.test_two_servers import needs_postgres_and_redis
+from mqtools.procs import PY, ROOT, free_port, stop, wait_until_up
 from queues import serving
-from queues.procs import PY, ROOT, free_port, stop, wait_until_up
 
 from .live import subprocess_env
 

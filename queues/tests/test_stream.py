@@ -1,14 +1,13 @@
 """Consume streams (websocket ``/api/v1/queues/{name}/consume``): deliveries
 pushed up to the prefetch window, acks, nacks and extends on the socket,
-what a closed stream leaves behind, refusals, and real clients draining a
-real server together."""
+what a closed stream leaves behind, refusals, and in-process streams racing
+over one queue. (The Python client's streams against a real server are tested
+with the client, in clients/python/tests.)"""
 
 from __future__ import annotations
 
 import asyncio
 import json
-import sys
-import threading
 import time
 from typing import Any
 
@@ -21,8 +20,6 @@ from django.db import connection
 from conftest import make_token
 from queues import broker
 from queues.models import Message
-
-from .live import ROOT, live_server
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -361,47 +358,6 @@ async def test_a_look_on_the_loop_cut_short_by_a_hang_up_releases_what_it_leased
     assert stream._loop_connections == 0
 
 
-def test_mqclient_streams_drain_a_real_server_together_each_message_acked_once(transactional_db):
-    """Three streams of the Python client, each acking one message at a
-    time, drain a real server; one of them quits half-way holding messages.
-    Every message is acked exactly once, none is left, none lost."""
-    sys.path.insert(0, str(ROOT / "clients" / "python"))
-    from mqclient import Client
-
-    total = 900
-    # Leases outlast the test: what the quitter held comes back only because
-    # its stream closed.
-    make_queue("work", visibility_timeout=300)
-    for start in range(0, total, 300):
-        send("work", *range(start, start + 300))
-    token = make_token("consume")
-    acked: list[str] = []
-    lock = threading.Lock()
-    with live_server() as url:
-        client = Client(url, token)
-
-        def drain(quit_after: int | None) -> None:
-            with client.consume("work", prefetch=10) as stream:
-                n = 0
-                while len(acked) < total:
-                    for message in stream.receive(timeout=0.5):
-                        n += 1
-                        if quit_after is not None and n > quit_after:
-                            return  # closes holding up to 10 unacked: they go to the others
-                        stream.ack([message.receipt])
-                        with lock:
-                            acked.append(message.id)
-
-        threads = [threading.Thread(target=drain, args=(q,)) for q in (None, None, 100)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(timeout=60)
-        assert not any(t.is_alive() for t in threads)
-    assert len(acked) == len(set(acked)) == total
-    assert not Message.objects.filter(queue__name="work").exists()
-
-
 async def test_streams_racing_over_one_queue_never_hold_the_same_message():
     """Four in-process streams with small windows, acking as they go."""
     await sync_to_async(make_queue)("race")
@@ -536,34 +492,3 @@ async def test_a_refused_publish_stream_gets_the_error_then_closes(queue, query,
     assert error["error"]["code"] == code and error["status"] == close - 4000
     assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": close}
     await comm.wait(timeout=5)
-
-
-def test_mqclient_publisher_against_a_real_server(transactional_db):
-    """The Python client's publisher: batches in flight, answered in order,
-    a refused batch reported as its own, dedup as over HTTP."""
-    sys.path.insert(0, str(ROOT / "clients" / "python"))
-    from mqclient import Client, MQError
-
-    make_queue("made")
-    with live_server() as url:
-        client = Client(url, make_token("produce"))
-        # A refused stream raises when it is opened, with the contract's error.
-        with pytest.raises(MQError) as refused:
-            client.publisher("nope")
-        assert (refused.value.status, refused.value.code) == (404, "queue_not_found")
-        with pytest.raises(MQError) as forbidden:
-            client.consume("made")
-        assert (forbidden.value.status, forbidden.value.code) == (403, "forbidden")
-        with client.publisher("made", window=3) as pub:
-            numbers = [pub.send_batch([{"body": {"n": n, "i": i}} for i in range(50)]) for n in range(10)]
-            bad = pub.send_batch([{"body": "fine"}, {"body": "too urgent", "priority": 99}])
-            first = pub.send("once", dedup_id="order-1")
-            again = pub.send("twice", dedup_id="order-1")
-            answers = pub.flush()
-        assert [a.batch for a in answers] == [*numbers, bad, first, again]
-        assert all(a.messages is not None and len(a.messages) == 50 for a in answers[:10])
-        refused = answers[10]
-        assert refused.messages is None and isinstance(refused.error, MQError) and refused.error.status == 422
-        assert answers[11].messages is not None and answers[12].messages is not None
-        assert answers[12].messages[0] == {"id": answers[11].messages[0]["id"], "duplicate": True}
-    assert Message.objects.filter(queue__name="made").count() == 501

@@ -18,11 +18,6 @@ from typing import Any
 
 from .live import ROOT, subprocess_env
 
-# The worker client is a package of its own; the tests import it from the checkout.
-CLIENT_PATH = str(ROOT / "clients" / "python")
-if CLIENT_PATH not in sys.path:
-    sys.path.append(CLIENT_PATH)
-
 
 def start_worker(
     url: str, token: str, log_path: Path, *args: str, name: str, stall: bool = False

@@ -12,7 +12,9 @@ Consume (``handle`` raises to nack; the message is retried with backoff)::
 
 from __future__ import annotations
 
-from .client import Client, ConsumerDead, ConsumerNotFound, Message, MQError, Registration
+from .client import Client
+from .errors import ConsumerDead, ConsumerNotFound, MQError
+from .records import Message, Registration
 from .stream import Publisher, Sent, Stream, StreamClosed
 from .worker import Worker
 

@@ -17,7 +17,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .client import Client, MQError
+from .client import Client
+from .errors import MQError
 from .worker import Handler, Worker
 
 DEFAULT_URL = "http://127.0.0.1:8000"

@@ -9,73 +9,16 @@ from __future__ import annotations
 import http.client
 import json
 import threading
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlsplit
+from typing import Any
+from urllib.parse import quote, urlencode, urlsplit
 
-if TYPE_CHECKING:
-    from .stream import Publisher, Stream
+from .errors import error_for
+from .records import Message, Registration
+from .stream import Publisher, Stream
 
 API_PREFIX = "/api/v1"
 # Seconds added to a long poll's wait before the socket gives up on it.
 LONG_POLL_SLACK_SECONDS = 10.0
-
-
-class MQError(Exception):
-    """The server answered with an error (``{"error": {"code", "message"}}``)."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        self.status = status
-        self.code = code
-        self.message = message
-        super().__init__(f"{status} {code}: {message}")
-
-
-class ConsumerDead(MQError):
-    """The monitor declared this consumer dead (410): its leases were given to
-    others; register again."""
-
-
-class ConsumerNotFound(MQError):
-    """The server does not know this consumer id (404)."""
-
-
-@dataclass
-class Message:
-    """A leased message. ``receipt`` acks, nacks or extends this delivery."""
-
-    queue: str
-    id: str
-    body: Any
-    receipt: str
-    delivery_count: int
-    priority: int = 0
-    group: str | None = None
-    headers: dict[str, str] = field(default_factory=dict)
-    enqueued_at: str | None = None
-    lease_expires_at: str | None = None
-
-    @classmethod
-    def from_api(cls, queue: str, data: dict[str, Any]) -> Message:
-        return cls(
-            queue=queue,
-            id=data["id"],
-            body=data["body"],
-            receipt=data["receipt"],
-            delivery_count=data["delivery_count"],
-            priority=data.get("priority", 0),
-            group=data.get("group"),
-            headers=data.get("headers") or {},
-            enqueued_at=data.get("enqueued_at"),
-            lease_expires_at=data.get("lease_expires_at"),
-        )
-
-
-@dataclass
-class Registration:
-    id: str
-    heartbeat_interval: float
-    heartbeat_timeout: int
 
 
 class Client:
@@ -152,10 +95,7 @@ class Client:
             error = (payload or {}).get("error", {}) if isinstance(payload, dict) else {}
             code = error.get("code", "http_error")
             message = error.get("message", raw[:200].decode(errors="replace"))
-            cls = {410: ConsumerDead}.get(response.status, MQError)
-            if code == "consumer_not_found":
-                cls = ConsumerNotFound
-            raise cls(response.status, code, message)
+            raise error_for(response.status, code, message)
         return payload
 
     # -- queues --------------------------------------------------------------
@@ -260,16 +200,20 @@ class Client:
     ) -> Stream:
         """A websocket on which the server pushes ``queue``'s messages as they
         come, holding at most ``prefetch`` unacked (``mqclient.stream``)."""
-        from .stream import Stream
-
         return Stream(self, queue, prefetch=prefetch, visibility_timeout=visibility_timeout, consumer=consumer)
 
     def publisher(self, queue: str, *, window: int = 8) -> Publisher:
         """A websocket on which batches go out without waiting for each
         answer, at most ``window`` unanswered (``mqclient.stream``)."""
-        from .stream import Publisher
-
         return Publisher(self, queue, window=window)
+
+    def websocket_url(self, queue: str, kind: str, params: dict[str, Any]) -> str:
+        """The URL of a ``kind`` stream (consume, publish) on ``queue``."""
+        scheme = "wss" if self._scheme == "https" else "ws"
+        port = f":{self._port}" if self._port else ""
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        query = f"?{urlencode(params)}" if params else ""
+        return f"{scheme}://{host}{port}{self._prefix}/queues/{quote(queue)}/{kind}{query}"
 
     # -- consumers -----------------------------------------------------------
 

@@ -15,14 +15,10 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, urlencode
+from typing import Any, Protocol
 
-from .client import ConsumerDead, ConsumerNotFound, Message, MQError
-
-if TYPE_CHECKING:
-    from .client import Client
-
+from .errors import MQError, error_for
+from .records import Message
 
 _ACKS = "acks"  # _read's reply: the answer to acks
 
@@ -31,18 +27,24 @@ class StreamClosed(MQError):
     """The server closed the stream (or the connection broke)."""
 
 
-def _connect(client: Client, queue: str, kind: str, params: dict[str, Any]) -> Any:
+class Server(Protocol):
+    """What a stream uses of its ``Client``: the stream's URL, the token and
+    the timeout."""
+
+    token: str
+    timeout: float
+
+    def websocket_url(self, queue: str, kind: str, params: dict[str, Any]) -> str: ...
+
+
+def _connect(client: Server, queue: str, kind: str, params: dict[str, Any]) -> Any:
     """The websocket of a ``kind`` stream on ``queue`` (a context manager)."""
     try:
         from websockets.sync.client import connect
     except ImportError:
         raise ImportError("mqclient's streams need the websockets package: pip install 'mqclient[stream]'") from None
-    scheme = "wss" if client._scheme == "https" else "ws"
-    port = f":{client._port}" if client._port else ""
-    host = f"[{client._host}]" if ":" in client._host else client._host
-    query = f"?{urlencode(params)}" if params else ""
     return connect(
-        f"{scheme}://{host}{port}{client._prefix}/queues/{quote(queue)}/{kind}{query}",
+        client.websocket_url(queue, kind, params),
         additional_headers={"Authorization": f"Bearer {client.token}"},
         compression=None,
         open_timeout=client.timeout,
@@ -76,9 +78,7 @@ def _closed(exc: Any, error: MQError | None) -> MQError:
 
 
 def _error(status: int, error: dict[str, Any]) -> MQError:
-    code, message = str(error.get("code", "error")), str(error.get("message", ""))
-    cls = ConsumerNotFound if code == "consumer_not_found" else {410: ConsumerDead}.get(status, MQError)
-    return cls(status, code, message)
+    return error_for(status, str(error.get("code", "error")), str(error.get("message", "")))
 
 
 class Stream:
@@ -92,7 +92,7 @@ class Stream:
 
     def __init__(
         self,
-        client: Client,
+        client: Server,
         queue: str,
         *,
         prefetch: int = 10,
@@ -254,7 +254,7 @@ class Publisher:
     are committed together (fewer commits for the same messages). Not
     thread-safe."""
 
-    def __init__(self, client: Client, queue: str, *, window: int = 8) -> None:
+    def __init__(self, client: Server, queue: str, *, window: int = 8) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self.queue = queue

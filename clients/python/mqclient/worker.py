@@ -39,12 +39,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .client import Client, ConsumerDead, ConsumerNotFound, Message, MQError
-
-if TYPE_CHECKING:
-    from .stream import Stream
+from .client import Client
+from .errors import ConsumerDead, ConsumerNotFound, MQError
+from .records import Message
+from .stream import Stream
 
 log = logging.getLogger("mqclient.worker")
 

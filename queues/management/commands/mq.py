@@ -169,7 +169,8 @@ class Command(BaseCommand):
         sys.exit(run_worker(opts, default_url=_local_url()))
 
     def do_demo(self, opts: Namespace) -> None:
-        from queues.demo import run_demo
+        # The tools are no part of the app: imported only when asked for.
+        from mqtools.demo import run_demo
 
         url = opts.url or os.environ.get("MQ_URL") or _local_url()
         sys.exit(run_demo(url, opts.token or os.environ.get("MQ_TOKEN"), seed=opts.seed, out=self.stdout))
@@ -177,7 +178,7 @@ class Command(BaseCommand):
     # -- bench -------------------------------------------------------------
 
     def do_bench(self, opts: Namespace) -> None:
-        from queues import bench
+        from mqtools import bench
 
         peers = tuple(p.strip() for p in opts.peers.split(",") if p.strip())
         try:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from django.conf import settings
+from mqclient import Client, MQError
 
 ORDERS = "pizzeria.orders"
 CHEFS = ("Mario", "Luigi", "Sofia")
@@ -58,7 +59,7 @@ class Output(Protocol):
 
 
 # --------------------------------------------------------------------------- #
-# The chef: what each `mq worker --handler queues.demo:cook` does per order
+# The chef: what each `mq worker --handler mqtools.demo:cook` does per order
 # --------------------------------------------------------------------------- #
 
 
@@ -158,7 +159,7 @@ class Evening:
         for chef in CHEFS:
             env = {**os.environ, "MQ_URL": url, "MQ_TOKEN": token, "MQ_DEMO_CHEF": chef, "PYTHONUNBUFFERED": "1"}
             cmd = [
-                sys.executable, manage, "mq", "worker", "--queue", ORDERS, "--handler", "queues.demo:cook",
+                sys.executable, manage, "mq", "worker", "--queue", ORDERS, "--handler", "mqtools.demo:cook",
                 "--name", f"chef {chef}", "--heartbeat-timeout", str(CHEF_HEARTBEAT_TIMEOUT),
                 "--poll-wait", "2", "--log-level", "WARNING",
             ]  # fmt: skip
@@ -329,11 +330,9 @@ def _avg_max(values: list[float]) -> str:
 
 
 def run_demo(url: str, token: str | None, *, out: Output, seed: int | None = None) -> int:
-    from mqclient import Client, MQError
-
     temporary = None
     if not token:
-        from .models import Token
+        from queues.models import Token
 
         temporary, token = Token.issue(f"demo-{int(time.time())}", ["admin"])
         out.write(f"(no --token or MQ_TOKEN: using a temporary admin token {temporary.key_id}, revoked at the end)\n")

@@ -2,7 +2,7 @@
 socket open, sampling the server's memory, request latency and the size of
 the messages table. Flat lines are the pass mark.
 
-    python -m queues.soak [--seconds 300] [--rate 200]
+    python -m mqtools.soak [--seconds 300] [--rate 200]
 """
 
 from __future__ import annotations
@@ -15,15 +15,13 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import psutil
 
-from queues import procs
+from mqtools import procs
+from mqtools.procs import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
 QUEUE = "soak"
 SAMPLE_SECONDS = 10.0
 
@@ -191,7 +189,7 @@ class Soak:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m queues.soak", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mqtools.soak", description=__doc__)
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--rate", type=int, default=200, help="messages per second produced (and consumed)")
     parser.add_argument("--database-url", default=os.environ.get("SOAK_DATABASE_URL", "postgres://postgres@127.0.0.1:5432/mqsoak"))

@@ -11,7 +11,7 @@ node is killed while the first carries on. At the end every produced message
 must have been processed or dead-lettered; duplicates are counted and must
 each be explained by a death (a killed worker, or an ack that never landed).
 
-    python -m queues.chaos [--seconds 120] [--workers 3]
+    python -m mqtools.chaos [--seconds 120] [--workers 3]
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from mqclient import Client
 
-from queues import procs
+from mqtools import procs
+from mqtools.procs import PY, ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
-PY = sys.executable
 QUEUE = "chaos"
 DLQ = "chaos-dlq"
 
@@ -91,11 +91,6 @@ def stream_worker_main(urls: list[str], token: str, ledger: Path, stop_after: fl
     pushed, acks go back as frames. An ack whose answer never came (the
     stream broke first) or came back stale is an ``ackfail``: answers come in
     the order the acks were sent."""
-    from queues.apps import CLIENT_PATH
-
-    sys.path.append(CLIENT_PATH)
-    from mqclient import Client
-
     out = open(ledger, "a", buffering=1)  # noqa: SIM115 - lives as long as the process
     deadline = time.monotonic() + stop_after
     turn = 0
@@ -179,7 +174,7 @@ class Harness:
         urls = ",".join(f"http://127.0.0.1:{p}" for p in self.ports)
         self.ledgers[k] = self.workdir / f"worker-{k}-{len(self.killed_workers)}.ledger"
         self.workers[k] = subprocess.Popen(
-            [PY, "-m", "queues.chaos", "worker", "--urls", urls, "--token", self.token,
+            [PY, "-m", "mqtools.chaos", "worker", "--urls", urls, "--token", self.token,
              "--ledger", str(self.ledgers[k]),
              "--stop-after", str(self.seconds + 120),
              # Every other worker consumes on a stream, the others over HTTP.
@@ -353,7 +348,7 @@ def restart_postgres() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m queues.chaos", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m mqtools.chaos", description=__doc__)
     sub = parser.add_subparsers(dest="cmd")
     w = sub.add_parser("worker")
     w.add_argument("--urls", required=True)
