@@ -3,8 +3,9 @@
 This is the floor of every mqadmin row: the same inserts, claims, deletes,
 counter deltas and NOTIFY the broker runs, without the server in between, so
 what separates mqadmin's numbers from these is the HTTP layer. It is also
-the one module of the bench that builds broker statements (``RawSQL``,
-``fill_ready``): the bench fills its queues through it.
+the one module of the bench that runs the broker's statements
+(``queues.backends.postgresql``) itself (``RawSQL``, ``fill_ready``): the
+bench fills its queues through it.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any, Protocol
 import orjson
 import psycopg
 
-from queues import broker
-from queues.backends import NOTIFY_CHANNEL
+from queues.backends.common import DELTA_INSERT_INTO
+from queues.backends.postgresql import NOTIFY_CHANNEL, PostgreSQL
+from queues.broker.publish import NewMessage, new_row, sent_tally
 from queues.models import COUNTER_FIELDS, Message, Queue, QueueStats, QueueStatsDelta
 
 from .measure import BODY, BODY_BYTES, BenchError, Countdown, Measure, conninfo, run_consumers
@@ -31,7 +33,7 @@ STATS_TABLE = QueueStats._meta.db_table
 
 # For loading the big queue in one INSERT ... SELECT FROM generate_series.
 _INSERT_COLUMNS = "queue_id, state, priority, body, headers, group_key, delivery_count, enqueued_at, visible_at, last_error"
-_DELTA_INSERT = f"{broker.DELTA_INSERT_INTO} VALUES (%s{', %s' * len(COUNTER_FIELDS)})"
+_DELTA_INSERT = f"{DELTA_INSERT_INTO} VALUES (%s{', %s' * len(COUNTER_FIELDS)})"
 
 
 def _delta(queue_id: int, **counts: int) -> list[Any]:
@@ -39,13 +41,15 @@ def _delta(queue_id: int, **counts: int) -> list[Any]:
 
 
 class RawSQL:
-    """The broker's own PostgreSQL statements, built by the broker's own
-    functions, run over one autocommit psycopg connection: a send is one
+    """The broker's own PostgreSQL statements (the backend's named ones),
+    run over one autocommit psycopg connection: a send is one
     statement (messages, counter delta, NOTIFY), a receive one (promote due
     delayed messages and claim, with their deltas), an ack one (delete with its
     deltas), and a receive that carries the previous batch's acks one too.
     What separates mqadmin's numbers from these is the HTTP layer:
     the server, Django, auth, validation, JSON, and the client's side of it."""
+
+    sql = PostgreSQL()
 
     def __init__(self, conninfo: str, queues: dict[int, Queue]) -> None:
         self.conn = psycopg.connect(conninfo, autocommit=True)
@@ -59,8 +63,8 @@ class RawSQL:
 
     def publish(self, queue_id: int, n: int, body: bytes = BODY_BYTES) -> list[int]:
         queue = self.queue(queue_id)
-        rows = [broker.new_row(queue, broker.NewMessage(body=body), time.time())] * n
-        row = self.conn.execute(*broker.insert_statement(rows, broker.sent_tally(queue, rows))).fetchone()
+        rows = [new_row(queue, NewMessage(body=body), time.time())] * n
+        row = self.conn.execute(*self.sql.send(rows, *sent_tally(queue, rows).statements())).fetchone()
         assert row is not None
         return sorted(row[0])
 
@@ -72,14 +76,13 @@ class RawSQL:
         statement as the broker's ``ack_and_receive`` does: (id, token) of
         the claimed, and how many were acked."""
         now = time.time()
-        acks = [(mid, token, "") for mid, token in held] or None
-        statement = broker.receive_statement(self.queue(queue_id), now, now + 30, n, acks=acks)
-        rows, _, acked = broker.split_claim_rows(self.conn.execute(*statement).fetchall())
+        acks = sorted(held) or None
+        statement = self.sql.receive(self.queue(queue_id), now=now, expires=now + 30, max_messages=n, consumer_id=None, acks=acks)
+        rows, _, acked = self.sql.split_receive(self.conn.execute(*statement).fetchall())
         return [(r[0], r[7]) for r in rows], len(acked)
 
     def ack(self, queue_id: int, rows: list[tuple[int, str]]) -> int:
-        parsed = [(mid, token, "") for mid, token in rows]
-        return len(self.conn.execute(*broker.ack_statement(queue_id, parsed)).fetchall())
+        return len(self.conn.execute(*self.sql.ack(queue_id, sorted(rows))).fetchall())
 
 
 def fill_ready(queue_id: int, n: int) -> None:
