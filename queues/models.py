@@ -13,20 +13,42 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import uuid
 from fnmatch import fnmatchcase
 from typing import TypedDict
 
-from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
 from .states import MessageState
 
-QUEUE_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,80}$"
+#: A queue's name: 1-80 of A-Z a-z 0-9 _ . -, but not "." or "..": as a
+#: segment of a URL path those mean "here" and "the parent", so browsers,
+#: HTTP clients and proxies resolve them away and such a queue could never
+#: be opened. Written for JSON Schema (the API's OpenAPI document); Python
+#: matches it whole (``is_queue_name``), so a trailing newline is no match.
+QUEUE_NAME_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,80}$"
+QUEUE_NAME_RULE = "1-80 characters of A-Z a-z 0-9 _ . - (not . or ..)"
+_QUEUE_NAME = re.compile(QUEUE_NAME_PATTERN)
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+
+
+def is_queue_name(name: str) -> bool:
+    """Whether ``name`` may name a queue: the one rule, wherever a name is
+    made (the API, the admin, ``mq queue create``, SQS, django.tasks) or
+    looked up."""
+    return _QUEUE_NAME.fullmatch(name) is not None
+
+
+def validate_queue_name(name: str) -> None:
+    """The Queue model's validator (the admin's form, ``broker.put_queue``)."""
+    if not is_queue_name(name):
+        raise ValidationError(f"Use {QUEUE_NAME_RULE}.", code="invalid")
 
 
 # Cached: the messages of one batch share their enqueue and lease times.
@@ -60,7 +82,7 @@ class Queue(models.Model):
     name = models.CharField(
         max_length=80,
         unique=True,
-        validators=[RegexValidator(QUEUE_NAME_PATTERN, "Use 1-80 of A-Z a-z 0-9 _ . -")],
+        validators=[validate_queue_name],
     )
     visibility_timeout = models.PositiveIntegerField(
         default=30, validators=[MaxValueValidator(12 * 3600)], help_text="Seconds a lease lasts."

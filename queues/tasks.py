@@ -49,7 +49,7 @@ from django.utils.module_loading import import_string
 
 from . import broker
 from .exceptions import QueueNotFound
-from .models import QUEUE_NAME_PATTERN, Queue, TaskRecord
+from .models import QUEUE_NAME_RULE, Queue, TaskRecord, is_queue_name
 
 log = logging.getLogger("queues.tasks")
 
@@ -83,17 +83,15 @@ class MQBackend(BaseTaskBackend):
         return f"{self.queue_prefix}{queue_name}"
 
     def check(self, **kwargs: Any) -> list[Any]:
-        import re
-
         from django.core.checks import Error
 
         problems = []
         for name in sorted(self.queues):
-            if not re.match(QUEUE_NAME_PATTERN, self.queue_for(name)):
+            if not is_queue_name(self.queue_for(name)):
                 problems.append(
                     Error(
                         f"Task queue {name!r} of backend {self.alias!r} makes the mqadmin queue name "
-                        f"{self.queue_for(name)!r}, which is not 1-80 of A-Z a-z 0-9 _ . -",
+                        f"{self.queue_for(name)!r}, which is not {QUEUE_NAME_RULE}",
                         id="queues.E001",
                     )
                 )

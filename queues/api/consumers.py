@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 from django.http import HttpRequest, HttpResponse
@@ -12,7 +12,7 @@ from pydantic import Field, field_validator
 from .. import broker
 from ..models import Consumer, Scope, epoch_to_iso
 from .auth import require
-from .schemas import NO_NUL, ErrorOut, Strict
+from .schemas import NO_NUL, ErrorOut, QueueName, Strict
 from .views import json_response
 
 router = Router()
@@ -20,7 +20,7 @@ router = Router()
 
 class ConsumerIn(Strict):
     name: str = Field(..., min_length=1, max_length=200, pattern=NO_NUL)
-    queues: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,80}$")]] = Field(default_factory=list, max_length=100)
+    queues: list[QueueName] = Field(default_factory=list, max_length=100)
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("meta")
