@@ -24,6 +24,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 from .states import MessageState
 
@@ -446,6 +447,16 @@ def open_secret(sealed: str) -> str | None:
         return None
 
 
+# last_used_at is written at most this often per token (not on every request).
+LAST_USED_RESOLUTION_SECONDS = 60.0
+
+
+class TokenQuerySet(models.QuerySet["Token"]):
+    def active(self) -> TokenQuerySet:
+        """Tokens that were not revoked."""
+        return self.filter(revoked_at__isnull=True)
+
+
 class Token(models.Model):
     name = models.CharField(max_length=100, unique=True)
     key_id = models.CharField(max_length=40, unique=True, editable=False)
@@ -462,8 +473,31 @@ class Token(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
+    objects = TokenQuerySet.as_manager()
+
     def __str__(self) -> str:
         return f"{self.name} ({self.key_id})"
+
+    def revoke(self) -> bool:
+        """Revoke the token now. False when it was already revoked: of two
+        racing revokes one wins, and the time it was revoked stays the
+        first. A process that verified it lately trusts it a few seconds
+        longer (``api.auth.TOKEN_CACHE_SECONDS``) unless told to forget it
+        (``api.auth.forget``)."""
+        now = timezone.now()
+        if not Token.objects.active().filter(pk=self.pk).update(revoked_at=now):
+            return False
+        self.revoked_at = now
+        return True
+
+    def touch(self, now: dt.datetime | None = None) -> None:
+        """Note a use in ``last_used_at``: written when the last note is
+        older than LAST_USED_RESOLUTION_SECONDS, so not on every request."""
+        now = timezone.now() if now is None else now
+        last = self.last_used_at
+        if last is None or (now - last).total_seconds() > LAST_USED_RESOLUTION_SECONDS:
+            Token.objects.filter(pk=self.pk).update(last_used_at=now)
+            self.last_used_at = now
 
     @property
     def scope_set(self) -> frozenset[str]:

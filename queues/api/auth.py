@@ -8,7 +8,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
-from django.utils import timezone
 from ninja.security import HttpBearer
 
 from ..exceptions import Forbidden, TooManyFailures, Unauthorized
@@ -17,8 +16,6 @@ from ..models import Token
 # A verified token is trusted this long without a query; revocation reaches
 # other processes within this time (the revoking process forgets at once).
 TOKEN_CACHE_SECONDS = 5.0
-# last_used_at is written at most this often per token (not on every request).
-LAST_USED_RESOLUTION_SECONDS = 60.0
 
 _cache: dict[str, tuple[Token, str, float]] = {}
 _cache_lock = threading.Lock()
@@ -92,7 +89,7 @@ def verify(raw: str) -> Token:
     cached = _cached(key_id, secret, now)
     if cached is not None:
         return cached
-    token = Token.objects.filter(key_id=key_id, revoked_at__isnull=True).first()
+    token = Token.objects.active().filter(key_id=key_id).first()
     # Compare in constant time even when the key id is unknown.
     if token is None:
         Token(secret_hash="0" * 64).check_secret(secret)
@@ -101,9 +98,7 @@ def verify(raw: str) -> Token:
         raise Unauthorized("Unknown or revoked API token.")
     with _cache_lock:
         _cache[key_id] = (token, secret, now + TOKEN_CACHE_SECONDS)
-    last = token.last_used_at
-    if last is None or (timezone.now() - last).total_seconds() > LAST_USED_RESOLUTION_SECONDS:
-        Token.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    token.touch()
     return token
 
 

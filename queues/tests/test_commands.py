@@ -124,6 +124,15 @@ def test_queue_create_refuses_dot_and_dot_dot(db, name):
     assert Queue.objects.get().name == "..."
 
 
+def test_token_revoke_of_a_revoked_token_fails(db):
+    create_token("ci", "admin")
+    mq("token", "revoke", "ci")
+    revoked_at = Token.objects.get(name="ci").revoked_at
+    with pytest.raises(CommandError, match="No active token"):
+        mq("token", "revoke", "ci")
+    assert Token.objects.get(name="ci").revoked_at == revoked_at
+
+
 def test_queue_list_shows_counts(db):
     mq("queue", "create", "jobs")
     queue = broker.get_queue("jobs")

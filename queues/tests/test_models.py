@@ -1,13 +1,17 @@
-"""The models' own rules: the queue-name rule."""
+"""The models' own rules: the queue-name rule, and the single-row
+transitions of tokens, each a conditional update that settles its race."""
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from django.core.exceptions import ValidationError
+from django.utils import timezone
 
 from queues import broker
 from queues.exceptions import InvalidValue
-from queues.models import Queue, is_queue_name, validate_queue_name
+from queues.models import LAST_USED_RESOLUTION_SECONDS, Queue, Token, is_queue_name, validate_queue_name
 
 # ------------------------------------------------------------ queue names --
 
@@ -34,3 +38,29 @@ def test_the_queue_model_refuses_dot_and_dot_dot(db: None, name: str) -> None:
     with pytest.raises(InvalidValue, match=r"not \. or \.\."):
         broker.put_queue(name, {})
     assert not Queue.objects.exists()
+
+
+# ----------------------------------------------------------------- tokens --
+
+
+def test_revoke_is_once_and_keeps_the_first_time(db: None) -> None:
+    token, _raw = Token.issue("ci", ["admin"])
+    assert token.revoke() is True
+    first = Token.objects.get(pk=token.pk).revoked_at
+    assert first is not None and token.revoked_at == first
+    again = Token.objects.get(pk=token.pk)
+    assert again.revoke() is False
+    assert Token.objects.get(pk=token.pk).revoked_at == first
+    assert not Token.objects.active().exists()
+
+
+def test_touch_writes_last_used_at_at_most_once_per_resolution(db: None) -> None:
+    token, _raw = Token.issue("ci", ["admin"])
+    t0 = timezone.now()
+    token.touch(t0)
+    assert Token.objects.get(pk=token.pk).last_used_at == t0
+    token.touch(t0 + dt.timedelta(seconds=LAST_USED_RESOLUTION_SECONDS / 2))
+    assert Token.objects.get(pk=token.pk).last_used_at == t0
+    later = t0 + dt.timedelta(seconds=LAST_USED_RESOLUTION_SECONDS + 1)
+    token.touch(later)
+    assert Token.objects.get(pk=token.pk).last_used_at == later == token.last_used_at
