@@ -102,6 +102,40 @@ def verify(raw: str) -> Token:
     return token
 
 
+def _bearer(header: str) -> str | None:
+    """The ``<token>`` of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, value = header.partition(" ")
+    return value if scheme.lower() == "bearer" and value else None
+
+
+def lately_verified(header: str) -> Token | None:
+    """The token of an ``Authorization`` header when it was verified within
+    TOKEN_CACHE_SECONDS (no query: fit for the event loop), else None."""
+    value = _bearer(header)
+    if value is None:
+        return None
+    key_id, _, secret = value.strip().partition(".")
+    return _cached(key_id, secret, time.monotonic()) if key_id and secret else None
+
+
+def authenticate(header: str, address: str) -> Token:
+    """The active token of an ``Authorization: Bearer <token>`` header sent
+    from ``address``; raises Unauthorized, or TooManyFailures once that
+    address failed too often. A bad token counts as a failure; a missing
+    header does not (nobody guessed anything). May query: not on the loop."""
+    if not header:
+        raise Unauthorized("Missing Authorization header: send Authorization: Bearer <token>.")
+    check_failure_budget(address)
+    try:
+        value = _bearer(header)
+        if value is None:
+            raise Unauthorized("Authorization must be 'Bearer <token>'.")
+        return verify(value)
+    except Unauthorized:
+        record_failure(address)
+        raise
+
+
 class BearerAuth(HttpBearer):
     """``on_loop=True`` for async views: a token verified lately is accepted
     on the event loop; only one that needs its database lookup goes to the
@@ -120,29 +154,14 @@ class BearerAuth(HttpBearer):
         return self._check(request)
 
     async def _on_loop(self, request: HttpRequest) -> Token:
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        key_id, _, secret = value.strip().partition(".")
-        if scheme.lower() == "bearer" and key_id and secret:
-            token = _cached(key_id, secret, time.monotonic())
-            if token is not None:
-                check_failure_budget(request.META.get("REMOTE_ADDR") or "unknown")
-                return token
+        token = lately_verified(request.headers.get("Authorization", ""))
+        if token is not None:
+            check_failure_budget(request.META.get("REMOTE_ADDR") or "unknown")
+            return token
         return await sync_to_async(self._check)(request)
 
     def _check(self, request: HttpRequest) -> Token:
-        header = request.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        if not header:
-            raise Unauthorized("Missing Authorization header: send Authorization: Bearer <token>.")
-        address = request.META.get("REMOTE_ADDR") or "unknown"
-        check_failure_budget(address)
-        try:
-            if scheme.lower() != "bearer" or not value:
-                raise Unauthorized("Authorization must be 'Bearer <token>'.")
-            return self.authenticate(request, value)
-        except Unauthorized:
-            record_failure(address)
-            raise
+        return authenticate(request.headers.get("Authorization", ""), request.META.get("REMOTE_ADDR") or "unknown")
 
 
 def require(request: HttpRequest, scope: str, queue_name: str | None = None) -> Token:
