@@ -18,12 +18,14 @@ import secrets
 import time
 import uuid
 from fnmatch import fnmatchcase
-from typing import TypedDict
+from traceback import format_exception
+from typing import Any, TypedDict
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from django.tasks import TaskResultStatus
 from django.utils import timezone
 
 from .states import MessageState
@@ -572,3 +574,38 @@ class TaskRecord(models.Model):
 
     def __str__(self) -> str:
         return f"task {self.task_path} {self.id} ({self.status})"
+
+    # Single-row transitions, as django-tasks' DBTaskResult has them. The
+    # caller holds the row locked (select_for_update) in a transaction.
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED)
+
+    def claim(self, worker_id: str, now: dt.datetime | None = None) -> None:
+        """A worker starts the task (again, after a crash): RUNNING."""
+        now = timezone.now() if now is None else now
+        self.status = TaskResultStatus.RUNNING
+        self.started_at = self.started_at or now
+        self.last_attempted_at = now
+        self.worker_ids = [*self.worker_ids, worker_id]
+        self.save(update_fields=["status", "started_at", "last_attempted_at", "worker_ids"])
+
+    def set_successful(self, return_value: Any) -> None:
+        """The task returned ``return_value`` (JSON): SUCCESSFUL."""
+        self.status = TaskResultStatus.SUCCESSFUL
+        self.finished_at = timezone.now()
+        self.return_value = return_value
+        self.save(update_fields=["status", "finished_at", "return_value"])
+
+    def set_failed(self, error: BaseException) -> None:
+        """The task raised ``error``: FAILED, with the exception's class and
+        traceback added to ``errors``."""
+        kind = type(error)
+        self.status = TaskResultStatus.FAILED
+        self.finished_at = timezone.now()
+        self.errors = [
+            *self.errors,
+            {"exception_class_path": f"{kind.__module__}.{kind.__qualname__}", "traceback": "".join(format_exception(error))},
+        ]
+        self.save(update_fields=["status", "finished_at", "errors"])

@@ -1,5 +1,5 @@
 """The models' own rules: the queue-name rule, and the single-row
-transitions of tokens, each a conditional update that settles its race."""
+transitions of tokens and task records."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import datetime as dt
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.tasks import TaskResultStatus
 from django.utils import timezone
 
 from queues import broker
 from queues.exceptions import InvalidValue
-from queues.models import LAST_USED_RESOLUTION_SECONDS, Queue, Token, is_queue_name, validate_queue_name
+from queues.models import LAST_USED_RESOLUTION_SECONDS, Queue, TaskRecord, Token, is_queue_name, validate_queue_name
 
 # ------------------------------------------------------------ queue names --
 
@@ -64,3 +65,40 @@ def test_touch_writes_last_used_at_at_most_once_per_resolution(db: None) -> None
     later = t0 + dt.timedelta(seconds=LAST_USED_RESOLUTION_SECONDS + 1)
     token.touch(later)
     assert Token.objects.get(pk=token.pk).last_used_at == later == token.last_used_at
+
+
+# ----------------------------------------------------------- task records --
+
+
+def record() -> TaskRecord:
+    return TaskRecord.objects.create(
+        id="r1", backend="default", task_path="x.y", queue_name="default", status=TaskResultStatus.READY, enqueued_at=timezone.now()
+    )
+
+
+def test_a_claimed_task_runs_then_succeeds(db: None) -> None:
+    r = record()
+    assert not r.finished
+    r.claim("w1")
+    r.claim("w2")  # again, after w1 crashed
+    row = TaskRecord.objects.get(pk="r1")
+    assert (row.status, row.worker_ids) == (TaskResultStatus.RUNNING, ["w1", "w2"])
+    assert row.started_at is not None and row.started_at <= row.last_attempted_at  # type: ignore[operator]
+    r.set_successful({"ok": 1})
+    row = TaskRecord.objects.get(pk="r1")
+    assert (row.status, row.return_value, row.finished) == (TaskResultStatus.SUCCESSFUL, {"ok": 1}, True)
+    assert row.finished_at is not None
+
+
+def test_a_failed_task_keeps_each_error(db: None) -> None:
+    r = record()
+    r.claim("w1")
+    try:
+        raise ValueError("boom")
+    except ValueError as exc:
+        r.set_failed(exc)
+    row = TaskRecord.objects.get(pk="r1")
+    assert row.status == TaskResultStatus.FAILED and row.finished
+    [error] = row.errors
+    assert error["exception_class_path"] == "builtins.ValueError"
+    assert "boom" in error["traceback"]
