@@ -1,5 +1,6 @@
-"""The models' own rules: the queue-name rule, and the single-row
-transitions of tokens and task records."""
+"""The models' own rules: the queue-name rule, and the single-row transitions
+of tokens, consumers and task records, each a conditional update that
+settles its race."""
 
 from __future__ import annotations
 
@@ -12,7 +13,18 @@ from django.utils import timezone
 
 from queues import broker
 from queues.exceptions import InvalidValue
-from queues.models import LAST_USED_RESOLUTION_SECONDS, Queue, TaskRecord, Token, is_queue_name, validate_queue_name
+from queues.models import (
+    LAST_USED_RESOLUTION_SECONDS,
+    Consumer,
+    ConsumerStatus,
+    Queue,
+    TaskRecord,
+    Token,
+    is_queue_name,
+    validate_queue_name,
+)
+
+T0 = 1_900_000_000.0
 
 # ------------------------------------------------------------ queue names --
 
@@ -65,6 +77,46 @@ def test_touch_writes_last_used_at_at_most_once_per_resolution(db: None) -> None
     later = t0 + dt.timedelta(seconds=LAST_USED_RESOLUTION_SECONDS + 1)
     token.touch(later)
     assert Token.objects.get(pk=token.pk).last_used_at == later == token.last_used_at
+
+
+# -------------------------------------------------------------- consumers --
+
+
+def consumer(timeout: int = 15, last: float = T0) -> Consumer:
+    return Consumer.objects.create(name="w", heartbeat_timeout=timeout, registered_at=last, last_heartbeat=last)
+
+
+def stored(c: Consumer) -> tuple[str, float, float | None]:
+    row = Consumer.objects.get(pk=c.pk)
+    return row.status, row.last_heartbeat, row.dead_at
+
+
+def test_a_beat_makes_a_suspect_alive_but_not_a_dead_consumer(db: None) -> None:
+    c = consumer()
+    assert c.mark_suspect() is True
+    assert c.beat(T0 + 5) is True
+    assert stored(c) == (ConsumerStatus.ALIVE, T0 + 5, None)
+    c.leave(T0 + 6)
+    assert c.beat(T0 + 7) is False
+    assert stored(c) == (ConsumerStatus.DEAD, T0 + 5, T0 + 6)
+
+
+def test_mark_suspect_loses_to_a_beat_that_landed_since_it_read(db: None) -> None:
+    c = consumer()
+    Consumer.objects.get(pk=c.pk).beat(T0 + 1)  # another process's beat
+    assert c.mark_suspect() is False
+    assert stored(c)[0] == ConsumerStatus.ALIVE
+
+
+def test_declare_dead_only_when_silent_past_its_timeout(db: None) -> None:
+    c = consumer(timeout=10)
+    assert c.declare_dead(T0 + 5) is False  # not silent long enough
+    assert stored(c) == (ConsumerStatus.ALIVE, T0, None)
+    Consumer.objects.get(pk=c.pk).beat(T0 + 8)  # a late beat wins the race
+    assert c.declare_dead(T0 + 11) is False
+    assert c.declare_dead(T0 + 19) is True
+    assert stored(c) == (ConsumerStatus.DEAD, T0 + 8, T0 + 19)
+    assert c.declare_dead(T0 + 30) is False  # dead once
 
 
 # ----------------------------------------------------------- task records --
