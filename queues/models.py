@@ -62,7 +62,15 @@ def epoch_to_iso(value: float | None) -> str | None:
     return dt.datetime.fromtimestamp(value, tz=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-class QueueDict(TypedDict):
+class QueueCountsDict(TypedDict):
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+    oldest_ready_age: float | None
+
+
+class QueueDict(QueueCountsDict):
     name: str
     visibility_timeout: int
     max_deliveries: int
@@ -74,11 +82,6 @@ class QueueDict(TypedDict):
     max_message_bytes: int
     max_depth: int | None
     created_at: str
-    ready: int
-    delayed: int
-    in_flight: int
-    dead: int
-    oldest_ready_age: float | None
 
 
 class Queue(models.Model):
@@ -122,6 +125,8 @@ class Queue(models.Model):
         return self.name
 
     def to_dict(self, counts: QueueCounts) -> QueueDict:
+        """The queue with its live counts: what the API answers, what the
+        dashboard shows and what SQS's attributes are read from."""
         return {
             "name": self.name,
             "visibility_timeout": self.visibility_timeout,
@@ -134,11 +139,7 @@ class Queue(models.Model):
             "max_message_bytes": self.max_message_bytes,
             "max_depth": self.max_depth,
             "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
-            "ready": counts.ready,
-            "delayed": counts.delayed,
-            "in_flight": counts.in_flight,
-            "dead": counts.dead,
-            "oldest_ready_age": counts.oldest_ready_age,
+            **counts.to_dict(),
         }
 
 
@@ -162,6 +163,16 @@ class QueueCounts:
         self.dead = dead
         self.oldest_ready_age = oldest_ready_age
         self.totals = totals or {}
+
+    def to_dict(self) -> QueueCountsDict:
+        """The counts as the API and the dashboard's ``queue`` frames carry them."""
+        return {
+            "ready": self.ready,
+            "delayed": self.delayed,
+            "in_flight": self.in_flight,
+            "dead": self.dead,
+            "oldest_ready_age": self.oldest_ready_age,
+        }
 
 
 class MessageQuerySet(models.QuerySet["Message"]):
@@ -388,6 +399,18 @@ def _consumer_id() -> str:
     return uuid.uuid4().hex
 
 
+class ConsumerDict(TypedDict):
+    id: str
+    name: str
+    queues: list[str]
+    status: str
+    last_heartbeat: str | None
+    heartbeat_timeout: int
+    dead_at: str | None
+    in_flight: int
+    meta: dict[str, Any]
+
+
 class Consumer(models.Model):
     """A registered consumer. Its status changes one row at a time, each a
     conditional update that settles a race (``beat``, ``mark_suspect``,
@@ -410,6 +433,21 @@ class Consumer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.id[:8]})"
+
+    def to_dict(self, in_flight: int) -> ConsumerDict:
+        """The consumer and how many messages it holds, as the API answers
+        and the dashboard shows it."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "queues": list(self.queues),
+            "status": self.status,
+            "last_heartbeat": epoch_to_iso(self.last_heartbeat),
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "dead_at": epoch_to_iso(self.dead_at),
+            "in_flight": in_flight,
+            "meta": self.meta,
+        }
 
     @staticmethod
     def silent(now: float) -> Q:

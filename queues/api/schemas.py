@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 from ninja import Schema
 from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema
 
-from ..models import QUEUE_NAME_PATTERN, QUEUE_NAME_RULE, is_queue_name
+from ..models import QUEUE_NAME_PATTERN, QUEUE_NAME_RULE, QueueDict, is_queue_name
 
 # Text that is stored as given must not hold NUL: PostgreSQL text cannot.
 NO_NUL = r"^[^\x00]*$"
@@ -47,23 +47,8 @@ class QueueIn(Strict):
     max_depth: int | None = Field(None, ge=1)
 
 
-class QueueOut(Schema):
-    name: str
-    visibility_timeout: int
-    max_deliveries: int
-    dead_letter_queue: str | None
-    retention: int | None
-    delay: int
-    fifo: bool
-    paused: bool
-    max_message_bytes: int
-    max_depth: int | None
-    created_at: str
-    ready: int
-    delayed: int
-    in_flight: int
-    dead: int
-    oldest_ready_age: float | None
+# A queue as the API answers it: the shape of Queue.to_dict.
+QueueOut = QueueDict
 
 
 class QueueListOut(Schema):

@@ -119,6 +119,22 @@ def test_declare_dead_only_when_silent_past_its_timeout(db: None) -> None:
     assert c.declare_dead(T0 + 30) is False  # dead once
 
 
+def test_consumer_to_dict_has_what_the_api_and_the_dashboard_show(db: None) -> None:
+    c = consumer()
+    c.leave(T0 + 1)
+    assert c.to_dict(3) == {
+        "id": c.id,
+        "name": "w",
+        "queues": [],
+        "status": "dead",
+        "last_heartbeat": "2030-03-17T17:46:40Z",
+        "heartbeat_timeout": 15,
+        "dead_at": "2030-03-17T17:46:41Z",
+        "in_flight": 3,
+        "meta": {},
+    }
+
+
 # ----------------------------------------------------------- task records --
 
 
