@@ -40,7 +40,7 @@ from typing import Any
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from queues import broker, events
-from queues.models import Consumer, ConsumerStatus, Queue
+from queues.models import Consumer, ConsumerStatus, Queue, QueueCounts
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,9 @@ class Aggregator:
         return round(max(0, sent - s0) / (now - t0), 2), round(max(0, acked - a0) / (now - t0), 2)
 
     def queue_frames(self, now: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        # Three columns, not whole Queue rows: a tick sends counts, and a
+        # thousand queues read as model instances cost several times the
+        # database time, and far more CPU, every second.
         rows = list(Queue.objects.values_list("id", "name", "paused"))
         counts = broker.queue_counts(now=now)  # every queue, without a list of their ids
         frames: list[dict[str, Any]] = []
@@ -255,7 +258,7 @@ class Aggregator:
         for c in consumers:
             seen.add(c.id)
             # A dead consumer's leases were released with its death sentence.
-            frame = consumer_frame(c, 0 if c.status == ConsumerStatus.DEAD else self.inflight.get(c.id, 0))
+            frame: dict[str, Any] = {"type": "consumer", **c.to_dict(0 if c.status == ConsumerStatus.DEAD else self.inflight.get(c.id, 0))}
             key = (frame["status"], frame["last_heartbeat"], frame["in_flight"], tuple(frame["queues"]))
             if self.sent_consumers.get(c.id) != key:
                 self.sent_consumers[c.id] = key
@@ -300,36 +303,17 @@ def publish_tick(now: float | None = None, *, force: bool = False) -> list[dict[
 # --------------------------------------------------------------------------- #
 
 
-def queue_frame(name: str, c: Any, *, paused: bool, in_rate: float, out_rate: float, now: float) -> dict[str, Any]:
-    oldest_at = None if c.oldest_ready_age is None else round(now - c.oldest_ready_age)
-    return {
-        "type": "queue",
-        "name": name,
-        "ready": c.ready,
-        "delayed": c.delayed,
-        "in_flight": c.in_flight,
-        "dead": c.dead,
-        "oldest_ready_age": c.oldest_ready_age,
-        "oldest_ready_at": oldest_at,
-        "in_rate": in_rate,
-        "out_rate": out_rate,
-        "paused": paused,
-        "at": round(now, 3),
-    }
+def queue_frame(name: str, counts: QueueCounts, *, paused: bool, in_rate: float, out_rate: float, now: float) -> dict[str, Any]:
+    """A ``queue`` frame: one queue's counts (``QueueCounts.to_dict``) and
+    what only a dashboard shows with them."""
+    return {"type": "queue", "name": name, "paused": paused, **counts.to_dict(), **_lively(counts, in_rate, out_rate, now)}
 
 
-def consumer_frame(c: Consumer, in_flight: int) -> dict[str, Any]:
-    return {
-        "type": "consumer",
-        "id": c.id,
-        "name": c.name,
-        "queues": list(c.queues),
-        "status": c.status,
-        "last_heartbeat": round(c.last_heartbeat, 3),
-        "heartbeat_timeout": c.heartbeat_timeout,
-        "dead_at": c.dead_at,
-        "in_flight": in_flight,
-    }
+def _lively(counts: QueueCounts, in_rate: float, out_rate: float, now: float) -> dict[str, Any]:
+    """What a dashboard shows beside a queue's counts: its rates, the
+    oldest ready message's enqueue time, and when they were read."""
+    oldest_at = None if counts.oldest_ready_age is None else round(now - counts.oldest_ready_age)
+    return {"oldest_ready_at": oldest_at, "in_rate": in_rate, "out_rate": out_rate, "at": round(now, 3)}
 
 
 def snapshot(now: float | None = None) -> dict[str, Any]:
@@ -339,19 +323,12 @@ def snapshot(now: float | None = None) -> dict[str, Any]:
     queues = []
     for q, counts in broker.list_queues():
         seen = history.latest.get(q.name, {})
-        frame = queue_frame(
-            q.name, counts, paused=q.paused, in_rate=seen.get("in_rate", 0.0), out_rate=seen.get("out_rate", 0.0), now=now
-        )
-        del frame["type"]
-        queues.append(frame)
+        # The whole queue, as the API shows it: its settings come along.
+        queues.append({**q.to_dict(counts), **_lively(counts, seen.get("in_rate", 0.0), seen.get("out_rate", 0.0), now)})
     consumers = list(Consumer.objects.order_by("name", "id"))
     live = [c.id for c in consumers if c.status != ConsumerStatus.DEAD]
     inflight = broker.consumer_in_flight(live) if live else {}
-    rows = []
-    for consumer in consumers:
-        row = consumer_frame(consumer, inflight.get(consumer.id, 0))
-        del row["type"]
-        rows.append(row)
+    rows = [consumer.to_dict(inflight.get(consumer.id, 0)) for consumer in consumers]
     return {
         "type": "snapshot",
         "at": round(now, 3),

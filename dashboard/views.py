@@ -17,7 +17,7 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
-from queues import broker, events
+from queues import broker
 from queues.exceptions import MQError, QueueNotFound
 from queues.models import QueueCounts
 from queues.states import MessageState
@@ -113,8 +113,7 @@ def resume(request: HttpRequest, name: str) -> HttpResponse:
 
 def _set_paused(request: HttpRequest, name: str, paused: bool) -> HttpResponse:
     queue = _queue_or_404(name)
-    broker.put_queue(queue.name, {"paused": paused})
-    events.emit("pause" if paused else "resume", queue.name, by=request.user.get_username())
+    (broker.pause if paused else broker.resume)(queue, by=request.user.get_username())
     messages.success(request, f"Queue {queue.name} {'paused: it delivers nothing' if paused else 'resumed'}.")
     return _back(queue.name)
 

@@ -357,9 +357,7 @@ def run_demo(url: str, token: str | None, *, out: Output, seed: int | None = Non
         return _evening(client, url, token, out, random.Random(seed))
     finally:
         if temporary is not None:
-            from django.utils import timezone
-
-            type(temporary).objects.filter(pk=temporary.pk).update(revoked_at=timezone.now())
+            temporary.revoke()
 
 
 def _evening(client: Any, url: str, token: str, out: Output, rng: random.Random) -> int:

@@ -34,11 +34,6 @@ STRAGGLER_WINDOW_SECONDS = 60.0
 DEAD_CONSUMER_KEEP_SECONDS = 24 * 3600.0
 
 
-def _silent(now: float) -> Q:
-    """Alive or suspect consumers silent past their heartbeat timeout."""
-    return Q(status__in=[ConsumerStatus.ALIVE, ConsumerStatus.SUSPECT], last_heartbeat__lt=now - F("heartbeat_timeout"))
-
-
 def _recently_dead(now: float) -> Q:
     return Q(status=ConsumerStatus.DEAD, dead_at__gte=now - STRAGGLER_WINDOW_SECONDS)
 
@@ -54,7 +49,7 @@ def check_consumers(now: float | None = None) -> dict[str, int]:
     if not _anything_due(now):
         return {"suspect": 0, "dead": 0, "released": 0}
     done = {"suspect": _mark_suspects(now), "dead": 0, "released": 0}
-    for consumer in Consumer.objects.filter(_silent(now)):
+    for consumer in Consumer.objects.filter(Consumer.silent(now)):
         released = declare_dead(consumer, now=now)
         if released is not None:
             done["dead"] += 1
@@ -73,7 +68,7 @@ def _anything_due(now: float) -> bool:
     interval = Greatest(Value(1.0), F("heartbeat_timeout") / Value(3.0), output_field=FloatField())
     return Consumer.objects.filter(
         Q(status=ConsumerStatus.ALIVE, last_heartbeat__lt=Value(now) - interval * Value(1 + SUSPECT_GRACE))
-        | _silent(now)
+        | Consumer.silent(now)
         | _recently_dead(now)
         | _forgotten(now)
     ).exists()
@@ -81,15 +76,12 @@ def _anything_due(now: float) -> bool:
 
 def _mark_suspects(now: float) -> int:
     marked = 0
-    for cid, last, timeout in Consumer.objects.filter(
-        status=ConsumerStatus.ALIVE, last_heartbeat__lt=now - 1
-    ).values_list("id", "last_heartbeat", "heartbeat_timeout"):
-        cutoff = now - broker.heartbeat_interval(timeout) * (1 + SUSPECT_GRACE)
-        if last < cutoff:
-            # Conditional: a beat that landed meanwhile keeps it alive.
-            marked += Consumer.objects.filter(pk=cid, status=ConsumerStatus.ALIVE, last_heartbeat=last).update(
-                status=ConsumerStatus.SUSPECT
-            )
+    for consumer in Consumer.objects.filter(status=ConsumerStatus.ALIVE, last_heartbeat__lt=now - 1).only(
+        "id", "status", "last_heartbeat", "heartbeat_timeout"
+    ):
+        cutoff = now - broker.heartbeat_interval(consumer.heartbeat_timeout) * (1 + SUSPECT_GRACE)
+        if consumer.last_heartbeat < cutoff and consumer.mark_suspect():
+            marked += 1
     return marked
 
 
@@ -99,11 +91,7 @@ def declare_dead(consumer: Consumer, *, now: float) -> int | None:
     won the race (the consumer lives)."""
     silent = now - consumer.last_heartbeat
     with transaction.atomic():
-        # The conditional update closes the race with a late heartbeat: the
-        # beat either lands first (this matches nothing) or finds the
-        # consumer dead and gets 410; never both.
-        won = Consumer.objects.filter(_silent(now), pk=consumer.pk).update(status=ConsumerStatus.DEAD, dead_at=now)
-        if not won:
+        if not consumer.declare_dead(now):
             return None
         released = broker.release_consumer(
             consumer.pk, reason=f"consumer {consumer.name} silent for {silent:.1f} s (declared dead)", now=now

@@ -13,20 +13,45 @@ import datetime as dt
 import functools
 import hashlib
 import hmac
+import re
 import secrets
 import time
 import uuid
 from fnmatch import fnmatchcase
-from typing import TypedDict
+from traceback import format_exception
+from typing import Any, TypedDict
 
-from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
+from django.tasks import TaskResultStatus
+from django.utils import timezone
 
 from .states import MessageState
 
-QUEUE_NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,80}$"
+#: A queue's name: 1-80 of A-Z a-z 0-9 _ . -, but not "." or "..": as a
+#: segment of a URL path those mean "here" and "the parent", so browsers,
+#: HTTP clients and proxies resolve them away and such a queue could never
+#: be opened. Written for JSON Schema (the API's OpenAPI document); Python
+#: matches it whole (``is_queue_name``), so a trailing newline is no match.
+QUEUE_NAME_PATTERN = r"^(?!\.\.?$)[A-Za-z0-9_.-]{1,80}$"
+QUEUE_NAME_RULE = "1-80 characters of A-Z a-z 0-9 _ . - (not . or ..)"
+_QUEUE_NAME = re.compile(QUEUE_NAME_PATTERN)
 DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024
+
+
+def is_queue_name(name: str) -> bool:
+    """Whether ``name`` may name a queue: the one rule, wherever a name is
+    made (the API, the admin, ``mq queue create``, SQS, django.tasks) or
+    looked up."""
+    return _QUEUE_NAME.fullmatch(name) is not None
+
+
+def validate_queue_name(name: str) -> None:
+    """The Queue model's validator (the admin's form, ``broker.put_queue``)."""
+    if not is_queue_name(name):
+        raise ValidationError(f"Use {QUEUE_NAME_RULE}.", code="invalid")
 
 
 # Cached: the messages of one batch share their enqueue and lease times.
@@ -37,7 +62,15 @@ def epoch_to_iso(value: float | None) -> str | None:
     return dt.datetime.fromtimestamp(value, tz=dt.UTC).isoformat().replace("+00:00", "Z")
 
 
-class QueueDict(TypedDict):
+class QueueCountsDict(TypedDict):
+    ready: int
+    delayed: int
+    in_flight: int
+    dead: int
+    oldest_ready_age: float | None
+
+
+class QueueDict(QueueCountsDict):
     name: str
     visibility_timeout: int
     max_deliveries: int
@@ -49,18 +82,13 @@ class QueueDict(TypedDict):
     max_message_bytes: int
     max_depth: int | None
     created_at: str
-    ready: int
-    delayed: int
-    in_flight: int
-    dead: int
-    oldest_ready_age: float | None
 
 
 class Queue(models.Model):
     name = models.CharField(
         max_length=80,
         unique=True,
-        validators=[RegexValidator(QUEUE_NAME_PATTERN, "Use 1-80 of A-Z a-z 0-9 _ . -")],
+        validators=[validate_queue_name],
     )
     visibility_timeout = models.PositiveIntegerField(
         default=30, validators=[MaxValueValidator(12 * 3600)], help_text="Seconds a lease lasts."
@@ -97,6 +125,8 @@ class Queue(models.Model):
         return self.name
 
     def to_dict(self, counts: QueueCounts) -> QueueDict:
+        """The queue with its live counts: what the API answers, what the
+        dashboard shows and what SQS's attributes are read from."""
         return {
             "name": self.name,
             "visibility_timeout": self.visibility_timeout,
@@ -109,11 +139,7 @@ class Queue(models.Model):
             "max_message_bytes": self.max_message_bytes,
             "max_depth": self.max_depth,
             "created_at": self.created_at.isoformat().replace("+00:00", "Z"),
-            "ready": counts.ready,
-            "delayed": counts.delayed,
-            "in_flight": counts.in_flight,
-            "dead": counts.dead,
-            "oldest_ready_age": counts.oldest_ready_age,
+            **counts.to_dict(),
         }
 
 
@@ -137,6 +163,16 @@ class QueueCounts:
         self.dead = dead
         self.oldest_ready_age = oldest_ready_age
         self.totals = totals or {}
+
+    def to_dict(self) -> QueueCountsDict:
+        """The counts as the API and the dashboard's ``queue`` frames carry them."""
+        return {
+            "ready": self.ready,
+            "delayed": self.delayed,
+            "in_flight": self.in_flight,
+            "dead": self.dead,
+            "oldest_ready_age": self.oldest_ready_age,
+        }
 
 
 class MessageQuerySet(models.QuerySet["Message"]):
@@ -379,7 +415,23 @@ def _consumer_id() -> str:
     return uuid.uuid4().hex
 
 
+class ConsumerDict(TypedDict):
+    id: str
+    name: str
+    queues: list[str]
+    status: str
+    last_heartbeat: str | None
+    heartbeat_timeout: int
+    dead_at: str | None
+    in_flight: int
+    meta: dict[str, Any]
+
+
 class Consumer(models.Model):
+    """A registered consumer. Its status changes one row at a time, each a
+    conditional update that settles a race (``beat``, ``mark_suspect``,
+    ``declare_dead``, ``leave``); releasing what it held is the broker's."""
+
     id = models.CharField(primary_key=True, max_length=40, default=_consumer_id, editable=False)
     name = models.CharField(max_length=200)
     queues = models.JSONField(default=list, blank=True)
@@ -397,6 +449,68 @@ class Consumer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.id[:8]})"
+
+    def to_dict(self, in_flight: int) -> ConsumerDict:
+        """The consumer and how many messages it holds, as the API answers
+        and the dashboard shows it."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "queues": list(self.queues),
+            "status": self.status,
+            "last_heartbeat": epoch_to_iso(self.last_heartbeat),
+            "heartbeat_timeout": self.heartbeat_timeout,
+            "dead_at": epoch_to_iso(self.dead_at),
+            "in_flight": in_flight,
+            "meta": self.meta,
+        }
+
+    @staticmethod
+    def silent(now: float) -> Q:
+        """Alive or suspect consumers silent past their heartbeat timeout."""
+        return Q(status__in=[ConsumerStatus.ALIVE, ConsumerStatus.SUSPECT], last_heartbeat__lt=now - F("heartbeat_timeout"))
+
+    def beat(self, now: float | None = None) -> bool:
+        """A heartbeat: alive again. False, and nothing changes, once the
+        consumer was declared dead: its leases went to others and it must
+        register again."""
+        now = time.time() if now is None else now
+        # Conditional: a beat racing the monitor's death sentence either
+        # lands first (and the consumer lives) or finds it dead, never both.
+        if not Consumer.objects.filter(pk=self.pk).exclude(status=ConsumerStatus.DEAD).update(
+            last_heartbeat=now, status=ConsumerStatus.ALIVE
+        ):
+            return False
+        self.last_heartbeat, self.status = now, ConsumerStatus.ALIVE
+        return True
+
+    def mark_suspect(self) -> bool:
+        """Alive -> suspect: it missed a beat, and keeps its leases (it may
+        only be slow). False when a beat landed since this instance was read."""
+        if not Consumer.objects.filter(
+            pk=self.pk, status=ConsumerStatus.ALIVE, last_heartbeat=self.last_heartbeat
+        ).update(status=ConsumerStatus.SUSPECT):
+            return False
+        self.status = ConsumerStatus.SUSPECT
+        return True
+
+    def declare_dead(self, now: float) -> bool:
+        """Silent past its heartbeat timeout -> dead. False when a heartbeat
+        won the race: the consumer lives. The caller releases its leases in
+        the same transaction (``health.declare_dead``)."""
+        # Conditional: the late beat either lands first (this matches
+        # nothing) or finds the consumer dead and gets 410; never both.
+        if not Consumer.objects.filter(Consumer.silent(now), pk=self.pk).update(status=ConsumerStatus.DEAD, dead_at=now):
+            return False
+        self.status, self.dead_at = ConsumerStatus.DEAD, now
+        return True
+
+    def leave(self, now: float | None = None) -> None:
+        """A graceful leave: dead now, whatever its state. The caller
+        releases its leases in the same transaction (``broker.leave``)."""
+        now = time.time() if now is None else now
+        Consumer.objects.filter(pk=self.pk).update(status=ConsumerStatus.DEAD, dead_at=now)
+        self.status, self.dead_at = ConsumerStatus.DEAD, now
 
 
 class Scope(models.TextChoices):
@@ -440,6 +554,16 @@ def open_secret(sealed: str) -> str | None:
         return None
 
 
+# last_used_at is written at most this often per token (not on every request).
+LAST_USED_RESOLUTION_SECONDS = 60.0
+
+
+class TokenQuerySet(models.QuerySet["Token"]):
+    def active(self) -> TokenQuerySet:
+        """Tokens that were not revoked."""
+        return self.filter(revoked_at__isnull=True)
+
+
 class Token(models.Model):
     name = models.CharField(max_length=100, unique=True)
     key_id = models.CharField(max_length=40, unique=True, editable=False)
@@ -456,8 +580,31 @@ class Token(models.Model):
     last_used_at = models.DateTimeField(null=True, blank=True)
     revoked_at = models.DateTimeField(null=True, blank=True)
 
+    objects = TokenQuerySet.as_manager()
+
     def __str__(self) -> str:
         return f"{self.name} ({self.key_id})"
+
+    def revoke(self) -> bool:
+        """Revoke the token now. False when it was already revoked: of two
+        racing revokes one wins, and the time it was revoked stays the
+        first. A process that verified it lately trusts it a few seconds
+        longer (``api.auth.TOKEN_CACHE_SECONDS``) unless told to forget it
+        (``api.auth.forget``)."""
+        now = timezone.now()
+        if not Token.objects.active().filter(pk=self.pk).update(revoked_at=now):
+            return False
+        self.revoked_at = now
+        return True
+
+    def touch(self, now: dt.datetime | None = None) -> None:
+        """Note a use in ``last_used_at``: written when the last note is
+        older than LAST_USED_RESOLUTION_SECONDS, so not on every request."""
+        now = timezone.now() if now is None else now
+        last = self.last_used_at
+        if last is None or (now - last).total_seconds() > LAST_USED_RESOLUTION_SECONDS:
+            Token.objects.filter(pk=self.pk).update(last_used_at=now)
+            self.last_used_at = now
 
     @property
     def scope_set(self) -> frozenset[str]:
@@ -532,3 +679,38 @@ class TaskRecord(models.Model):
 
     def __str__(self) -> str:
         return f"task {self.task_path} {self.id} ({self.status})"
+
+    # Single-row transitions, as django-tasks' DBTaskResult has them. The
+    # caller holds the row locked (select_for_update) in a transaction.
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (TaskResultStatus.SUCCESSFUL, TaskResultStatus.FAILED)
+
+    def claim(self, worker_id: str, now: dt.datetime | None = None) -> None:
+        """A worker starts the task (again, after a crash): RUNNING."""
+        now = timezone.now() if now is None else now
+        self.status = TaskResultStatus.RUNNING
+        self.started_at = self.started_at or now
+        self.last_attempted_at = now
+        self.worker_ids = [*self.worker_ids, worker_id]
+        self.save(update_fields=["status", "started_at", "last_attempted_at", "worker_ids"])
+
+    def set_successful(self, return_value: Any) -> None:
+        """The task returned ``return_value`` (JSON): SUCCESSFUL."""
+        self.status = TaskResultStatus.SUCCESSFUL
+        self.finished_at = timezone.now()
+        self.return_value = return_value
+        self.save(update_fields=["status", "finished_at", "return_value"])
+
+    def set_failed(self, error: BaseException) -> None:
+        """The task raised ``error``: FAILED, with the exception's class and
+        traceback added to ``errors``."""
+        kind = type(error)
+        self.status = TaskResultStatus.FAILED
+        self.finished_at = timezone.now()
+        self.errors = [
+            *self.errors,
+            {"exception_class_path": f"{kind.__module__}.{kind.__qualname__}", "traceback": "".join(format_exception(error))},
+        ]
+        self.save(update_fields=["status", "finished_at", "errors"])

@@ -24,16 +24,32 @@ class MessageState(models.TextChoices):
 
 S = MessageState
 
-#: Allowed transitions. ``None`` as a target means "deleted" (ack, purge).
+#: The states a message is created in: READY, or DELAYED when sent with a
+#: delay, or IN_FLIGHT when a send hands it straight to a waiting receive
+#: (its first delivery, leased in the send's own INSERT).
+INITIAL_STATES: frozenset[MessageState] = frozenset({S.READY, S.DELAYED, S.IN_FLIGHT})
+
+#: Allowed transitions of one broker operation, as its caller sees them.
+#: ``None`` as a target means "deleted" (ack, purge, delete, retention). A
+#: message that keeps its state while it changes otherwise (another queue,
+#: a new lease) makes a transition to its own state. Every transition of
+#: every operation is checked against this table by
+#: ``queues/tests/test_states.py``.
 TRANSITIONS: dict[MessageState, frozenset[MessageState | None]] = {
-    # due delay passes -> READY; purge -> deleted; operator dead-letters
-    S.DELAYED: frozenset({S.READY, S.DEAD, None}),
-    # claim -> IN_FLIGHT; purge -> deleted; operator dead-letters
-    S.READY: frozenset({S.IN_FLIGHT, S.DEAD, None}),
-    # ack -> deleted; nack/expiry -> READY or DELAYED; too many deliveries -> DEAD
-    # (or READY in the dead-letter queue); operator requeue -> READY
+    # due delay passes -> READY; a receive promotes a due message and claims
+    # it in the same call -> IN_FLIGHT; moved to another queue, delay kept
+    # -> DELAYED; dead-lettered by hand -> DEAD (or READY in the dead-letter
+    # queue); redriven or requeued -> READY; purged or expired -> deleted
+    S.DELAYED: frozenset({S.READY, S.IN_FLIGHT, S.DELAYED, S.DEAD, None}),
+    # claim -> IN_FLIGHT; moved to another queue (a move, a redrive or a
+    # requeue home from a dead-letter queue, dead-lettered into one) ->
+    # READY; dead-lettered by hand -> DEAD; purged or expired -> deleted
+    S.READY: frozenset({S.IN_FLIGHT, S.READY, S.DEAD, None}),
+    # ack -> deleted; nack/expiry/release -> READY or DELAYED; too many
+    # deliveries -> DEAD (or READY in the dead-letter queue); lease extended
+    # -> IN_FLIGHT; operator requeue or move -> READY
     S.IN_FLIGHT: frozenset({S.READY, S.DELAYED, S.DEAD, S.IN_FLIGHT, None}),
-    # redrive / requeue -> READY; purge -> deleted
+    # redrive / requeue / move -> READY; purged or expired -> deleted
     S.DEAD: frozenset({S.READY, None}),
 }
 

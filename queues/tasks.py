@@ -32,7 +32,6 @@ import math
 import os
 import socket
 from collections.abc import Iterable, Sequence
-from traceback import format_exception
 from typing import Any
 
 import orjson
@@ -49,7 +48,7 @@ from django.utils.module_loading import import_string
 
 from . import broker
 from .exceptions import QueueNotFound
-from .models import QUEUE_NAME_PATTERN, Queue, TaskRecord
+from .models import QUEUE_NAME_RULE, Queue, TaskRecord, is_queue_name
 
 log = logging.getLogger("queues.tasks")
 
@@ -83,17 +82,15 @@ class MQBackend(BaseTaskBackend):
         return f"{self.queue_prefix}{queue_name}"
 
     def check(self, **kwargs: Any) -> list[Any]:
-        import re
-
         from django.core.checks import Error
 
         problems = []
         for name in sorted(self.queues):
-            if not re.match(QUEUE_NAME_PATTERN, self.queue_for(name)):
+            if not is_queue_name(self.queue_for(name)):
                 problems.append(
                     Error(
                         f"Task queue {name!r} of backend {self.alias!r} makes the mqadmin queue name "
-                        f"{self.queue_for(name)!r}, which is not 1-80 of A-Z a-z 0-9 _ . -",
+                        f"{self.queue_for(name)!r}, which is not {QUEUE_NAME_RULE}",
                         id="queues.E001",
                     )
                 )
@@ -210,28 +207,22 @@ def run_task_message(body: dict[str, Any] | str | bytes, *, worker_id: str | Non
         log.warning("not a task message (no result_id): %.200r", body)
         return None
     worker_id = worker_id or default_worker_id()
-    now = timezone.now()
     with transaction.atomic():
         record = TaskRecord.objects.select_for_update().filter(pk=result_id).first()
         if record is None:
             log.warning("task result %s no longer exists; dropping its message", result_id)
             return None
-        if record.status in (S.SUCCESSFUL, S.FAILED):
+        if record.finished:
             # A redelivery after a crash between recording and the ack.
             return None
-        record.status = S.RUNNING
-        record.started_at = record.started_at or now
-        record.last_attempted_at = now
-        record.worker_ids = [*record.worker_ids, worker_id]
-        record.save(update_fields=["status", "started_at", "last_attempted_at", "worker_ids"])
+        record.claim(worker_id)
     backend = task_backends[record.backend]
     try:
         if not isinstance(backend, MQBackend):
             raise InvalidTask(f"TASKS[{record.backend!r}] is not queues.tasks.MQBackend.")
         result = backend._result(record)  # imports the task: may fail
     except Exception as exc:
-        _finish(result_id, S.FAILED, error=exc)
-        return S.FAILED
+        return _finish(result_id, error=exc)
     task_started.send(type(backend), task_result=result)
     try:
         if result.task.takes_context:
@@ -243,31 +234,23 @@ def run_task_message(body: dict[str, Any] | str | bytes, *, worker_id: str | Non
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # the task's failure is its result, whatever it is
-        status = _finish(result_id, S.FAILED, error=exc)
+        status = _finish(result_id, error=exc)
     else:
-        status = _finish(result_id, S.SUCCESSFUL, value=value)
+        status = _finish(result_id, value=value)
     task_finished.send(type(backend), task_result=backend.get_result(result_id))
     return status
 
 
-def _finish(result_id: str, status: str, *, value: Any = None, error: BaseException | None = None) -> str:
+def _finish(result_id: str, *, value: Any = None, error: BaseException | None = None) -> str:
+    """Record a run's outcome: FAILED with ``error``, else SUCCESSFUL with
+    ``value``. Returns the status."""
     with transaction.atomic():
         record = TaskRecord.objects.select_for_update().get(pk=result_id)
-        record.status = status
-        record.finished_at = timezone.now()
         if error is not None:
-            kind = type(error)
-            record.errors = [
-                *record.errors,
-                {
-                    "exception_class_path": f"{kind.__module__}.{kind.__qualname__}",
-                    "traceback": "".join(format_exception(error)),
-                },
-            ]
+            record.set_failed(error)
         else:
-            record.return_value = value
-        record.save(update_fields=["status", "finished_at", "errors", "return_value"])
-    return status
+            record.set_successful(value)
+    return record.status
 
 
 def handle_message(message: Any) -> None:

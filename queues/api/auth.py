@@ -8,7 +8,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest
-from django.utils import timezone
 from ninja.security import HttpBearer
 
 from ..exceptions import Forbidden, TooManyFailures, Unauthorized
@@ -17,8 +16,6 @@ from ..models import Token
 # A verified token is trusted this long without a query; revocation reaches
 # other processes within this time (the revoking process forgets at once).
 TOKEN_CACHE_SECONDS = 5.0
-# last_used_at is written at most this often per token (not on every request).
-LAST_USED_RESOLUTION_SECONDS = 60.0
 
 _cache: dict[str, tuple[Token, str, float]] = {}
 _cache_lock = threading.Lock()
@@ -92,7 +89,7 @@ def verify(raw: str) -> Token:
     cached = _cached(key_id, secret, now)
     if cached is not None:
         return cached
-    token = Token.objects.filter(key_id=key_id, revoked_at__isnull=True).first()
+    token = Token.objects.active().filter(key_id=key_id).first()
     # Compare in constant time even when the key id is unknown.
     if token is None:
         Token(secret_hash="0" * 64).check_secret(secret)
@@ -101,10 +98,42 @@ def verify(raw: str) -> Token:
         raise Unauthorized("Unknown or revoked API token.")
     with _cache_lock:
         _cache[key_id] = (token, secret, now + TOKEN_CACHE_SECONDS)
-    last = token.last_used_at
-    if last is None or (timezone.now() - last).total_seconds() > LAST_USED_RESOLUTION_SECONDS:
-        Token.objects.filter(pk=token.pk).update(last_used_at=timezone.now())
+    token.touch()
     return token
+
+
+def _bearer(header: str) -> str | None:
+    """The ``<token>`` of an ``Authorization: Bearer <token>`` header, or None."""
+    scheme, _, value = header.partition(" ")
+    return value if scheme.lower() == "bearer" and value else None
+
+
+def lately_verified(header: str) -> Token | None:
+    """The token of an ``Authorization`` header when it was verified within
+    TOKEN_CACHE_SECONDS (no query: fit for the event loop), else None."""
+    value = _bearer(header)
+    if value is None:
+        return None
+    key_id, _, secret = value.strip().partition(".")
+    return _cached(key_id, secret, time.monotonic()) if key_id and secret else None
+
+
+def authenticate(header: str, address: str) -> Token:
+    """The active token of an ``Authorization: Bearer <token>`` header sent
+    from ``address``; raises Unauthorized, or TooManyFailures once that
+    address failed too often. A bad token counts as a failure; a missing
+    header does not (nobody guessed anything). May query: not on the loop."""
+    if not header:
+        raise Unauthorized("Missing Authorization header: send Authorization: Bearer <token>.")
+    check_failure_budget(address)
+    try:
+        value = _bearer(header)
+        if value is None:
+            raise Unauthorized("Authorization must be 'Bearer <token>'.")
+        return verify(value)
+    except Unauthorized:
+        record_failure(address)
+        raise
 
 
 class BearerAuth(HttpBearer):
@@ -125,29 +154,14 @@ class BearerAuth(HttpBearer):
         return self._check(request)
 
     async def _on_loop(self, request: HttpRequest) -> Token:
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        key_id, _, secret = value.strip().partition(".")
-        if scheme.lower() == "bearer" and key_id and secret:
-            token = _cached(key_id, secret, time.monotonic())
-            if token is not None:
-                check_failure_budget(request.META.get("REMOTE_ADDR") or "unknown")
-                return token
+        token = lately_verified(request.headers.get("Authorization", ""))
+        if token is not None:
+            check_failure_budget(request.META.get("REMOTE_ADDR") or "unknown")
+            return token
         return await sync_to_async(self._check)(request)
 
     def _check(self, request: HttpRequest) -> Token:
-        header = request.headers.get("Authorization", "")
-        scheme, _, value = header.partition(" ")
-        if not header:
-            raise Unauthorized("Missing Authorization header: send Authorization: Bearer <token>.")
-        address = request.META.get("REMOTE_ADDR") or "unknown"
-        check_failure_budget(address)
-        try:
-            if scheme.lower() != "bearer" or not value:
-                raise Unauthorized("Authorization must be 'Bearer <token>'.")
-            return self.authenticate(request, value)
-        except Unauthorized:
-            record_failure(address)
-            raise
+        return authenticate(request.headers.get("Authorization", ""), request.META.get("REMOTE_ADDR") or "unknown")
 
 
 def require(request: HttpRequest, scope: str, queue_name: str | None = None) -> Token:

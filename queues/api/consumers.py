@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 from django.http import HttpRequest, HttpResponse
@@ -10,9 +10,9 @@ from ninja import Router, Schema
 from pydantic import Field, field_validator
 
 from .. import broker
-from ..models import Consumer, Scope, epoch_to_iso
+from ..models import Consumer, ConsumerDict, Scope
 from .auth import require
-from .schemas import NO_NUL, ErrorOut, Strict
+from .schemas import NO_NUL, ErrorOut, QueueName, Strict
 from .views import json_response
 
 router = Router()
@@ -20,7 +20,7 @@ router = Router()
 
 class ConsumerIn(Strict):
     name: str = Field(..., min_length=1, max_length=200, pattern=NO_NUL)
-    queues: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,80}$")]] = Field(default_factory=list, max_length=100)
+    queues: list[QueueName] = Field(default_factory=list, max_length=100)
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("meta")
@@ -41,31 +41,7 @@ class RegisteredOut(Schema):
     heartbeat_timeout: int
 
 
-class ConsumerOut(Schema):
-    id: str
-    name: str
-    queues: list[str]
-    status: str
-    last_heartbeat: str | None
-    heartbeat_timeout: int
-    in_flight: int
-    meta: dict[str, Any]
-
-
 ERRORS: dict[int | str, Any] = {400: ErrorOut, 401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 410: ErrorOut, 422: ErrorOut}
-
-
-def consumer_dict(c: Consumer, in_flight: int) -> dict[str, Any]:
-    return {
-        "id": c.pk,
-        "name": c.name,
-        "queues": c.queues,
-        "status": c.status,
-        "last_heartbeat": epoch_to_iso(c.last_heartbeat),
-        "heartbeat_timeout": c.heartbeat_timeout,
-        "in_flight": in_flight,
-        "meta": c.meta,
-    }
 
 
 @router.post("/consumers", response={201: RegisteredOut, **ERRORS}, summary="Register a consumer")
@@ -80,11 +56,11 @@ def register(request: HttpRequest, payload: ConsumerIn) -> HttpResponse:
     )
 
 
-@router.post("/consumers/{consumer_id}/heartbeat", response={200: ConsumerOut, **ERRORS}, summary="Heartbeat")
+@router.post("/consumers/{consumer_id}/heartbeat", response={200: ConsumerDict, **ERRORS}, summary="Heartbeat")
 def heartbeat(request: HttpRequest, consumer_id: str) -> HttpResponse:
     require(request, Scope.CONSUME)
     c = broker.heartbeat(consumer_id)
-    return json_response(consumer_dict(c, broker.consumer_in_flight([c.pk]).get(c.pk, 0)))
+    return json_response(c.to_dict(broker.consumer_in_flight([c.pk]).get(c.pk, 0)))
 
 
 @router.delete("/consumers/{consumer_id}", response={200: dict, **ERRORS}, summary="Leave: release leases now")
@@ -94,9 +70,9 @@ def leave(request: HttpRequest, consumer_id: str) -> HttpResponse:
     return json_response({"released": released})
 
 
-@router.get("/consumers", response={200: dict[str, list[ConsumerOut]], **ERRORS}, summary="List consumers")
+@router.get("/consumers", response={200: dict[str, list[ConsumerDict]], **ERRORS}, summary="List consumers")
 def list_consumers(request: HttpRequest) -> HttpResponse:
     require(request, Scope.CONSUME)
     consumers = list(Consumer.objects.order_by("-last_heartbeat")[:1000])
     counts = broker.consumer_in_flight([c.pk for c in consumers])
-    return json_response({"consumers": [consumer_dict(c, counts.get(c.pk, 0)) for c in consumers]})
+    return json_response({"consumers": [c.to_dict(counts.get(c.pk, 0)) for c in consumers]})

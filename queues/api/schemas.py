@@ -6,13 +6,25 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from ninja import Schema
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, WithJsonSchema
+
+from ..models import QUEUE_NAME_PATTERN, QUEUE_NAME_RULE, QueueDict, is_queue_name
 
 # Text that is stored as given must not hold NUL: PostgreSQL text cannot.
 NO_NUL = r"^[^\x00]*$"
 MAX_SECONDS = 12 * 3600  # longest lease or delay, as SQS
 MAX_DELAY = 14 * 24 * 3600
 Receipts = Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]], Field(min_length=1, max_length=1000)]
+
+
+def _queue_name(value: str) -> str:
+    if not is_queue_name(value):
+        raise ValueError(f"queue names are {QUEUE_NAME_RULE}")
+    return value
+
+
+# A queue's name, checked by the models' one rule (a 422 when it fails).
+QueueName = Annotated[str, AfterValidator(_queue_name), WithJsonSchema({"type": "string", "pattern": QUEUE_NAME_PATTERN})]
 
 
 class Strict(BaseModel):
@@ -26,7 +38,7 @@ class Strict(BaseModel):
 class QueueIn(Strict):
     visibility_timeout: int | None = Field(None, ge=0, le=MAX_SECONDS)
     max_deliveries: int | None = Field(None, ge=0, le=1000)
-    dead_letter_queue: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]{1,80}$")
+    dead_letter_queue: QueueName | None = None
     retention: int | None = Field(None, ge=1, le=10 * 365 * 24 * 3600)
     delay: int | None = Field(None, ge=0, le=MAX_DELAY)
     fifo: bool | None = None
@@ -35,23 +47,8 @@ class QueueIn(Strict):
     max_depth: int | None = Field(None, ge=1)
 
 
-class QueueOut(Schema):
-    name: str
-    visibility_timeout: int
-    max_deliveries: int
-    dead_letter_queue: str | None
-    retention: int | None
-    delay: int
-    fifo: bool
-    paused: bool
-    max_message_bytes: int
-    max_depth: int | None
-    created_at: str
-    ready: int
-    delayed: int
-    in_flight: int
-    dead: int
-    oldest_ready_age: float | None
+# A queue as the API answers it: the shape of Queue.to_dict.
+QueueOut = QueueDict
 
 
 class QueueListOut(Schema):

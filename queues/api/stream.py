@@ -46,10 +46,10 @@ from pydantic import BaseModel
 from pydantic import ValidationError as PydanticValidationError
 
 from .. import broker, notify
-from ..exceptions import MQError, Unauthorized
+from ..exceptions import MQError
 from ..metrics import REGISTRY
 from ..models import Queue, Scope, epoch_to_iso
-from .auth import _cached, allowed, check_failure_budget, record_failure, verify
+from .auth import allowed, authenticate, check_failure_budget, lately_verified
 from .errors import invalid
 from .frames import (
     AckFrame,
@@ -180,18 +180,8 @@ class Stream:
 
     async def _token(self, scope: dict[str, Any], address: str) -> Any:
         header = next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"authorization"), "")
-        scheme, _, value = header.partition(" ")
-        if not header:
-            raise Unauthorized("Missing Authorization header: send Authorization: Bearer <token>.")
-        try:
-            if scheme.lower() != "bearer" or not value:
-                raise Unauthorized("Authorization must be 'Bearer <token>'.")
-            key_id, _, secret = value.strip().partition(".")
-            token = _cached(key_id, secret, time.monotonic()) if key_id and secret else None
-            return token if token is not None else await self.in_thread(verify, value)
-        except Unauthorized:
-            record_failure(address)
-            raise
+        token = lately_verified(header)
+        return token if token is not None else await self.in_thread(authenticate, header, address)
 
     async def fresh_queue(self) -> Queue:
         """The stream's queue, looked up again (pause, config, deletion) at

@@ -83,12 +83,10 @@ def redrive(request: HttpRequest, name: str, payload: s.RedriveIn | None = None)
 
 
 def _check_name(name: str) -> None:
-    import re
+    from ..models import QUEUE_NAME_RULE, is_queue_name
 
-    from ..models import QUEUE_NAME_PATTERN
-
-    if not re.match(QUEUE_NAME_PATTERN, name):
-        raise InvalidValue("Queue names are 1-80 characters of A-Z a-z 0-9 _ . -")
+    if not is_queue_name(name):
+        raise InvalidValue(f"Queue names are {QUEUE_NAME_RULE}.")
 
 
 # ---------------------------------------------------------------- messages --

@@ -18,7 +18,7 @@ from asgiref.sync import sync_to_async
 
 from .. import broker, notify
 from ..exceptions import InvalidValue, QueueExists
-from ..models import Message, Queue, Scope, Token
+from ..models import Message, Queue, Scope, Token, is_queue_name
 from . import attributes as attrs
 from . import errors
 
@@ -28,7 +28,6 @@ MAX_BATCH_BYTES = 1024 * 1024
 MAX_VISIBILITY_SECONDS = 43200
 
 _BATCH_ID = re.compile(r"[A-Za-z0-9_-]{1,80}")
-_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
 # Characters SQS accepts in a message body (XML 1.0's set).
 _BAD_BODY_CHAR = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 _NO_QUEUE = "The specified queue does not exist."
@@ -105,7 +104,7 @@ class Params:
         url = self.string("QueueUrl", required=True)
         assert url is not None
         name = urlsplit(url).path.rstrip("/").rsplit("/", 1)[-1]
-        if not _QUEUE_NAME.fullmatch(name):
+        if not is_queue_name(name):
             raise errors.QueueDoesNotExist(_NO_QUEUE)
         return name
 
@@ -144,9 +143,9 @@ def _failed(entry_id: str, error: errors.SQSError) -> dict[str, Any]:
 def create_queue(call: Call, p: Params) -> dict[str, Any]:
     name = p.string("QueueName", required=True)
     assert name is not None
-    if not _QUEUE_NAME.fullmatch(name):
+    if not is_queue_name(name):
         raise errors.InvalidParameterValue(
-            "Can only include alphanumeric characters, hyphens, underscores or dots. 1 to 80 in length."
+            "Can only include alphanumeric characters, hyphens, underscores or dots (not . or .. alone). 1 to 80 in length."
         )
     call.require(Scope.ADMIN, name)
     if p.mapping("tags"):
@@ -177,7 +176,7 @@ def create_queue(call: Call, p: Params) -> dict[str, Any]:
 def get_queue_url(call: Call, p: Params) -> dict[str, Any]:
     name = p.string("QueueName", required=True)
     assert name is not None
-    if not _QUEUE_NAME.fullmatch(name):
+    if not is_queue_name(name):
         raise errors.QueueDoesNotExist(_NO_QUEUE)
     call.require_sees(name)
     broker.get_queue(name)

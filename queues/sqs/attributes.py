@@ -117,31 +117,31 @@ def redrive_config(value: str) -> dict[str, Any]:
 
 
 def queue_attributes(queue: Queue, counts: QueueCounts, *, region: str) -> dict[str, str]:
-    """Every SQS attribute mqadmin has a value for."""
+    """Every SQS attribute mqadmin has a value for: the queue as the API shows
+    it (``Queue.to_dict``), in SQS's names and string values."""
+    q = queue.to_dict(counts)
     out = {
-        "QueueArn": queue_arn(queue.name, region),
-        "ApproximateNumberOfMessages": str(counts.ready),
-        "ApproximateNumberOfMessagesNotVisible": str(counts.in_flight),
-        "ApproximateNumberOfMessagesDelayed": str(counts.delayed),
+        "QueueArn": queue_arn(q["name"], region),
+        "ApproximateNumberOfMessages": str(q["ready"]),
+        "ApproximateNumberOfMessagesNotVisible": str(q["in_flight"]),
+        "ApproximateNumberOfMessagesDelayed": str(q["delayed"]),
+        # Epoch seconds: the dict's times are ISO text.
         "CreatedTimestamp": str(int(queue.created_at.timestamp())),
         "LastModifiedTimestamp": str(int(queue.updated_at.timestamp())),
-        "VisibilityTimeout": str(queue.visibility_timeout),
-        "DelaySeconds": str(queue.delay),
-        "MaximumMessageSize": str(queue.max_message_bytes),
+        "VisibilityTimeout": str(q["visibility_timeout"]),
+        "DelaySeconds": str(q["delay"]),
+        "MaximumMessageSize": str(q["max_message_bytes"]),
         "ReceiveMessageWaitTimeSeconds": "0",
     }
     # An mqadmin queue without retention keeps messages forever, which SQS
     # cannot express: the attribute is left out rather than made up.
-    if queue.retention is not None:
-        out["MessageRetentionPeriod"] = str(queue.retention)
-    if queue.dead_letter_queue is not None:
+    if q["retention"] is not None:
+        out["MessageRetentionPeriod"] = str(q["retention"])
+    if q["dead_letter_queue"] is not None:
         out["RedrivePolicy"] = orjson.dumps(
-            {
-                "deadLetterTargetArn": queue_arn(queue.dead_letter_queue.name, region),
-                "maxReceiveCount": queue.max_deliveries,
-            }
+            {"deadLetterTargetArn": queue_arn(q["dead_letter_queue"], region), "maxReceiveCount": q["max_deliveries"]}
         ).decode()
-    if queue.fifo:
+    if q["fifo"]:
         out["FifoQueue"] = "true"
         out["ContentBasedDeduplication"] = "false"
     return out

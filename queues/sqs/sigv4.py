@@ -26,8 +26,6 @@ ALGORITHM = "AWS4-HMAC-SHA256"
 # AWS refuses a request signed more than this far from its own clock, so a
 # captured request cannot be replayed later.
 MAX_CLOCK_SKEW = dt.timedelta(minutes=15)
-# last_used_at is written at most this often per token (as the JSON API does).
-LAST_USED_RESOLUTION_SECONDS = 60.0
 
 _AUTH = re.compile(
     r"AWS4-HMAC-SHA256\s+Credential=(?P<credential>[^,\s]+),\s*SignedHeaders=(?P<signed>[^,\s]+),\s*"
@@ -84,7 +82,7 @@ def verify(request: HttpRequest, *, now: dt.datetime | None = None) -> Signed:
     if scope_date != amz_date[:8]:
         raise errors.SignatureDoesNotMatch(_SIGNATURE_MISMATCH)
 
-    token = Token.objects.filter(key_id=key_id, revoked_at__isnull=True).first()
+    token = Token.objects.active().filter(key_id=key_id).first()
     secret = token.signing_secret() if token is not None else None
     if token is None:
         raise errors.InvalidClientTokenId(_INVALID_TOKEN)
@@ -103,9 +101,7 @@ def verify(request: HttpRequest, *, now: dt.datetime | None = None) -> Signed:
     if not hmac.compare_digest(expected, match["signature"].lower()):
         raise errors.SignatureDoesNotMatch(_SIGNATURE_MISMATCH)
 
-    last = token.last_used_at
-    if last is None or (now - last).total_seconds() > LAST_USED_RESOLUTION_SECONDS:
-        Token.objects.filter(pk=token.pk).update(last_used_at=now)
+    token.touch(now)
     return Signed(token=token, region=region)
 
 

@@ -99,6 +99,26 @@ def test_invalid_queue_names_are_refused(api, name):
     assert not Queue.objects.exists()
 
 
+@pytest.mark.parametrize("name", [".", ".."])
+def test_dot_and_dot_dot_are_not_queue_names(api, name):
+    # Clients resolve "/queues/." away; escaped, it reaches us, and a queue
+    # so named could never be opened in the dashboard: refused as a 422.
+    r = api.put("queues/" + name.replace(".", "%2E"))
+    assert r.status_code == 422 and r.data["error"]["code"] == "invalid_value", r.content
+    assert "not . or .." in r.data["error"]["message"]
+    assert not Queue.objects.exists()
+
+
+@pytest.mark.parametrize("name", [".", "..", "x\n"])
+def test_a_dead_letter_queue_or_a_consumer_queue_must_be_a_queue_name(api, name):
+    r = api.put("queues/jobs", {"dead_letter_queue": name})
+    assert r.status_code == 422 and r.data["error"]["code"] == "invalid_value", r.content
+    assert r.data["error"]["message"].startswith("dead_letter_queue: ")
+    r = api.post("consumers", {"name": "w", "queues": [name]})
+    assert r.status_code == 422 and r.data["error"]["code"] == "invalid_value", r.content
+    assert not Queue.objects.exists()
+
+
 def test_name_of_81_characters_is_an_invalid_value(api):
     r = api.put("queues/" + "x" * 81)
     assert r.status_code == 422 and r.data["error"]["code"] == "invalid_value"

@@ -113,6 +113,26 @@ def test_queue_create_with_a_bad_name_or_dlq_fails(db):
     assert not Queue.objects.exists()
 
 
+@pytest.mark.parametrize("name", [".", ".."])
+def test_queue_create_refuses_dot_and_dot_dot(db, name):
+    # As a URL path segment they mean "here" and "the parent": such a queue
+    # could never be opened in the dashboard or addressed through the API.
+    with pytest.raises(CommandError, match=r"not \. or \.\."):
+        mq("queue", "create", name)
+    assert not Queue.objects.exists()
+    mq("queue", "create", "...")  # only the two exact names are refused
+    assert Queue.objects.get().name == "..."
+
+
+def test_token_revoke_of_a_revoked_token_fails(db):
+    create_token("ci", "admin")
+    mq("token", "revoke", "ci")
+    revoked_at = Token.objects.get(name="ci").revoked_at
+    with pytest.raises(CommandError, match="No active token"):
+        mq("token", "revoke", "ci")
+    assert Token.objects.get(name="ci").revoked_at == revoked_at
+
+
 def test_queue_list_shows_counts(db):
     mq("queue", "create", "jobs")
     queue = broker.get_queue("jobs")

@@ -132,6 +132,16 @@ def test_queue_lifecycle_create_get_url_list_attributes_delete(sqs: Any, sqs_ser
     assert sqs.exceptions.QueueDoesNotExist is type(exc.value)
 
 
+def test_dot_and_dot_dot_are_not_queue_names(sqs: Any) -> None:
+    # The queue-name rule of the whole broker: such a queue could never be
+    # opened in the dashboard.
+    for name in (".", ".."):
+        with pytest.raises(ClientError) as exc:
+            sqs.create_queue(QueueName=name)
+        assert _code(exc) == "InvalidParameterValue"
+    assert sqs.create_queue(QueueName="...")["QueueUrl"].endswith("/sqs/...")
+
+
 def test_missing_queue_error_has_sqs_shape(sqs_server: str, transactional_db: None) -> None:
     client = _client(sqs_server, _token())
     captured: dict[str, Any] = {}

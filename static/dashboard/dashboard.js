@@ -49,6 +49,8 @@
     if (seconds < 172800) return Math.floor(seconds / 3600) + "h " + Math.floor((seconds % 3600) / 60) + "m";
     return Math.floor(seconds / 86400) + "d";
   }
+  // A time as the API and the dashboard's frames send it (ISO 8601), in epoch seconds.
+  function isoEpoch(iso) { return iso === null || iso === undefined ? null : Date.parse(iso) / 1000; }
   function fmtClock(epoch) {
     var d = new Date(epoch * 1000);
     return d.toLocaleTimeString("en-GB", { hour12: false });
@@ -323,7 +325,7 @@
         var st = el("td");
         st.appendChild(el("span", "badge " + c.status, c.status));
         tr.appendChild(st);
-        var age = c.status === "dead" && c.dead_at ? "dead " + fmtAge(now - c.dead_at) + " ago" : fmtAge(now - c.last_heartbeat) + " ago";
+        var age = c.status === "dead" && c.dead_at ? "dead " + fmtAge(now - isoEpoch(c.dead_at)) + " ago" : fmtAge(now - isoEpoch(c.last_heartbeat)) + " ago";
         var hb = el("td", "num", age);
         hb.title = "timeout " + c.heartbeat_timeout + " s";
         tr.appendChild(hb);

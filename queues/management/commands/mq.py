@@ -223,14 +223,12 @@ class Command(BaseCommand):
                 status = "revoked" if t.revoked_at else "active"
                 self.stdout.write(f"{t.name:20} {t.key_id:20} {t.scopes:24} {t.queue_pattern:12} {status}")
         elif opts.action == "revoke":
-            from django.utils import timezone
-
             from queues.api.auth import forget
 
-            n = Token.objects.filter(name=opts.name, revoked_at__isnull=True).update(revoked_at=timezone.now())
-            if not n:
+            revoked = Token.objects.active().filter(name=opts.name).first()
+            if revoked is None or not revoked.revoke():
                 raise CommandError(f"No active token named {opts.name!r}.")
-            forget()
+            forget(revoked.key_id)
             self.stdout.write(f"Token {opts.name!r} revoked.")
 
     # -- queues ------------------------------------------------------------
