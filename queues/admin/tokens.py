@@ -78,11 +78,8 @@ class TokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke the selected tokens", permissions=["change"])
     def revoke(self, request: HttpRequest, queryset: QuerySet) -> None:
-        from django.utils import timezone
-
         with transaction.atomic():
-            tokens = list(queryset.select_for_update().filter(revoked_at__isnull=True))
-            Token.objects.filter(pk__in=[t.pk for t in tokens]).update(revoked_at=timezone.now())
+            tokens = [t for t in queryset.filter(revoked_at__isnull=True) if t.revoke()]
             log_changes(request, tokens, "Revoked through the admin.")
         for t in tokens:
             forget(t.key_id)

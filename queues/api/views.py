@@ -11,7 +11,7 @@ from ninja import Body, Query, Router
 
 from .. import broker, notify
 from ..exceptions import InvalidValue, NotFound
-from ..models import Scope, epoch_to_iso
+from ..models import QUEUE_NAME_RULE, Scope, epoch_to_iso, is_queue_name
 from ..speedups import SyncTwin, is_twin_request
 from . import schemas as s
 from .auth import BearerAuth, require
@@ -83,8 +83,6 @@ def redrive(request: HttpRequest, name: str, payload: s.RedriveIn | None = None)
 
 
 def _check_name(name: str) -> None:
-    from ..models import QUEUE_NAME_RULE, is_queue_name
-
     if not is_queue_name(name):
         raise InvalidValue(f"Queue names are {QUEUE_NAME_RULE}.")
 

@@ -61,16 +61,10 @@ def check_consumer(consumer_id: str) -> None:
 def heartbeat(consumer_id: str, *, now: float | None = None) -> Consumer:
     """Record a heartbeat. Raises ConsumerDead once the monitor declared the
     consumer dead: its leases were handed to others, it must register again."""
-    now = time.time() if now is None else now
-    # Conditional update: a beat racing the monitor's death sentence either
-    # lands first (and the consumer lives) or finds it dead, never both.
-    updated = Consumer.objects.filter(pk=consumer_id).exclude(status=ConsumerStatus.DEAD).update(
-        last_heartbeat=now, status=ConsumerStatus.ALIVE
-    )
-    if not updated:
-        consumer = get_consumer(consumer_id)
+    consumer = get_consumer(consumer_id)
+    if not consumer.beat(now):
         raise ConsumerDead(f"Consumer {consumer.name!r} was declared dead; register again.")
-    return get_consumer(consumer_id)
+    return consumer
 
 
 def leave(consumer_id: str) -> int:
@@ -78,7 +72,7 @@ def leave(consumer_id: str) -> int:
     once. Returns how many messages went back to ready."""
     with transaction.atomic():
         consumer = get_consumer(consumer_id)
-        Consumer.objects.filter(pk=consumer.pk).update(status=ConsumerStatus.DEAD, dead_at=time.time())
+        consumer.leave()
         return release_consumer(consumer.pk, reason=f"consumer {consumer.name} left")
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -15,7 +14,7 @@ from django.db.models.signals import post_delete, post_save
 
 from .. import events
 from ..exceptions import InvalidValue, QueueExists, QueueInUse, QueueNotFound
-from ..models import Message, Queue, QueueCounts, QueueStats
+from ..models import QUEUE_NAME_RULE, Message, Queue, QueueCounts, QueueStats, is_queue_name
 from .counters import Tally, count_by, queue_counts
 
 QUEUE_FIELDS = (
@@ -29,9 +28,6 @@ QUEUE_FIELDS = (
     "max_message_bytes",
     "max_depth",
 )
-
-_QUEUE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,80}")
-
 
 class QueueCache:
     """Queue lookups by name, cached per process: every API call starts with
@@ -73,8 +69,8 @@ def get_queue(name: str) -> Queue:
     queue = cache.get(name)
     if queue is not None:
         return queue
-    if not _QUEUE_NAME.fullmatch(name):
-        raise QueueNotFound(f"No queue named {name[:100]!r} (names are 1-80 of A-Z a-z 0-9 _ . -).")
+    if not is_queue_name(name):
+        raise QueueNotFound(f"No queue named {name[:100]!r} (names are {QUEUE_NAME_RULE}).")
     try:
         queue = Queue.objects.select_related("dead_letter_queue").get(name=name)
     except Queue.DoesNotExist:
