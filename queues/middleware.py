@@ -57,8 +57,7 @@ class OnTheLoop(MiddlewareMixin):
 
     Under ASGI, Django runs a sync middleware's ``process_request`` and
     ``process_response`` through ``sync_to_async``: two thread hand-offs per
-    middleware per request, about 0.1 ms of CPU each, the largest part of a
-    small API call's cost."""
+    middleware per request, the largest part of a small API call's cost."""
 
     async def __acall__(self, request: HttpRequest) -> Any:
         response = self.process_request(request) if hasattr(self, "process_request") else None

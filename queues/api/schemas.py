@@ -31,7 +31,7 @@ class Strict(BaseModel):
     # Strict: "5" is not 5 and 1.0 is not a bool; unknown keys are typos.
     # Plain pydantic, not ninja's Schema: inputs are JSON, never ORM objects,
     # and Schema's per-object root validator made a batch of 100 messages
-    # cost 2.4 ms to validate instead of 0.2 ms.
+    # ten times as costly to validate.
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
