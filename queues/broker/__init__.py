@@ -56,7 +56,15 @@ from .queues import (
     put_queue,
 )
 from .receipts import ReceiptResult, ack, extend, match_receipts, nack, parse_receipts, release
-from .waiting import POLL_RECHECK_SECONDS, first_look, long_poll, release_unanswered_now, thread_looks, unlost
+from .waiting import (
+    POLL_RECHECK_SECONDS,
+    first_look,
+    long_poll,
+    release_unanswered,
+    release_unanswered_now,
+    thread_looks,
+    unlost,
+)
 
 __all__ = [
     "MAX_OPERATOR_MESSAGES",
@@ -112,6 +120,7 @@ __all__ = [
     "register_consumer",
     "release",
     "release_consumer",
+    "release_unanswered",
     "release_unanswered_now",
     "requeue",
     "resume",
