@@ -23,6 +23,10 @@ from typing import Any, Protocol
 from django.conf import settings
 from django.core.management.base import CommandError
 
+# Connections the kernel queues for the server before it accepts them.
+# Twisted listens with a backlog of 50: hundreds of consumers connecting at
+# once (a fleet starting its long polls) had their connections reset.
+LISTEN_BACKLOG = 1024
 # How long children get to finish their requests on a stop.
 STOP_SECONDS = 10.0
 # A child that dies sooner than this after its start is restarted after a
@@ -59,14 +63,22 @@ def check_can_share(host: str) -> None:
         raise CommandError(problem)
 
 
-def serve_workers(host: str, port: int, workers: int, child_args: list[str], out: Output) -> int:
-    """Bind ``host:port``, run ``workers`` children on it until told to stop."""
-    check_can_share(host)
+def listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket on ``host:port``, with LISTEN_BACKLOG,
+    inheritable (daphne serves it with ``--fd``)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        sock = socket.create_server((host, port), backlog=1024)
+        sock = socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
     except OSError as exc:
         raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     sock.set_inheritable(True)
+    return sock
+
+
+def serve_workers(host: str, port: int, workers: int, child_args: list[str], out: Output) -> int:
+    """Bind ``host:port``, run ``workers`` children on it until told to stop."""
+    check_can_share(host)
+    sock = listen(host, port)
     fd = sock.fileno()
     command = [sys.executable, str(settings.BASE_DIR / "manage.py"), "mq", "serve", "--fd", str(fd), *child_args]
     stopping = False

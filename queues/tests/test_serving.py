@@ -116,3 +116,35 @@ def test_the_log_level_is_taken_in_any_case_and_a_wrong_one_is_named() -> None:
     wrong = run("loud")
     assert wrong.returncode != 0
     assert "MQ_LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (any case), not 'loud'" in wrong.stderr
+
+
+def test_one_process_listens_with_a_backlog_that_takes_a_fleet_connecting_at_once() -> None:
+    # Twisted's own listen() queues 50 connections: a few hundred consumers
+    # starting their long polls together had connections reset.
+    import shutil
+
+    from .live import live_server
+
+    if shutil.which("ss") is None:
+        pytest.skip("needs ss (iproute2) to read the listening socket's backlog")
+    with live_server(monitor=False) as url:
+        port = url.rsplit(":", 1)[1].strip("/")
+        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
+        # For a listening socket, ss shows the backlog as Send-Q.
+        backlogs = {int(line.split()[2]) for line in out.splitlines() if line.strip()}
+        assert backlogs and min(backlogs) >= serving.LISTEN_BACKLOG
+        # ...and the server answers on it.
+        assert httpx.get(f"{url}/healthz", timeout=10).status_code == 200
+
+
+def test_a_port_in_use_is_named() -> None:
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        run = subprocess.run(
+            [PY, "manage.py", "mq", "serve", "--port", str(port), "--no-monitor"],
+            cwd=ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=60,
+        )
+    assert run.returncode != 0
+    assert f"cannot listen on 127.0.0.1:{port}" in run.stderr

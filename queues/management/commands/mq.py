@@ -124,9 +124,14 @@ class Command(BaseCommand):
 
             monitor.start_in_background()
         if opts.fd is None:
+            # Bound here, not by daphne, for a backlog that takes a fleet of
+            # consumers connecting at once; held open while daphne serves it.
+            from queues.serving import listen
+
+            sock = listen(host, port)
             self.stdout.write(f"mqadmin serving on http://{host}:{port}/  (dashboard /, admin /admin/, API /api/v1/docs)")
             self.stdout.flush()
-            args = ["--bind", host, "--port", str(port)]
+            args = ["--fd", str(sock.fileno())]
         else:
             args = ["--fd", str(opts.fd)]  # the socket our parent bound (--workers)
         if settings.TRUST_PROXY_HEADERS:
