@@ -17,7 +17,7 @@ import asyncio
 import contextvars
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -57,12 +57,20 @@ class Waiter:
     again), False (timed out) or a list of deliveries a send handed it."""
 
     def __init__(
-        self, future: asyncio.Future[Any], offer: Offer | None, queue_id: int, on_unanswered: Unanswered | None = None
+        self,
+        future: asyncio.Future[Any],
+        offer: Offer | None,
+        queue_id: int,
+        on_unanswered: Unanswered | None = None,
+        interchangeable: bool = False,
     ) -> None:
         self.future = future
         self.offer = offer
         self.queue_id = queue_id
         self.on_unanswered = on_unanswered
+        # Whether any ready message of the queue is one this receive may
+        # claim (not so on a FIFO queue): then a wake-up may pick it or another.
+        self.interchangeable = interchangeable
         # Only while it waits may a send take it; once taken, only that
         # send resolves it (a wake-up or the timeout leave it alone).
         self.armed = False
@@ -124,21 +132,44 @@ def hand(waiter: Waiter, result: list[Any] | bool) -> None:
     loop.call_soon_threadsafe(_deliver, waiter, result)
 
 
-def wake(queue_ids: Iterable[int]) -> None:
-    """Wake every receive waiting on these queues (any thread), but those a
-    send has taken: that send resolves them."""
+def wake(queues: Mapping[int, int | None] | Iterable[int]) -> None:
+    """Wake receives waiting on these queues (any thread), but those a send
+    has taken: that send resolves them.
+
+    A queue may map to how many of its messages became ready: as many
+    receives are woken, oldest first, so a send of k messages wakes about k
+    of a thousand waiting consumers, not all of them (each woken receive
+    runs a claim). None, or a plain list of queue ids: every receive. Where
+    not every waiting receive may claim any ready message (a FIFO queue's
+    groups each belong to one consumer), all are woken too."""
+    counts = queues if isinstance(queues, Mapping) else dict.fromkeys(queues)
     woken: list[Waiter] = []
     with _lock:
-        for qid in queue_ids:
-            group = _waiters.pop(qid, None)
+        for qid, n in counts.items():
+            group = _waiters.get(qid)
             if not group:
                 continue
-            kept = {f: w for f, w in group.items() if w.taken}
-            woken += [w for w in group.values() if not w.taken]
-            if kept:
-                _waiters[qid] = kept
+            if n is None or not all(w.interchangeable for w in group.values()):
+                chosen = [w for w in group.values() if not w.taken]
+            else:
+                chosen = [w for w in group.values() if not w.taken and not w.future.done()][:n]
+            for w in chosen:
+                del group[w.future]
+            if not group:
+                del _waiters[qid]
+            woken += chosen
     for w in woken:
         hand(w, True)
+
+
+def parse_payload(payload: str) -> dict[int, int | None]:
+    """A NOTIFY's payload, ``"12:5,13"``: queue 12 has 5 messages newly
+    ready, queue 13 an unknown number. Raises ValueError."""
+    counts: dict[int, int | None] = {}
+    for part in filter(None, payload.split(",")):
+        qid, _, n = part.partition(":")
+        counts[int(qid)] = int(n) if n else None
+    return counts
 
 
 def take(queue_id: int, messages: int) -> list[Waiter]:
@@ -158,7 +189,9 @@ def take(queue_id: int, messages: int) -> list[Waiter]:
 
 
 @contextmanager
-def waiter(queue_id: int, offer: Offer | None = None, *, on_unanswered: Unanswered | None = None) -> Iterator[Waiter]:
+def waiter(
+    queue_id: int, offer: Offer | None = None, *, on_unanswered: Unanswered | None = None, interchangeable: bool = False
+) -> Iterator[Waiter]:
     """Register interest *before* checking the queue, so a message that arrives
     between the empty check and the wait still wakes us (no lost wake-up).
     With an ``offer``, a send in this process may lease messages to it;
@@ -166,7 +199,7 @@ def waiter(queue_id: int, offer: Offer | None = None, *, on_unanswered: Unanswer
     ``on_unanswered`` gives them back."""
     loop = asyncio.get_running_loop()
     _ensure_listener(loop)
-    w = Waiter(loop.create_future(), offer, queue_id, on_unanswered)
+    w = Waiter(loop.create_future(), offer, queue_id, on_unanswered, interchangeable)
     with _lock:
         _waiters.setdefault(queue_id, {})[w.future] = w
     try:
@@ -231,7 +264,7 @@ async def _listen_forever(held: dict[str, object]) -> None:
                 # waiters re-check the queue on their own every second.
                 async for note in conn.notifies():
                     try:
-                        wake([int(x) for x in note.payload.split(",") if x])
+                        wake(parse_payload(note.payload))
                     except ValueError:
                         log.warning("ignoring malformed notification %r", note.payload)
         except asyncio.CancelledError:

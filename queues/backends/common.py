@@ -7,7 +7,7 @@ override what differs; the broker never assembles SQL of its own.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..models import COUNTER_FIELDS, Consumer, Message, Queue, QueueStats, QueueStatsDelta
@@ -99,9 +99,10 @@ class Statements:
         values = ", ".join([f"({placeholders(len(rows[0]))})"] * len(rows))
         return f"{DELTA_INSERT_INTO} VALUES {values}", [value for row in rows for value in row]
 
-    def notify_ready(self, queue_ids: Sequence[int]) -> Statement | None:
+    def notify_ready(self, ready: Mapping[int, int | None]) -> Statement | None:
         """An expression that wakes other processes' receives waiting on these
-        queues at commit; None where one process is all there is."""
+        queues at commit (how many messages became ready on each, None for
+        an unknown number); None where one process is all there is."""
         return None
 
     def save_counts(self, delta: Statement | None, notify: Statement | None) -> Statement | None:

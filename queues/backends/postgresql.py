@@ -10,7 +10,7 @@ round trips.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
@@ -99,9 +99,10 @@ class PostgreSQL(Statements):
     for_share = " FOR SHARE"
     random_token = "replace(gen_random_uuid()::text, '-', '')"
 
-    def notify_ready(self, queue_ids: Sequence[int]) -> Statement | None:
-        # Delivered at commit to every process's listener.
-        return "pg_notify(%s, %s)", [NOTIFY_CHANNEL, ",".join(map(str, sorted(queue_ids)))]
+    def notify_ready(self, ready: Mapping[int, int | None]) -> Statement | None:
+        # Delivered at commit to every process's listener (notify.parse_payload).
+        payload = ",".join(str(qid) if n is None else f"{qid}:{n}" for qid, n in sorted(ready.items()))
+        return "pg_notify(%s, %s)", [NOTIFY_CHANNEL, payload]
 
     def announce(self, queue_id: int) -> Statement:
         """Tell other processes' waiting receives that messages of this queue

@@ -30,7 +30,8 @@ class Tally:
 
     def __init__(self) -> None:
         self.deltas: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        self.ready_queues: set[int] = set()
+        # Per queue, how many messages became ready (None: unknown, wake all).
+        self.ready_queues: dict[int, int | None] = {}
 
     def add(self, queue_id: int, counter: str, n: int = 1) -> None:
         if n:
@@ -45,7 +46,13 @@ class Tally:
         if target is not None:
             self.add(queue_id, STATE_COUNTER[S(target)], n)
             if target == S.READY:
-                self.ready_queues.add(queue_id)
+                before = self.ready_queues.get(queue_id, 0)
+                self.ready_queues[queue_id] = None if before is None else before + n
+
+    def wake_all(self, queue_id: int) -> None:
+        """Every receive waiting on the queue looks again at commit (what is
+        ready there changed by an unknown number: a resumed queue)."""
+        self.ready_queues[queue_id] = None
 
     def statements(self) -> tuple[tuple[str, list[Any]] | None, tuple[str, list[Any]] | None]:
         """The delta INSERT and the NOTIFY (PostgreSQL) this tally needs, each
@@ -53,7 +60,7 @@ class Tally:
         rows = [(qid, *(d.get(f, 0) for f in COUNTER_FIELDS)) for qid, d in self.deltas.items() if any(d.values())]
         sql = dialect()
         delta = sql.delta_insert(rows) if rows else None
-        wake = sql.notify_ready(sorted(self.ready_queues)) if self.ready_queues else None
+        wake = sql.notify_ready(self.ready_queues) if self.ready_queues else None
         return delta, wake
 
     def save(self) -> None:
@@ -66,7 +73,7 @@ class Tally:
 
     def wake_at_commit(self) -> None:
         if self.ready_queues:
-            ready = sorted(self.ready_queues)
+            ready = dict(self.ready_queues)
             # Same process: wake at once, without a round trip through the server.
             transaction.on_commit(lambda: notify.wake(ready))
 

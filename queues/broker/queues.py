@@ -126,7 +126,7 @@ def put_queue(name: str, config: dict[str, Any], *, create_only: bool = False) -
         elif values.get("paused") is False:
             # Resumed: receives waiting on it look again.
             tally = Tally()
-            tally.ready_queues.add(queue.id)
+            tally.wake_all(queue.id)
             tally.save()
     return queue, created
 

@@ -69,7 +69,7 @@ async def long_poll(
     looks = 0
     acked = None
     while True:
-        with notify.waiter(queue.id, offer, on_unanswered=release_unanswered_now) as waiter:
+        with notify.waiter(queue.id, offer, on_unanswered=release_unanswered_now, interchangeable=not queue.fifo) as waiter:
             got = await unlost(queue.id, look(queue, looks))
             looks += 1
             acked = got.acked if got.acked is not None else acked

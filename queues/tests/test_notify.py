@@ -116,3 +116,43 @@ def test_messages_handed_to_a_receive_that_went_away_are_ready_again_at_once(mon
     assert (counts.ready, counts.in_flight) == (1, 0)
     (again,) = broker.receive(queue)
     assert again.delivery_count == 1
+
+
+def test_k_messages_wake_about_k_waiting_receives_oldest_first_not_all() -> None:
+    # A thousand consumers long-polling one queue: a send of 3 messages must
+    # not wake all thousand (each would run a claim, and the sends after it
+    # would wait behind them).
+    async def main() -> tuple[list[bool], list[bool], list[bool]]:
+        from contextlib import ExitStack
+
+        with ExitStack() as stack:
+            waiters = [stack.enter_context(notify.waiter(7, interchangeable=True)) for _ in range(10)]
+            waits = [asyncio.ensure_future(w.wait(5)) for w in waiters]
+            await asyncio.sleep(0)
+            notify.wake({7: 3})
+            await asyncio.sleep(0.01)
+            after_three = [t.done() for t in waits]
+            notify.wake({7: None})  # a resumed queue: everyone looks again
+            await asyncio.sleep(0.01)
+            after_all = [t.done() for t in waits]
+        with ExitStack() as stack:
+            # A FIFO queue's groups belong to their consumers: all look.
+            fifo = [stack.enter_context(notify.waiter(8, interchangeable=False)) for _ in range(4)]
+            fifo_waits = [asyncio.ensure_future(w.wait(5)) for w in fifo]
+            await asyncio.sleep(0)
+            notify.wake({8: 1})
+            await asyncio.sleep(0.01)
+            fifo_done = [t.done() for t in fifo_waits]
+        return after_three, after_all, fifo_done
+
+    after_three, after_all, fifo_done = asyncio.run(main())
+    assert after_three == [True] * 3 + [False] * 7
+    assert after_all == [True] * 10
+    assert fifo_done == [True] * 4
+
+
+def test_a_notification_names_how_many_messages_became_ready() -> None:
+    assert notify.parse_payload("12:5,13") == {12: 5, 13: None}
+    assert notify.parse_payload("4") == {4: None}
+    with pytest.raises(ValueError):
+        notify.parse_payload("x:1")
