@@ -40,7 +40,7 @@ from typing import Any
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 
 from queues import broker, events
-from queues.models import Consumer, ConsumerStatus, Queue, QueueCounts
+from queues.models import GONE, Consumer, Queue, QueueCounts
 
 log = logging.getLogger(__name__)
 
@@ -247,9 +247,9 @@ class Aggregator:
         return frames, totals
 
     def consumer_frames(self, now: float) -> list[dict[str, Any]]:
-        consumers = list(Consumer.objects.order_by("name", "id"))
+        consumers = list(Consumer.objects.listed(now).order_by("name", "id"))
         if now - self.inflight_at >= CONSUMER_INFLIGHT_SECONDS or any(c.id not in self.inflight for c in consumers):
-            live = [c.id for c in consumers if c.status != ConsumerStatus.DEAD]
+            live = [c.id for c in consumers if c.status not in GONE]
             self.inflight = broker.consumer_in_flight(live) if live else {}
             self.inflight.update({c.id: 0 for c in consumers if c.id not in self.inflight})
             self.inflight_at = now
@@ -257,8 +257,8 @@ class Aggregator:
         seen = set()
         for c in consumers:
             seen.add(c.id)
-            # A dead consumer's leases were released with its death sentence.
-            frame: dict[str, Any] = {"type": "consumer", **c.to_dict(0 if c.status == ConsumerStatus.DEAD else self.inflight.get(c.id, 0))}
+            # A gone consumer's leases were released when it died or left.
+            frame: dict[str, Any] = {"type": "consumer", **c.to_dict(0 if c.status in GONE else self.inflight.get(c.id, 0))}
             key = (frame["status"], frame["last_heartbeat"], frame["in_flight"], tuple(frame["queues"]))
             if self.sent_consumers.get(c.id) != key:
                 self.sent_consumers[c.id] = key
@@ -325,8 +325,8 @@ def snapshot(now: float | None = None) -> dict[str, Any]:
         seen = history.latest.get(q.name, {})
         # The whole queue, as the API shows it: its settings come along.
         queues.append({**q.to_dict(counts), **_lively(counts, seen.get("in_rate", 0.0), seen.get("out_rate", 0.0), now)})
-    consumers = list(Consumer.objects.order_by("name", "id"))
-    live = [c.id for c in consumers if c.status != ConsumerStatus.DEAD]
+    consumers = list(Consumer.objects.listed(now).order_by("name", "id"))
+    live = [c.id for c in consumers if c.status not in GONE]
     inflight = broker.consumer_in_flight(live) if live else {}
     rows = [consumer.to_dict(inflight.get(consumer.id, 0)) for consumer in consumers]
     return {

@@ -262,6 +262,9 @@ MQ_SPEEDUPS = env_bool("MQ_SPEEDUPS", True)
 MQ_WORKERS = env_int("MQ_WORKERS", 1, minimum=1)
 MQ_DEDUP_WINDOW_SECONDS = env_int("MQ_DEDUP_WINDOW_SECONDS", 300, minimum=1)
 MQ_HEARTBEAT_TIMEOUT_SECONDS = env_int("MQ_HEARTBEAT_TIMEOUT_SECONDS", 15, minimum=2)
+# Consumers that left or died stay in the live lists (dashboard, GET /consumers)
+# this long; the admin shows them until the monitor forgets them (a day).
+MQ_CONSUMER_FORGET_SECONDS = env_int("MQ_CONSUMER_FORGET_SECONDS", 600, minimum=0)
 MQ_MAX_WAIT_SECONDS = 20
 # PostgreSQL: busy consume streams that claim on the event loop over a
 # connection of their own, per process, outside the pool (queues.api.stream);

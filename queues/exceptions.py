@@ -87,7 +87,7 @@ class StaleReceipt(MQError):
 
 
 class ConsumerDead(MQError):
-    """The monitor declared this consumer dead; register again."""
+    """This consumer was declared dead, or it left; register again."""
 
     code = "consumer_dead"
     status = 410

@@ -24,7 +24,7 @@ from typing import Any
 
 from django.db import connection
 
-from .models import Consumer, ConsumerStatus
+from .models import Consumer
 
 # 60 bits fit a signed 64-bit integer on both databases.
 WEIGHT_HEX_DIGITS = 15
@@ -48,9 +48,10 @@ def owner(group: str, consumer_ids: Iterable[str]) -> str | None:
 
 
 def live_consumers(queue_name: str) -> list[str]:
-    """Ids of the consumers registered for ``queue_name`` that are not dead.
+    """Ids of the consumers registered for ``queue_name`` that are not gone
+    (dead or left).
     A suspect consumer keeps its groups: it may only be slow."""
-    rows = Consumer.objects.exclude(status=ConsumerStatus.DEAD).values_list("id", "queues")
+    rows = Consumer.objects.live().values_list("id", "queues")
     return sorted(cid for cid, queues in rows if queue_name in (queues or []))
 
 

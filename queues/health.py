@@ -18,7 +18,7 @@ from django.db.models import F, FloatField, Q, Value
 from django.db.models.functions import Greatest
 
 from . import broker, events
-from .models import Consumer, ConsumerStatus, Message
+from .models import GONE, Consumer, ConsumerStatus, Message
 from .states import MessageState
 
 log = logging.getLogger(__name__)
@@ -27,19 +27,20 @@ log = logging.getLogger(__name__)
 # counts as having missed it (network and scheduling jitter).
 SUSPECT_GRACE = 0.5  # fraction of one heartbeat interval
 # A receive that checked its consumer just before the consumer was declared
-# dead may commit its claim just after the release; consumers that died this
-# recently are swept again for such stragglers.
+# dead (or left) may commit its claim just after the release; consumers gone
+# this recently are swept again for such stragglers.
 STRAGGLER_WINDOW_SECONDS = 60.0
-# Dead consumers stay listed this long (for the dashboard and the admin).
+# Consumers that died or left stay in the admin this long (the live lists
+# hide them sooner: MQ_CONSUMER_FORGET_SECONDS).
 DEAD_CONSUMER_KEEP_SECONDS = 24 * 3600.0
 
 
-def _recently_dead(now: float) -> Q:
-    return Q(status=ConsumerStatus.DEAD, dead_at__gte=now - STRAGGLER_WINDOW_SECONDS)
+def _recently_gone(now: float) -> Q:
+    return Q(status__in=GONE, dead_at__gte=now - STRAGGLER_WINDOW_SECONDS)
 
 
 def _forgotten(now: float) -> Q:
-    return Q(status=ConsumerStatus.DEAD, dead_at__lt=now - DEAD_CONSUMER_KEEP_SECONDS)
+    return Q(status__in=GONE, dead_at__lt=now - DEAD_CONSUMER_KEEP_SECONDS)
 
 
 def check_consumers(now: float | None = None) -> dict[str, int]:
@@ -69,7 +70,7 @@ def _anything_due(now: float) -> bool:
     return Consumer.objects.filter(
         Q(status=ConsumerStatus.ALIVE, last_heartbeat__lt=Value(now) - interval * Value(1 + SUSPECT_GRACE))
         | Consumer.silent(now)
-        | _recently_dead(now)
+        | _recently_gone(now)
         | _forgotten(now)
     ).exists()
 
@@ -112,7 +113,7 @@ def declare_dead(consumer: Consumer, *, now: float) -> int | None:
 
 
 def _release_stragglers(now: float) -> int:
-    recent = list(Consumer.objects.filter(_recently_dead(now)).values_list("id", flat=True))
+    recent = list(Consumer.objects.filter(_recently_gone(now)).values_list("id", flat=True))
     if not recent:
         return 0
     holding = set(
@@ -120,4 +121,4 @@ def _release_stragglers(now: float) -> int:
             "consumer_id", flat=True
         )
     )
-    return sum(broker.release_consumer(cid, reason="consumer was declared dead", now=now) for cid in holding)
+    return sum(broker.release_consumer(cid, reason="consumer was declared dead or left", now=now) for cid in holding)

@@ -3,10 +3,13 @@ a message browser that escapes what producers sent."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from django.contrib.auth import get_user_model
 from django.test import Client
 
+from dashboard import publisher
 from queues import broker, events
 
 pytestmark = pytest.mark.django_db
@@ -134,3 +137,17 @@ def test_actions_refuse_a_post_without_the_csrf_token():
 def test_actions_refuse_get(staff):
     make_queue("orders")
     assert staff.get("/queues/orders/pause").status_code == 405
+
+
+def test_the_dashboard_shows_a_consumer_that_left_as_left_until_the_forget_window(settings):
+    settings.MQ_CONSUMER_FORGET_SECONDS = 60
+    make_queue("orders")
+    chef = broker.register_consumer("chef-1", ["orders"], {}, None)
+    broker.leave(chef.pk)
+    snap = publisher.snapshot()
+    assert [(c["name"], c["status"]) for c in snap["consumers"]] == [("chef-1", "left")]
+    aggregator = publisher.Aggregator()
+    assert [f["status"] for f in aggregator.consumer_frames(time.time())] == ["left"]
+    later = time.time() + 61
+    assert publisher.snapshot(now=later)["consumers"] == []
+    assert aggregator.consumer_frames(later) == [{"type": "consumer_removed", "id": chef.pk}]

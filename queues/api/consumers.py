@@ -71,8 +71,11 @@ def leave(request: HttpRequest, consumer_id: str) -> HttpResponse:
 
 
 @router.get("/consumers", response={200: dict[str, list[ConsumerDict]], **ERRORS}, summary="List consumers")
-def list_consumers(request: HttpRequest) -> HttpResponse:
+def list_consumers(request: HttpRequest, all: bool = False) -> HttpResponse:
+    """Live consumers, and those that died or left less than
+    MQ_CONSUMER_FORGET_SECONDS ago; ``?all=true``: every consumer still kept."""
     require(request, Scope.CONSUME)
-    consumers = list(Consumer.objects.order_by("-last_heartbeat")[:1000])
+    kept = Consumer.objects.all() if all else Consumer.objects.listed()
+    consumers = list(kept.order_by("-last_heartbeat")[:1000])
     counts = broker.consumer_in_flight([c.pk for c in consumers])
     return json_response({"consumers": [c.to_dict(counts.get(c.pk, 0)) for c in consumers]})

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..models import COUNTER_FIELDS, Consumer, Message, Queue, QueueStats, QueueStatsDelta
+from ..models import COUNTER_FIELDS, GONE, Consumer, Message, Queue, QueueStats, QueueStatsDelta
 
 Statement = tuple[str, list[Any]]
 
@@ -20,6 +20,8 @@ DELTA_TABLE = QueueStatsDelta._meta.db_table
 STATS_TABLE = QueueStats._meta.db_table
 QUEUE_TABLE = Queue._meta.db_table
 CONSUMER_TABLE = Consumer._meta.db_table
+# A condition on a consumer row: not gone (declared dead, or left).
+LIVE_CONSUMER = "status NOT IN (" + ", ".join(f"'{s}'" for s in GONE) + ")"
 # Start of every statement that writes counter deltas (rows follow).
 DELTA_INSERT_INTO = f"INSERT INTO {DELTA_TABLE} (queue_id, {', '.join(COUNTER_FIELDS)})"
 
@@ -204,8 +206,8 @@ class Statements:
         return sql, [*params, queue_id, *ids]
 
     def live_consumers(self, consumer_ids: Sequence[str]) -> Statement:
-        """Rows: the ids, among these, of consumers not declared dead."""
-        sql = f"SELECT id FROM {CONSUMER_TABLE} WHERE id IN ({placeholders(len(consumer_ids))}) AND status <> 'dead'"
+        """Rows: the ids, among these, of consumers not gone (dead or left)."""
+        sql = f"SELECT id FROM {CONSUMER_TABLE} WHERE id IN ({placeholders(len(consumer_ids))}) AND {LIVE_CONSUMER}"
         return sql, list(consumer_ids)
 
     # -- claim -----------------------------------------------------------------
@@ -238,7 +240,7 @@ class Statements:
         )
 
     def consumer_alive(self, consumer_id: str | None) -> Statement:
-        """A condition: the claiming consumer (if any) is not dead.
+        """A condition: the claiming consumer (if any) is not gone (dead or left).
 
         A consumer that left (or was declared dead) while its receive was
         waiting claims nothing: its leases were just released and nobody
@@ -247,7 +249,7 @@ class Statements:
         leases."""
         if consumer_id is None:
             return "", []
-        return f"EXISTS (SELECT 1 FROM {CONSUMER_TABLE} c WHERE c.id = %s AND c.status <> 'dead'{self.for_share})", [consumer_id]
+        return f"EXISTS (SELECT 1 FROM {CONSUMER_TABLE} c WHERE c.id = %s AND c.{LIVE_CONSUMER}{self.for_share})", [consumer_id]
 
     def promote(self, now: float, queue_id: int | None = None, *, after_acks: bool = False) -> Statement:
         """Due delayed messages (of one queue, or all) become ready, locked in

@@ -12,7 +12,7 @@ from django.db import connection, transaction
 
 from ..backends import dialect
 from ..exceptions import ConsumerDead, ConsumerNotFound, QueueNotFound
-from ..models import Consumer, ConsumerStatus, Message, Queue
+from ..models import GONE, Consumer, ConsumerStatus, Message, Queue
 from ..states import MessageState as S
 from .counters import count_by
 from .receipts import Leased, release_rows
@@ -50,21 +50,30 @@ def get_consumer(consumer_id: str) -> Consumer:
 
 def check_consumer(consumer_id: str) -> None:
     """Raises ConsumerNotFound for an unknown consumer, ConsumerDead for one
-    declared dead: what a receive naming it checks before it claims."""
+    declared dead or that left: what a receive naming it checks before it
+    claims."""
     status = Consumer.objects.filter(pk=consumer_id).values_list("status", flat=True).first()
     if status is None:
         raise ConsumerNotFound(f"No consumer with id {consumer_id!r}; register first.")
-    if status == ConsumerStatus.DEAD:
-        raise ConsumerDead()
+    if status in GONE:
+        raise ConsumerDead(_gone_message(status))
 
 
 def heartbeat(consumer_id: str, *, now: float | None = None) -> Consumer:
     """Record a heartbeat. Raises ConsumerDead once the monitor declared the
-    consumer dead: its leases were handed to others, it must register again."""
+    consumer dead, or it left: its leases were handed to others, it must
+    register again."""
     consumer = get_consumer(consumer_id)
     if not consumer.beat(now):
-        raise ConsumerDead(f"Consumer {consumer.name!r} was declared dead; register again.")
+        consumer.refresh_from_db(fields=["status"])
+        raise ConsumerDead(_gone_message(consumer.status, consumer.name))
     return consumer
+
+
+def _gone_message(status: str, name: str | None = None) -> str:
+    who = "This consumer" if name is None else f"Consumer {name!r}"
+    done = "left" if status == ConsumerStatus.LEFT else "was declared dead"
+    return f"{who} {done}; register again."
 
 
 def leave(consumer_id: str) -> int:

@@ -4,7 +4,7 @@ methods; multi-row operations are the broker's."""
 
 from __future__ import annotations
 
-from .consumers import Consumer, ConsumerDict, ConsumerStatus, _consumer_id
+from .consumers import GONE, Consumer, ConsumerDict, ConsumerQuerySet, ConsumerStatus, _consumer_id
 from .messages import DedupKey, Message, MessageDict, MessageQuerySet
 from .queues import (
     COUNTER_FIELDS,
@@ -27,11 +27,13 @@ from .tokens import LAST_USED_RESOLUTION_SECONDS, Scope, Token, TokenQuerySet, h
 __all__ = [
     "COUNTER_FIELDS",
     "DEFAULT_MAX_MESSAGE_BYTES",
+    "GONE",
     "LAST_USED_RESOLUTION_SECONDS",
     "QUEUE_NAME_PATTERN",
     "QUEUE_NAME_RULE",
     "Consumer",
     "ConsumerDict",
+    "ConsumerQuerySet",
     "ConsumerStatus",
     "DedupKey",
     "Message",

@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any, TypedDict
 
+from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
 
@@ -17,8 +18,17 @@ class ConsumerStatus(models.TextChoices):
     ALIVE = "alive", "Alive"
     #: Missed a heartbeat interval; still holds its leases.
     SUSPECT = "suspect", "Suspect"
-    #: Missed heartbeats past its timeout (or left); its leases were released.
+    #: Missed heartbeats past its timeout: the monitor declared it dead and
+    #: released its leases.
     DEAD = "dead", "Dead"
+    #: Left gracefully (``DELETE /consumers/{id}``); its leases were released.
+    #: Not a crash, but gone all the same: it beats and receives no more.
+    LEFT = "left", "Left"
+
+
+#: The statuses of a consumer that is gone: it holds nothing, its heartbeats
+#: answer 410 and its receives are refused; it must register again.
+GONE = (ConsumerStatus.DEAD, ConsumerStatus.LEFT)
 
 
 def _consumer_id() -> str:
@@ -37,6 +47,19 @@ class ConsumerDict(TypedDict):
     meta: dict[str, Any]
 
 
+class ConsumerQuerySet(models.QuerySet["Consumer"]):
+    def live(self) -> ConsumerQuerySet:
+        """Alive or suspect: the consumers that may hold leases."""
+        return self.exclude(status__in=GONE)
+
+    def listed(self, now: float | None = None) -> ConsumerQuerySet:
+        """What the live lists show (the dashboard, ``GET /consumers``):
+        live consumers, and those gone less than ``MQ_CONSUMER_FORGET_SECONDS``
+        ago. The admin lists them all."""
+        now = time.time() if now is None else now
+        return self.filter(~Q(status__in=GONE) | Q(dead_at__gte=now - settings.MQ_CONSUMER_FORGET_SECONDS))
+
+
 class Consumer(models.Model):
     """A registered consumer. Its status changes one row at a time, each a
     conditional update that settles a race (``beat``, ``mark_suspect``,
@@ -53,6 +76,8 @@ class Consumer(models.Model):
     registered_at = models.FloatField(default=time.time)
     last_heartbeat = models.FloatField(default=time.time)
     dead_at = models.FloatField(null=True, blank=True)
+
+    objects = ConsumerQuerySet.as_manager()
 
     class Meta:
         indexes = [models.Index(fields=["status", "last_heartbeat"], name="mq_consumer_health")]
@@ -82,12 +107,12 @@ class Consumer(models.Model):
 
     def beat(self, now: float | None = None) -> bool:
         """A heartbeat: alive again. False, and nothing changes, once the
-        consumer was declared dead: its leases went to others and it must
-        register again."""
+        consumer was declared dead or left: its leases went to others and it
+        must register again."""
         now = time.time() if now is None else now
         # Conditional: a beat racing the monitor's death sentence either
         # lands first (and the consumer lives) or finds it dead, never both.
-        if not Consumer.objects.filter(pk=self.pk).exclude(status=ConsumerStatus.DEAD).update(
+        if not Consumer.objects.filter(pk=self.pk).exclude(status__in=GONE).update(
             last_heartbeat=now, status=ConsumerStatus.ALIVE
         ):
             return False
@@ -116,8 +141,11 @@ class Consumer(models.Model):
         return True
 
     def leave(self, now: float | None = None) -> None:
-        """A graceful leave: dead now, whatever its state. The caller
-        releases its leases in the same transaction (``broker.leave``)."""
+        """A graceful leave: left now, unless it is gone already (one the
+        monitor declared dead stays dead, and keeps the time it died). The
+        caller releases its leases in the same transaction (``broker.leave``)."""
         now = time.time() if now is None else now
-        Consumer.objects.filter(pk=self.pk).update(status=ConsumerStatus.DEAD, dead_at=now)
-        self.status, self.dead_at = ConsumerStatus.DEAD, now
+        if Consumer.objects.filter(pk=self.pk).exclude(status__in=GONE).update(status=ConsumerStatus.LEFT, dead_at=now):
+            self.status, self.dead_at = ConsumerStatus.LEFT, now
+        else:
+            self.refresh_from_db(fields=["status", "dead_at"])

@@ -153,7 +153,7 @@ def test_receive_records_the_consumer_and_release_returns_its_leases(db):
     assert all(m.consumer_id == c.pk for m in Message.objects.all())
     assert broker.consumer_in_flight([c.pk]) == {c.pk: 2}
     assert broker.leave(c.pk) == 2
-    assert Consumer.objects.get(pk=c.pk).status == "dead"
+    assert Consumer.objects.get(pk=c.pk).status == "left"
     assert broker.ack(q, [got[0].receipt]).stale == [got[0].receipt]
     assert [d.delivery_count for d in receive(q, 2)] == [2, 2]
     assert_counts_exact(q)

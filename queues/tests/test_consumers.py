@@ -9,7 +9,7 @@ import time
 import pytest
 from django.db import connection
 
-from queues import broker, events, health, monitor
+from queues import broker, events, hashing, health, monitor
 from queues.models import Consumer, ConsumerStatus, Message
 from queues.states import MessageState
 
@@ -158,7 +158,73 @@ def test_graceful_leave_releases_at_once(api):
     r = api.delete(f"consumers/{cid}")
     assert r.status_code == 200 and r.data == {"released": 2}
     assert api.counts("jobs")["ready"] == 2
-    assert consumer_row(api, cid)["status"] == "dead"
+    assert consumer_row(api, cid)["status"] == "left"
+
+
+def test_a_consumer_that_left_is_not_counted_dead(api):
+    # Leaving is not crashing: its own status, and its time of leaving.
+    api.make_queue("jobs")
+    cid = register(api)["id"]
+    assert api.delete(f"consumers/{cid}").status_code == 200
+    row = consumer_row(api, cid)
+    assert row["status"] == "left" and row["dead_at"] is not None
+    assert Consumer.objects.get(pk=cid).status == ConsumerStatus.LEFT
+
+
+def test_heartbeat_after_leave_is_410_consumer_dead(api):
+    api.make_queue("jobs")
+    cid = register(api)["id"]
+    api.delete(f"consumers/{cid}")
+    r = api.post(f"consumers/{cid}/heartbeat")
+    assert r.status_code == 410 and r.data["error"]["code"] == "consumer_dead"
+    assert "left" in r.data["error"]["message"]
+    assert consumer_row(api, cid)["status"] == "left"
+
+
+def test_a_receive_naming_a_consumer_that_left_is_refused(api):
+    api.make_queue("jobs")
+    api.send("jobs", "x")
+    cid = register(api)["id"]
+    api.delete(f"consumers/{cid}")
+    r = api.post("queues/jobs/receive", {"consumer": cid})
+    assert r.status_code == 410 and r.data["error"]["code"] == "consumer_dead"
+    # Past the check (a receive already waiting when it left), the claim
+    # itself takes nothing for it.
+    assert broker.receive(broker.get_queue("jobs"), consumer_id=cid) == []
+    assert api.counts("jobs")["ready"] == 1
+
+
+def test_a_consumer_that_left_owns_no_fifo_groups(api):
+    api.make_queue("jobs")
+    stays = register(api, "w1")["id"]
+    leaves = register(api, "w2")["id"]
+    assert hashing.live_consumers("jobs") == sorted([stays, leaves])
+    api.delete(f"consumers/{leaves}")
+    assert hashing.live_consumers("jobs") == [stays]
+
+
+def test_a_dead_consumer_that_leaves_stays_dead(api):
+    api.make_queue("jobs")
+    cid = register(api, timeout=2)["id"]
+    died = Consumer.objects.get(pk=cid).last_heartbeat + 3
+    health.check_consumers(now=died)
+    assert api.delete(f"consumers/{cid}").status_code == 200
+    consumer = Consumer.objects.get(pk=cid)
+    assert (consumer.status, consumer.dead_at) == (ConsumerStatus.DEAD, died)
+
+
+def test_gone_consumers_leave_the_live_list_after_the_forget_window(api, settings):
+    settings.MQ_CONSUMER_FORGET_SECONDS = 60
+    api.make_queue("jobs")
+    alive = register(api, "w1")["id"]
+    left = register(api, "w2")["id"]
+    api.delete(f"consumers/{left}")
+    listed = {c["id"] for c in api.get("consumers").data["consumers"]}
+    assert listed == {alive, left}
+    Consumer.objects.filter(pk=left).update(dead_at=time.time() - 61)
+    assert {c["id"] for c in api.get("consumers").data["consumers"]} == {alive}
+    # Still kept, and listed on request, until the monitor forgets it.
+    assert {c["id"] for c in api.get("consumers?all=true").data["consumers"]} == {alive, left}
 
 
 def test_a_claim_that_commits_after_the_death_is_swept_back(api):
@@ -196,6 +262,15 @@ def test_long_dead_consumers_are_forgotten(api):
     beat = Consumer.objects.get(pk=cid).last_heartbeat
     health.check_consumers(now=beat + 3)
     health.check_consumers(now=beat + 3 + health.DEAD_CONSUMER_KEEP_SECONDS + 1)
+    assert not Consumer.objects.filter(pk=cid).exists()
+
+
+def test_long_gone_consumers_that_left_are_forgotten(api):
+    api.make_queue("jobs")
+    cid = register(api)["id"]
+    api.delete(f"consumers/{cid}")
+    left_at = Consumer.objects.get(pk=cid).dead_at
+    health.check_consumers(now=left_at + health.DEAD_CONSUMER_KEEP_SECONDS + 1)
     assert not Consumer.objects.filter(pk=cid).exists()
 
 

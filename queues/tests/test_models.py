@@ -91,14 +91,14 @@ def stored(c: Consumer) -> tuple[str, float, float | None]:
     return row.status, row.last_heartbeat, row.dead_at
 
 
-def test_a_beat_makes_a_suspect_alive_but_not_a_dead_consumer(db: None) -> None:
+def test_a_beat_makes_a_suspect_alive_but_not_one_that_left(db: None) -> None:
     c = consumer()
     assert c.mark_suspect() is True
     assert c.beat(T0 + 5) is True
     assert stored(c) == (ConsumerStatus.ALIVE, T0 + 5, None)
     c.leave(T0 + 6)
     assert c.beat(T0 + 7) is False
-    assert stored(c) == (ConsumerStatus.DEAD, T0 + 5, T0 + 6)
+    assert stored(c) == (ConsumerStatus.LEFT, T0 + 5, T0 + 6)
 
 
 def test_mark_suspect_loses_to_a_beat_that_landed_since_it_read(db: None) -> None:
@@ -126,7 +126,7 @@ def test_consumer_to_dict_has_what_the_api_and_the_dashboard_show(db: None) -> N
         "id": c.id,
         "name": "w",
         "queues": [],
-        "status": "dead",
+        "status": "left",
         "last_heartbeat": "2030-03-17T17:46:40Z",
         "heartbeat_timeout": 15,
         "dead_at": "2030-03-17T17:46:41Z",

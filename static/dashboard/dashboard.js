@@ -306,14 +306,15 @@
     var tbody = table.tBodies[0];
     var empty = document.getElementById("consumers-empty");
     var count = document.getElementById("consumer-count");
-    var ORDER = { dead: 0, suspect: 1, alive: 2 };
+    // Left is not trouble: those who left gracefully come last, in grey.
+    var ORDER = { dead: 0, suspect: 1, alive: 2, left: 3 };
     function render() {
       var list = Array.from(state.consumers.values());
       // Trouble first: dead and suspect consumers lead the list.
       list.sort(function (a, b) { return ORDER[a.status] - ORDER[b.status] || (a.name < b.name ? -1 : a.name > b.name ? 1 : 0); });
       var now = serverNow();
       var frag = document.createDocumentFragment();
-      var n = { alive: 0, suspect: 0, dead: 0 };
+      var n = { alive: 0, suspect: 0, dead: 0, left: 0 };
       list.forEach(function (c) {
         n[c.status] = (n[c.status] || 0) + 1;
         var tr = el("tr", "consumer-" + c.status);
@@ -325,7 +326,8 @@
         var st = el("td");
         st.appendChild(el("span", "badge " + c.status, c.status));
         tr.appendChild(st);
-        var age = c.status === "dead" && c.dead_at ? "dead " + fmtAge(now - isoEpoch(c.dead_at)) + " ago" : fmtAge(now - isoEpoch(c.last_heartbeat)) + " ago";
+        var gone = (c.status === "dead" || c.status === "left") && c.dead_at;
+        var age = gone ? c.status + " " + fmtAge(now - isoEpoch(c.dead_at)) + " ago" : fmtAge(now - isoEpoch(c.last_heartbeat)) + " ago";
         var hb = el("td", "num", age);
         hb.title = "timeout " + c.heartbeat_timeout + " s";
         tr.appendChild(hb);
@@ -334,10 +336,10 @@
       });
       tbody.replaceChildren(frag);
       empty.hidden = list.length > 0;
-      count.textContent = list.length ? n.alive + " alive" + (n.suspect ? ", " + n.suspect + " suspect" : "") + (n.dead ? ", " + n.dead + " dead" : "") : "";
+      count.textContent = list.length ? n.alive + " alive" + (n.suspect ? ", " + n.suspect + " suspect" : "") + (n.dead ? ", " + n.dead + " dead" : "") + (n.left ? ", " + n.left + " left" : "") : "";
       var total = document.querySelector('[data-total="consumers"]');
       if (total) {
-        total.textContent = n.alive + " / " + n.suspect + " / " + n.dead;
+        total.textContent = n.alive + " / " + n.suspect + " / " + n.dead + " / " + n.left;
         total.parentNode.classList.toggle("bad", n.dead > 0);
       }
     }

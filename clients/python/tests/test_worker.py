@@ -104,7 +104,7 @@ def test_sigterm_finishes_started_work_hands_back_the_rest_and_leaves(client, se
     # The started message was finished and acked; the other two are ready for
     # other workers right away (one handed back, one never taken).
     assert (counts["ready"], counts["in_flight"]) == (2, 0)
-    assert consumer_named(client, "w")["status"] == "dead"
+    assert consumer_named(client, "w")["status"] == "left"
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["poll", "stream"])
@@ -126,7 +126,7 @@ def test_second_sigterm_releases_everything_and_exits(client, server, token, tmp
     counts = client.get_queue("jobs")
     # Back to ready at once, not after the 60 s lease.
     assert (counts["ready"], counts["in_flight"]) == (1, 0)
-    assert consumer_named(client, "w")["status"] == "dead"
+    assert consumer_named(client, "w")["status"] == "left"
     again = client.receive("jobs")
     assert again and again[0].delivery_count == 2
 
@@ -211,4 +211,4 @@ def test_a_streaming_worker_takes_pushed_messages_and_acks_on_its_stream(client,
     assert counting.calls == {"ack": 0, "ack_and_receive": 0}
     counts = client.get_queue("pushed")
     assert (counts["ready"], counts["in_flight"]) == (0, 0)
-    assert consumer_named(client, worker.name)["status"] == "dead"
+    assert consumer_named(client, worker.name)["status"] == "left"

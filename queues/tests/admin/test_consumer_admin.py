@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import time
 from typing import Any
 
 from django.urls import reverse
 
 from queues import broker
-from queues.models import Message
+from queues.models import Consumer, Message
 from queues.states import MessageState as S
 
 from ..helpers import assert_counts_exact, make_queue, send
@@ -32,3 +33,14 @@ def test_consumer_list_shows_what_each_holds_and_release_frees_it(admin_client: 
     assert_counts_exact(q)
     assert len(drained("redelivery")) == 2
     assert {e.object_id for e in logged()} == {worker.pk, idle.pk}
+
+
+def test_consumers_gone_from_the_live_lists_stay_in_the_admin(admin_client: Any, settings: Any) -> None:
+    settings.MQ_CONSUMER_FORGET_SECONDS = 60
+    make_queue("q")
+    gone = broker.register_consumer("long-gone-1", ["q"], {}, None)
+    broker.leave(gone.pk)
+    Consumer.objects.filter(pk=gone.pk).update(dead_at=time.time() - 61)
+    assert not Consumer.objects.listed().filter(pk=gone.pk).exists()
+    text = page_text(admin_client.get(reverse("admin:queues_consumer_changelist")))
+    assert re.search(r"long-gone-1.*?field-status\">Left<", text)
