@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import sys
 
 import pytest
 
@@ -52,3 +53,17 @@ def json_documents(text: str) -> list[dict]:
         doc, i = decoder.raw_decode(text, i)
         docs.append(doc)
     return docs
+
+
+def test_readme_says_how_to_serve_on_another_port_and_demo_follows_it():
+    commands = (ROOT / "README.md").read_text().split("## Two commands", 1)[1].split("\n## ", 1)[0]
+    assert "PORT=9000 make run" in commands and "HOST=0.0.0.0 make run" in commands
+    assert "PORT=9000 make demo" in commands and "MQ_URL=http://127.0.0.1:9000 make demo" in commands
+    # What it says holds: with the same PORT, the demo (and a worker) looks for that server.
+    env = {k: v for k, v in subprocess_env(PORT="9000").items() if k not in ("MQ_URL", "HOST")}
+    for verb in ("demo", "worker"):
+        run = subprocess.run(
+            [sys.executable, "manage.py", "mq", verb, "--help"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+        )
+        assert run.returncode == 0, run.stderr
+        assert "$MQ_URL or http://127.0.0.1:9000" in " ".join(run.stdout.split()), run.stdout
