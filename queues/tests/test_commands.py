@@ -190,3 +190,51 @@ def test_the_models_and_the_migrations_agree(db):
     out = StringIO()
     call_command("makemigrations", "--check", "--dry-run", stdout=out)  # exits 1 on a missing migration
     assert "No changes detected" in out.getvalue()
+
+
+# ---------------------------------------------------------------- operator --
+
+
+def framed_password(output: str) -> str:
+    """The password in the frame, checking the frame is the output's end."""
+    lines = output.rstrip("\n").splitlines()
+    assert lines[-1].startswith("+--") and lines[-1].endswith("-+")
+    top = max(i for i, line in enumerate(lines[:-1]) if line.startswith("+--"))
+    frame = lines[top:]
+    assert frame[0] == frame[-1] and all(line.startswith("|") and line.endswith("|") for line in frame[1:-1])
+    assert all(len(line) == len(frame[0]) for line in frame)
+    body = "\n".join(frame)
+    assert re.search(r"log in at\s+http://\S+:\d+/", body) and re.search(r"user\s+operator", body) and "mq operator --reset" in body
+    return re.search(r"^\|\s+password\s+(\S+)", body, re.M).group(1)
+
+
+def test_operator_prints_its_password_last_in_a_frame(db):
+    from django.contrib.auth import authenticate
+
+    password = framed_password(mq("operator"))
+    user = authenticate(username="operator", password=password)
+    assert user is not None and user.is_staff and user.is_superuser
+
+
+def test_operator_again_says_how_to_get_a_new_password(db):
+    mq("operator")
+    out = mq("operator")
+    assert "already exists" in out and "mq operator --reset" in out and "+--" not in out
+
+
+def test_operator_reset_gives_a_new_password(db):
+    from django.contrib.auth import authenticate
+
+    old = framed_password(mq("operator"))
+    new = framed_password(mq("operator", "--reset"))
+    assert new != old
+    assert authenticate(username="operator", password=old) is None
+    assert authenticate(username="operator", password=new) is not None
+
+
+def test_operator_reset_creates_the_account_when_missing(db):
+    from django.contrib.auth import authenticate, get_user_model
+
+    get_user_model().objects.create_superuser("alice", "", "pw-123456")
+    password = framed_password(mq("operator", "--reset"))
+    assert authenticate(username="operator", password=password).is_staff

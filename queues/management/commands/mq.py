@@ -23,6 +23,11 @@ from queues.exceptions import MQError
 from queues.models import Scope, Token
 
 SCOPES = {s.value for s in Scope}
+# The account `mq operator` creates, and `mq operator --reset` gives a new password.
+OPERATOR = "operator"
+
+
+RESET_COMMAND = ".venv/bin/python manage.py mq operator --reset"
 
 
 def _local_url() -> str:
@@ -52,7 +57,10 @@ class Command(BaseCommand):
 
         verbs.add_parser("monitor", help="Run the monitor alone (leader-elected; run one per node).")
 
-        verbs.add_parser("operator", help="Create an operator (staff superuser) account if none exists.")
+        operator = verbs.add_parser("operator", help="Create an operator (staff superuser) account if none exists.")
+        operator.add_argument(
+            "--reset", action="store_true", help=f"Give the account {OPERATOR!r} a new random password (creating it if missing)."
+        )
 
         token = verbs.add_parser("token", help="API tokens.").add_subparsers(dest="action", required=True)
         create = token.add_parser("create", help="Create a token; prints it once, on the last line.")
@@ -197,13 +205,38 @@ class Command(BaseCommand):
         from django.contrib.auth import get_user_model
 
         User = get_user_model()
-        if User.objects.filter(is_staff=True).exists():
-            self.stdout.write("Operator account already exists (manage it at /admin/).")
-            return
         password = secrets.token_urlsafe(12)
-        User.objects.create_superuser("operator", "", password)
-        self.stdout.write(self.style.SUCCESS("Created the operator account (shown only this once):"))
-        self.stdout.write(f"  username: operator\n  password: {password}")
+        if opts.reset:
+            user = User.objects.filter(username=OPERATOR).first()
+            if user is None:
+                User.objects.create_superuser(OPERATOR, "", password)
+            else:
+                user.set_password(password)
+                user.save(update_fields=["password"])
+            self._print_operator(f"New password for the operator account {OPERATOR!r}", password)
+            return
+        if User.objects.filter(is_staff=True).exists():
+            self.stdout.write(f"Operator account already exists (a new password: {RESET_COMMAND}).")
+            return
+        User.objects.create_superuser(OPERATOR, "", password)
+        self._print_operator("The operator account, shown only this once", password)
+
+    def _print_operator(self, title: str, password: str) -> None:
+        # Framed, and the last thing `make run` prints before the server's
+        # banner: above it scroll pip and the migrations, below it the
+        # access log; a password lost in either is a password never seen.
+        lines = [
+            title,
+            "",
+            f"log in at  {_local_url()}/",
+            f"user       {OPERATOR}",
+            f"password   {password}",
+            "",
+            f"a new one: {RESET_COMMAND}",
+        ]
+        width = max(len(line) for line in lines)
+        border = "+" + "-" * (width + 4) + "+"
+        self.stdout.write("\n".join(["", border, *(f"|  {line:<{width}}  |" for line in lines), border, ""]))
 
     # -- tokens ------------------------------------------------------------
 
