@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from django.http import HttpRequest
 from ninja import NinjaAPI
+from ninja.openapi.schema import OpenAPISchema
 from ninja.parser import Parser
 from ninja.renderers import BaseRenderer
 
@@ -26,11 +27,23 @@ class ORJSONRenderer(BaseRenderer):
         return orjson.dumps(data)
 
 
+class DocumentedAPI(NinjaAPI):
+    def get_openapi_schema(self, *, path_prefix: str | None = None, path_params: dict[str, Any] | None = None) -> OpenAPISchema:
+        """Ninja's document, and what ninja does not serve: the websocket
+        streams, /healthz and /metrics (``openapi.extra_paths``)."""
+        from .openapi import extra_paths
+
+        schema = super().get_openapi_schema(path_prefix=path_prefix, path_params=path_params)
+        bearer: list[dict[str, list[str]]] = [{name: []} for name in schema.get("components", {}).get("securitySchemes", {})]
+        schema["paths"].update(extra_paths(bearer))
+        return schema
+
+
 def build_api() -> NinjaAPI:
     from .consumers import router as consumers_router
     from .views import router as queues_router
 
-    api = NinjaAPI(
+    api = DocumentedAPI(
         title="mqadmin",
         version="1",
         description=(

@@ -15,7 +15,9 @@ from mqadmin.wsgi import application
 from queues import broker
 from queues.models import Consumer, Message, Queue, QueueStats, QueueStatsDelta
 
-schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", application)
+# The streams, /healthz and /metrics are in the document as paths only:
+# ninja does not serve them, and they are not the JSON API this fuzzes.
+schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", application).exclude(tag=["streams", "operations"])
 
 FUZZ_QUEUE = "fuzz"
 
