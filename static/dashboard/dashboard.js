@@ -236,6 +236,7 @@
       var a = el("a", null, name);
       a.href = "/queues/" + encodeURIComponent(name) + "/";
       tr.cells[0].appendChild(a);
+      tr.cells[0].title = name; // the cell cuts a long name with an ellipsis
       return tr;
     }
     function setNum(td, value, text, hot) {
@@ -318,16 +319,19 @@
         n[c.status] = (n[c.status] || 0) + 1;
         var tr = el("tr", "consumer-" + c.status);
         tr.dataset.id = c.id;
+        // Cells cut long names with an ellipsis: the full text is in the title.
         var name = el("td", "name", c.name);
-        name.title = c.id;
+        name.title = c.name + "\n" + c.id;
         tr.appendChild(name);
-        tr.appendChild(el("td", "muted", c.queues.join(", ")));
+        var queues = el("td", "muted", c.queues.join(", "));
+        queues.title = c.queues.join("\n");
+        tr.appendChild(queues);
         var st = el("td");
         st.appendChild(el("span", "badge " + c.status, c.status));
         tr.appendChild(st);
         var age = c.status === "dead" && c.dead_at ? "dead " + fmtAge(now - isoEpoch(c.dead_at)) + " ago" : fmtAge(now - isoEpoch(c.last_heartbeat)) + " ago";
         var hb = el("td", "num", age);
-        hb.title = "timeout " + c.heartbeat_timeout + " s";
+        hb.title = age + ", timeout " + c.heartbeat_timeout + " s";
         tr.appendChild(hb);
         tr.appendChild(el("td", "num" + (c.in_flight ? "" : " zero"), fmtInt(c.in_flight)));
         frag.appendChild(tr);
