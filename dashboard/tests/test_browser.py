@@ -209,6 +209,16 @@ def test_long_names_never_push_counts_or_state_off_the_overview(tapi):
                 for cell in consumer.locator("td").all()[1:] + page.locator("#consumers th").all():
                     inside(cell, ".scroll")
                 inside(consumer.locator("td .badge"), "td")
+            icon = page.request.get(f"{url}/favicon.ico")
+            assert icon.ok and icon.headers["content-type"].startswith("image/svg+xml"), icon
+            # Without hovering, legends show the newest point; ticks are one line each.
+            page.set_viewport_size({"width": 1440, "height": 900})
+            for chart in ("#chart-depth", "#chart-rate"):
+                values = page.locator(f"{chart} .u-legend .u-series:not(:first-child) .u-value").all_inner_texts()
+                assert values and "--" not in values, values
+                ticks = page.evaluate(f"document.querySelector('{chart}').uplot.axes[0]._values")
+                assert ticks and not any("\n" in t for t in ticks), ticks
+
         finally:
             browser.close()
             api.close()

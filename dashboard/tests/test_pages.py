@@ -134,3 +134,11 @@ def test_actions_refuse_a_post_without_the_csrf_token():
 def test_actions_refuse_get(staff):
     make_queue("orders")
     assert staff.get("/queues/orders/pause").status_code == 405
+
+
+def test_pages_link_a_favicon_and_favicon_ico_leads_to_it(staff):
+    html = staff.get("/").content.decode()
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in html
+    assert '<link rel="icon" href="/static/favicon.svg"' in Client().get("/admin/login/").content.decode()
+    r = Client().get("/favicon.ico")
+    assert (r.status_code, r["Location"]) == (301, "/static/favicon.svg")
