@@ -1,6 +1,8 @@
 """The dashboard in a real headless Chromium against a real `mq serve`:
 log in, watch a count change live after an API send, see a redelivery in the
-feed. Screenshots go to screenshots/ (git-ignored) for a person to look at."""
+feed; with 80-character names every count and state stays in view, on the
+dashboard and in the admin's lists. Screenshots go to screenshots/
+(git-ignored) and to the temporary directory (ui-*.png) for a person to look at."""
 
 from __future__ import annotations
 
@@ -219,6 +221,18 @@ def test_long_names_never_push_counts_or_state_off_the_overview(tapi):
                 ticks = page.evaluate(f"document.querySelector('{chart}').uplot.axes[0]._values")
                 assert ticks and not any("\n" in t for t in ticks), ticks
 
+            # The admin's lists: long names and bodies cut; the last error, and the
+            # columns up to the dead-letter queue's name, in view at 1440 px.
+            for path, last, filters in (("/admin/queues/message/", "error", 2), ("/admin/queues/queue/", "dead_letter", 0)):
+                page.goto(f"{url}{path}")
+                page.screenshot(path=str(LAYOUT_SHOTS / f"ui-admin-{path.split('/')[-2]}.png"), full_page=True)
+                for cell in page.locator(f"#result_list .column-{last}, #result_list td.field-{last}").all():
+                    inside(cell, ".results")
+                links = page.locator(f'#changelist-filter a[title="{LONG_QUEUE}"]')
+                expect(links).to_have_count(filters)
+                for link in links.all():
+                    box = link.bounding_box()
+                    assert box is not None and box["height"] < 24, box  # one line, not several
         finally:
             browser.close()
             api.close()
