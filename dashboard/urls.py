@@ -7,6 +7,7 @@ from . import views
 app_name = "dashboard"
 urlpatterns = [
     path("", views.index, name="index"),
+    path("favicon.ico", views.favicon, name="favicon"),
     path("queues/<str:name>/", views.queue_detail, name="queue"),
     path("queues/<str:name>/pause", views.pause, name="pause"),
     path("queues/<str:name>/resume", views.resume, name="resume"),

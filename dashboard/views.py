@@ -12,8 +12,9 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponsePermanentRedirect, HttpResponseRedirect
 from django.shortcuts import render
+from django.templatetags.static import static
 from django.urls import reverse
 from django.views.decorators.http import require_POST
 
@@ -30,6 +31,12 @@ STATES = [s.value for s in MessageState]
 @staff_member_required
 def index(request: HttpRequest) -> HttpResponse:
     return render(request, "dashboard/index.html", {"page": "overview"})
+
+
+def favicon(request: HttpRequest) -> HttpResponse:
+    """Browsers ask for /favicon.ico whatever the pages link (the admin's,
+    the API docs', a JSON answer's): send them to the icon."""
+    return HttpResponsePermanentRedirect(static("favicon.svg"))
 
 
 def _queue_or_404(name: str) -> Any:

@@ -1,14 +1,18 @@
 """The dashboard in a real headless Chromium against a real `mq serve`:
 log in, watch a count change live after an API send, see a redelivery in the
-feed. Screenshots go to screenshots/ (git-ignored) for a person to look at."""
+feed; with 80-character names every count and state stays in view, on the
+dashboard and in the admin's lists. Screenshots go to screenshots/
+(git-ignored) and to the temporary directory (ui-*.png) for a person to look at."""
 
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -61,6 +65,19 @@ def need_chromium() -> None:
     pytest.skip(reason)
 
 
+def open_dashboard(browser: Any, url: str) -> Any:
+    """A 1440x900 page logged in as the operator, its live connection up."""
+    from playwright.sync_api import expect
+
+    page = browser.new_page(viewport={"width": 1440, "height": 900})
+    page.goto(f"{url}/")
+    page.fill("#id_username", "operator")
+    page.fill("#id_password", "a-long-operator-password")
+    page.click("input[type=submit]")
+    expect(page.locator("#conn")).to_have_text("live", timeout=15_000)
+    return page
+
+
 @pytest.mark.django_db(transaction=True)
 def test_operator_watches_counts_and_redeliveries_live_in_a_browser(tapi):
     need_chromium()
@@ -77,12 +94,7 @@ def test_operator_watches_counts_and_redeliveries_live_in_a_browser(tapi):
         api = httpx.Client(base_url=f"{url}/api/v1/", headers=tapi.headers, timeout=10)
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1440, "height": 900})
-            page.goto(f"{url}/")
-            page.fill("#id_username", "operator")
-            page.fill("#id_password", "a-long-operator-password")
-            page.click("input[type=submit]")
-            expect(page.locator("#conn")).to_have_text("live", timeout=15_000)
+            page = open_dashboard(browser, url)
             ready = page.locator('#queues tr[data-name="orders"] td.ready')
             expect(ready).to_have_text("0")
 
@@ -129,6 +141,98 @@ def test_operator_watches_counts_and_redeliveries_live_in_a_browser(tapi):
             expect(page.locator("#conn")).to_have_text("live", timeout=30_000)
             expect(page.locator('[data-q="ready"]')).to_have_text("5")
             server.close()
+        finally:
+            browser.close()
+            api.close()
+
+
+# Screenshots a person looks at when the layout changes; outside the repository.
+LAYOUT_SHOTS = Path(tempfile.gettempdir())
+LONG_QUEUE = "q" + "_very_long_queue_name" * 3 + "_" + "x" * 15  # 80 characters, no break
+LONG_CONSUMER = "c" + "_very_long_consumer_name" * 3 + "_" + "y" * 6  # 80 characters, no break
+
+
+def inside(cell: Any, ancestor: str) -> None:
+    """The cell is drawn whole inside its ancestor (a scroll container, a
+    cell) and the viewport: not cut off, not behind a sideways scroll.
+    Measured in one go: the consumer rows are redrawn every second."""
+    box = cell.evaluate(
+        """(e, sel) => {
+            const r = e.getBoundingClientRect(), o = e.closest(sel).getBoundingClientRect();
+            return {left: r.left, right: r.right, outerLeft: o.left, outerRight: o.right, viewport: innerWidth};
+        }""",
+        ancestor,
+    )
+    assert box["outerLeft"] - 1 <= box["left"] and box["right"] <= min(box["outerRight"], box["viewport"]) + 1, (cell, box)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_long_names_never_push_counts_or_state_off_the_overview(tapi):
+    need_chromium()
+    from playwright.sync_api import expect, sync_playwright
+
+    assert len(LONG_QUEUE) == len(LONG_CONSUMER) == 80
+    get_user_model().objects.create_superuser("operator", password="a-long-operator-password")
+    tapi.make_queue(LONG_QUEUE, paused=True)
+    tapi.make_queue("orders", max_deliveries=1, dead_letter_queue=LONG_QUEUE)
+    tapi.send(LONG_QUEUE, {"n": 1}, {"n": 2})
+    tapi.send("orders", {"note": "<b>not bold</b> " + "and a long body " * 40})
+    (leased,) = tapi.receive("orders")
+    reason = "Traceback (most recent call last): " + "a long error that goes on " * 20
+    assert tapi.post("queues/orders/nack", {"receipts": [leased["receipt"]], "reason": reason}).status_code == 200
+    with ExitStack() as server, sync_playwright() as pw:
+        url = server.enter_context(serve(free_port()))
+        api = httpx.Client(base_url=f"{url}/api/v1/", headers=tapi.headers, timeout=10)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            for name in (LONG_CONSUMER, "chef-1"):
+                made = api.post("consumers", json={"name": name, "queues": [LONG_QUEUE, "orders"], "heartbeat_timeout": 60})
+                assert made.status_code == 201, made.text
+            page = open_dashboard(browser, url)
+            row = page.locator(f'#queues tr[data-name="{LONG_QUEUE}"]')
+            expect(row.locator("td.ready")).to_have_text("3")  # one dead-lettered from orders
+            consumer = page.locator("#consumers tr", has_text=LONG_CONSUMER[:20])
+            expect(consumer).to_be_visible()
+            page.wait_for_timeout(2500)  # a few chart points
+            for width, height in ((1440, 900), (1024, 768)):
+                page.set_viewport_size({"width": width, "height": height})
+                page.wait_for_timeout(300)
+                page.screenshot(path=str(LAYOUT_SHOTS / f"ui-overview-{width}.png"), full_page=True)
+                name = row.locator("td.name")
+                assert name.get_attribute("title") == LONG_QUEUE
+                for col in ("ready", "delayed", "in_flight", "dead", "oldest", "in_rate", "out_rate", "paused"):
+                    inside(row.locator(f"td.{col}"), "#queues-scroll")
+                for th in page.locator("#queues th").all():
+                    inside(th, "#queues-scroll")
+                badge = row.locator("td.paused .badge.paused")
+                expect(badge).to_be_visible()
+                inside(badge, "td")
+                assert LONG_CONSUMER in (consumer.locator("td.name").get_attribute("title") or "")
+                for cell in consumer.locator("td").all()[1:] + page.locator("#consumers th").all():
+                    inside(cell, ".scroll")
+                inside(consumer.locator("td .badge"), "td")
+            icon = page.request.get(f"{url}/favicon.ico")
+            assert icon.ok and icon.headers["content-type"].startswith("image/svg+xml"), icon
+            # Without hovering, legends show the newest point; ticks are one line each.
+            page.set_viewport_size({"width": 1440, "height": 900})
+            for chart in ("#chart-depth", "#chart-rate"):
+                values = page.locator(f"{chart} .u-legend .u-series:not(:first-child) .u-value").all_inner_texts()
+                assert values and "--" not in values, values
+                ticks = page.evaluate(f"document.querySelector('{chart}').uplot.axes[0]._values")
+                assert ticks and not any("\n" in t for t in ticks), ticks
+
+            # The admin's lists: long names and bodies cut; the last error, and the
+            # columns up to the dead-letter queue's name, in view at 1440 px.
+            for path, last, filters in (("/admin/queues/message/", "error", 2), ("/admin/queues/queue/", "dead_letter", 0)):
+                page.goto(f"{url}{path}")
+                page.screenshot(path=str(LAYOUT_SHOTS / f"ui-admin-{path.split('/')[-2]}.png"), full_page=True)
+                for cell in page.locator(f"#result_list .column-{last}, #result_list td.field-{last}").all():
+                    inside(cell, ".results")
+                links = page.locator(f'#changelist-filter a[title="{LONG_QUEUE}"]')
+                expect(links).to_have_count(filters)
+                for link in links.all():
+                    box = link.bounding_box()
+                    assert box is not None and box["height"] < 24, box  # one line, not several
         finally:
             browser.close()
             api.close()

@@ -151,3 +151,11 @@ def test_the_dashboard_shows_a_consumer_that_left_as_left_until_the_forget_windo
     later = time.time() + 61
     assert publisher.snapshot(now=later)["consumers"] == []
     assert aggregator.consumer_frames(later) == [{"type": "consumer_removed", "id": chef.pk}]
+
+
+def test_pages_link_a_favicon_and_favicon_ico_leads_to_it(staff):
+    html = staff.get("/").content.decode()
+    assert '<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">' in html
+    assert '<link rel="icon" href="/static/favicon.svg"' in Client().get("/admin/login/").content.decode()
+    r = Client().get("/favicon.ico")
+    assert (r.status_code, r["Location"]) == (301, "/static/favicon.svg")

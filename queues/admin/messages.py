@@ -20,6 +20,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
 from django.db import transaction
 from django.db.models import Q, QuerySet
+from django.db.models.functions import Substr
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -29,10 +30,14 @@ from django.utils.html import format_html
 from .. import broker
 from ..models import Message, MessageQuerySet, Queue
 from ..states import MessageState as S
-from .shared import actor, confirm_page, confirmed, log_changes, span, when
+from .shared import actor, clipped, confirm_page, confirmed, log_changes, span, when
 
 # Rows the message list counts at most: beyond this it says "more than".
 COUNT_LIMIT = 10_000
+# The list shows this much of each body, and its tooltip at most
+# BODY_TITLE_CHARS: the list reads no more of a body than that.
+BODY_PREVIEW_CHARS = 80
+BODY_TITLE_CHARS = 1000
 
 
 class LimitedCountPaginator(Paginator):
@@ -102,12 +107,17 @@ class AgeFilter(admin.SimpleListFilter):
         return queryset.filter(enqueued_at__lte=time.time() - int(value))
 
 
+class QueueFilter(admin.RelatedFieldListFilter):
+    template = "admin/queues/name_filter.html"  # long names cut, full in a tooltip
+
+
 class DeadOfFilter(admin.SimpleListFilter):
     """Dead messages of a queue as the API counts them: dead in it, or
     dead-lettered out of it into its dead-letter queue."""
 
     title = "dead messages of"
     parameter_name = "dead_of"
+    template = "admin/queues/name_filter.html"
 
     def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
         return [(str(pk), name) for pk, name in Queue.objects.order_by("name").values_list("pk", "name")]
@@ -122,8 +132,10 @@ class DeadOfFilter(admin.SimpleListFilter):
 
 class MessageChangeList(ChangeList):
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet:
-        # The list never shows bodies: they can be 256 KiB each.
-        return super().get_queryset(request, exclude_parameters).defer("body", "headers")
+        # Bodies can be 256 KiB each: the list reads only their beginning
+        # (one character more than the tooltip shows, to know it goes on).
+        rows = super().get_queryset(request, exclude_parameters).defer("body", "headers")
+        return rows.annotate(body_head=Substr("body", 1, BODY_TITLE_CHARS + 1))
 
 
 class MoveForm(forms.Form):
@@ -139,16 +151,19 @@ class MessageAdmin(admin.ModelAdmin):
     list_display = (
         "id",
         "queue_name",
+        # What went wrong next to what was sent: both stay in view when the
+        # list is wider than the window (the columns after them scroll).
+        "body_preview",
+        "error",
         "state",
         "priority",
         "group",
-        "delivery_count",
+        "deliveries",
         "age",
         "held_by",
-        "error",
     )
     list_select_related = ("queue", "origin_queue")
-    list_filter = ("queue", "state", PriorityFilter, GroupFilter, AgeFilter, DeadOfFilter)
+    list_filter = (("queue", QueueFilter), "state", PriorityFilter, GroupFilter, AgeFilter, DeadOfFilter)
     # The search box takes exact values (served by indexes); get_search_results
     # decides which field a term is. Body text is not searched: neither
     # database can find a substring in millions of bodies without reading them.
@@ -224,7 +239,15 @@ class MessageAdmin(admin.ModelAdmin):
     def queue_name(self, obj: Message) -> str:
         # A dead-lettered message names the queue it died in: redrive and
         # requeue send it back there.
-        return f"{obj.queue.name} (from {obj.origin_queue.name})" if obj.origin_queue is not None else obj.queue.name
+        name = f"{obj.queue.name} (from {obj.origin_queue.name})" if obj.origin_queue is not None else obj.queue.name
+        return clipped(name, "mq-name")
+
+    @admin.display(description="body")
+    def body_preview(self, obj: Message) -> str:
+        head: str = getattr(obj, "body_head", "")  # see MessageChangeList
+        flat = " ".join(head.split())
+        more = len(flat) > BODY_PREVIEW_CHARS or len(head) > BODY_TITLE_CHARS
+        return clipped(head, "mq-body", shown=flat[:BODY_PREVIEW_CHARS] + ("…" if more else ""), title_max=BODY_TITLE_CHARS)
 
     @admin.display(description="actions")
     def act_on_it(self, obj: Message) -> Any:
@@ -236,6 +259,10 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="group", ordering="group_key")
     def group(self, obj: Message) -> str:
         return obj.group_key or "—"
+
+    @admin.display(description="deliveries", ordering="delivery_count")
+    def deliveries(self, obj: Message) -> int:
+        return obj.delivery_count  # a shorter header than the field's: the list is wide
 
     @admin.display(description="age", ordering="enqueued_at")
     def age(self, obj: Message) -> str:
@@ -251,7 +278,7 @@ class MessageAdmin(admin.ModelAdmin):
     @admin.display(description="last error")
     def error(self, obj: Message) -> str:
         text = obj.last_error or ""
-        return text if len(text) <= 60 else text[:59] + "…"
+        return clipped(text, "mq-error", shown=text if len(text) <= 160 else text[:159] + "…") if text else ""
 
     @admin.display(description="enqueued")
     def enqueued(self, obj: Message) -> str:

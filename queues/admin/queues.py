@@ -19,7 +19,7 @@ from django.utils.html import format_html
 from .. import broker
 from ..exceptions import InvalidValue
 from ..models import Message, Queue, QueueCounts
-from .shared import actor, confirm_page, confirmed, span
+from .shared import actor, clipped, confirm_page, confirmed, span
 
 
 def _counts(queue: Queue) -> QueueCounts:
@@ -62,14 +62,14 @@ class QueueForm(forms.ModelForm):
 class QueueAdmin(admin.ModelAdmin):
     form = QueueForm
     list_display = (
-        "name",
+        "queue_name",
         "status",
         "ready",
         "delayed",
         "in_flight",
         "dead",
         "oldest_ready",
-        "dead_letter_queue",
+        "dead_letter",
         "visibility_timeout",
         "max_deliveries",
         "fifo",
@@ -118,6 +118,14 @@ class QueueAdmin(admin.ModelAdmin):
         obj.created_at, obj.updated_at = queue.created_at, queue.updated_at
 
     # -- columns -----------------------------------------------------------
+
+    @admin.display(description="name", ordering="name")
+    def queue_name(self, obj: Queue) -> str:
+        return clipped(obj.name, "mq-name")
+
+    @admin.display(description="dead-letter queue", ordering="dead_letter_queue__name")
+    def dead_letter(self, obj: Queue) -> str:
+        return clipped(obj.dead_letter_queue.name, "mq-name") if obj.dead_letter_queue is not None else "—"
 
     @admin.display(description="status", ordering="paused")
     def status(self, obj: Queue) -> str:

@@ -15,6 +15,8 @@ from django.contrib.admin.models import CHANGE, LogEntry
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
+from django.utils.html import format_html
+from django.utils.safestring import SafeString
 
 
 def when(epoch: float | None) -> str:
@@ -31,6 +33,14 @@ def span(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f}\u00a0{unit}"
     return f"{seconds:.0f}\u00a0s"
+
+
+def clipped(text: str, css: str, *, shown: str | None = None, title_max: int = 2000) -> SafeString:
+    """Text that the admin's stylesheet (queues/admin.css) may cut with an
+    ellipsis, with the full text (up to ``title_max`` characters) in its
+    title. Escaped: names, bodies and errors come from API callers."""
+    title = text if len(text) <= title_max else text[:title_max] + "…"
+    return format_html('<span class="{}" title="{}">{}</span>', css, title, text if shown is None else shown)
 
 
 def actor(request: HttpRequest) -> str:

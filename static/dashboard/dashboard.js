@@ -236,6 +236,7 @@
       var a = el("a", null, name);
       a.href = "/queues/" + encodeURIComponent(name) + "/";
       tr.cells[0].appendChild(a);
+      tr.cells[0].title = name; // the cell cuts a long name with an ellipsis
       return tr;
     }
     function setNum(td, value, text, hot) {
@@ -319,17 +320,20 @@
         n[c.status] = (n[c.status] || 0) + 1;
         var tr = el("tr", "consumer-" + c.status);
         tr.dataset.id = c.id;
+        // Cells cut long names with an ellipsis: the full text is in the title.
         var name = el("td", "name", c.name);
-        name.title = c.id;
+        name.title = c.name + "\n" + c.id;
         tr.appendChild(name);
-        tr.appendChild(el("td", "muted", c.queues.join(", ")));
+        var queues = el("td", "muted", c.queues.join(", "));
+        queues.title = c.queues.join("\n");
+        tr.appendChild(queues);
         var st = el("td");
         st.appendChild(el("span", "badge " + c.status, c.status));
         tr.appendChild(st);
         var gone = (c.status === "dead" || c.status === "left") && c.dead_at;
         var age = gone ? c.status + " " + fmtAge(now - isoEpoch(c.dead_at)) + " ago" : fmtAge(now - isoEpoch(c.last_heartbeat)) + " ago";
         var hb = el("td", "num", age);
-        hb.title = "timeout " + c.heartbeat_timeout + " s";
+        hb.title = age + ", timeout " + c.heartbeat_timeout + " s";
         tr.appendChild(hb);
         tr.appendChild(el("td", "num" + (c.in_flight ? "" : " zero"), fmtInt(c.in_flight)));
         frag.appendChild(tr);
@@ -470,14 +474,25 @@
       if (a >= 1e4) return +(v / 1e3).toFixed(0) + "k";
       return String(+v.toFixed(2));
     }
-    var axes = [{ stroke: "#667085", grid: { stroke: "#eef0f3" } },
+    // One line per tick, 24-hour clock: uPlot's default puts the date on a
+    // second line that runs into the time labels of a 190 px chart.
+    function clockTicks(u, splits) {
+      var seconds = splits.some(function (t) { return Math.round(t) % 60 !== 0; });
+      return splits.map(function (t) { var s = fmtClock(t); return seconds ? s : s.slice(0, 5); });
+    }
+    // With no cursor on the chart the legend shows the newest point, not "--".
+    function showLatest(u) {
+      var n = u.data[0].length;
+      if (n && u.cursor.idx == null) u.setLegend({ idx: n - 1 });
+    }
+    var axes = [{ stroke: "#667085", grid: { stroke: "#eef0f3" }, space: 70, values: clockTicks },
       { stroke: "#667085", grid: { stroke: "#eef0f3" }, size: 52, values: function (u, vals) { return vals.map(compact); } }];
     function opts(e, series) {
       return { width: width(e), height: 190, series: [{}].concat(series), axes: axes, legend: { live: true },
         // At least two minutes wide: a fresh page shows seconds, not milliseconds.
         scales: { x: { time: true, range: function (u, min, max) {
           var now = serverNow(); return [Math.min(min === null ? now : min, now - 120), Math.max(max === null ? now : max, now)]; } }, y: { range: function (u, min, max) { return [0, Math.max(1, max * 1.1)]; } } },
-        cursor: { drag: { x: false, y: false } } };
+        cursor: { drag: { x: false, y: false } }, hooks: { setData: [showLatest], setCursor: [showLatest] } };
     }
     var depth = new uPlot(opts(depthEl, [
       { label: "ready", stroke: "#2459d6", fill: "rgba(36,89,214,.08)", width: 1.5 },
@@ -488,6 +503,8 @@
       { label: "in/s", stroke: "#2459d6", width: 1.5 },
       { label: "out/s", stroke: "#13804a", width: 1.5 },
     ]), [[], [], []], rateEl);
+    depthEl.uplot = depth; // the browser test reads legends and ticks here
+    rateEl.uplot = rate;
     window.addEventListener("resize", function () {
       depth.setSize({ width: width(depthEl), height: 190 });
       rate.setSize({ width: width(rateEl), height: 190 });

@@ -15,9 +15,10 @@ from django.contrib.admin.models import DELETION
 from django.db import connection, connections
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
+from django.utils.html import escape
 
 from queues import broker, events
-from queues.admin.messages import COUNT_LIMIT
+from queues.admin.messages import BODY_PREVIEW_CHARS, BODY_TITLE_CHARS, COUNT_LIMIT
 from queues.models import Message, Queue
 from queues.states import MessageState as S
 
@@ -258,6 +259,38 @@ def test_message_list_filters_and_searches(admin_client: Any) -> None:
     assert ids(f"?dead_of={other.pk}") == {dead}
 
 
+def test_message_list_previews_bodies_and_errors_escaped_with_the_full_text_in_a_tooltip(admin_client: Any) -> None:
+    q = make_queue("q", max_deliveries=1)
+    (short,) = send(q, {"note": "<b>bold</b>", "n": 1})
+    (long,) = send(q, {"pad": "z" * 3000})
+    error = "Traceback: <script>x</script> " + "e" * 400
+    broker.nack(q, [lease(q).receipt], reason=error)
+    html = admin_client.get(reverse(CHANGELIST)).content.decode()
+    assert "<b>bold</b>" not in html and "<script>x</script>" not in html
+    body = escape(Message.objects.get(pk=short).body)
+    assert "&lt;b&gt;bold&lt;/b&gt;" in body
+    assert f'<span class="mq-body" title="{body}">{body}</span>' in html
+    # A long body: its first characters, and no more than the tooltip's share of it.
+    text = Message.objects.get(pk=long).body
+    assert escape(text[:BODY_PREVIEW_CHARS]) + "…</span>" in html
+    assert "z" * BODY_TITLE_CHARS not in html and escape(text[:BODY_TITLE_CHARS]) + "…" in html
+    # The last error wraps in its cell; all of it is in the tooltip.
+    escaped = escape(error)
+    assert f'<span class="mq-error" title="{escaped}">{escaped[:150]}' in html
+    assert {short, long} <= set(re.findall(r"/admin/queues/message/(\d+)/change/", html))
+
+
+def test_long_queue_names_in_the_filters_are_cut_with_a_tooltip(admin_client: Any) -> None:
+    name = "q-" + "n" * 78
+    make_queue("short")  # with one queue the "by queue" filter is not shown
+    send(make_queue(name), "x")
+    html = admin_client.get(reverse(CHANGELIST)).content.decode()
+    link = f'class="mq-name" title="{name}">{name}</a>'
+    assert html.count(link) == 2  # "by queue" and "dead messages of"
+    assert f'<span class="mq-name" title="{name}">{name}</span>' in html  # the queue column
+    assert "/static/queues/admin.css" in html
+
+
 def test_changelist_of_200000_messages_renders_without_a_full_count(admin_client: Any) -> None:
     q = make_queue("big")
     _bulk_insert(q, 200_000)
@@ -273,9 +306,10 @@ def test_changelist_of_200000_messages_renders_without_a_full_count(admin_client
     text = page_text(response)
     assert f"More than {COUNT_LIMIT} messages match" in text
     assert f"Select all {COUNT_LIMIT + 1}" not in text  # it would name a wrong total
-    # Bodies are not loaded for the list.
+    # Bodies are not loaded for the list, only their beginning for the preview.
     listing = [x["sql"] for x in queries.captured_queries if x["sql"].lstrip().upper().startswith("SELECT") and '"queues_message"."priority"' in x["sql"]]
-    assert listing and all('"queues_message"."body"' not in sql for sql in listing)
+    head = re.compile(rf'SUBSTR(?:ING)?\("queues_message"\."body", 1, {BODY_TITLE_CHARS + 1}\)', re.IGNORECASE)
+    assert listing and all(head.search(sql) and '"queues_message"."body"' not in head.sub("", sql) for sql in listing)
     assert response.context["cl"].paginator.__class__.__name__ == "LimitedCountPaginator"
 
 

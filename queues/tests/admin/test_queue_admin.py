@@ -28,7 +28,7 @@ def test_queue_list_shows_live_counts_without_a_count_per_row(admin_client: Any)
         response = admin_client.get("/admin/queues/queue/")
     assert response.status_code == 200
     text = page_text(response)
-    assert re.search(r'field-name[^>]*>.*?q7.*?field-ready">7<', text)
+    assert re.search(r'field-queue_name[^>]*>.*?q7.*?field-ready">7<', text)
     assert not [q for q in queries.captured_queries if "queues_message" in q["sql"] and "COUNT(" in q["sql"].upper()]
     # A handful of queries whatever the number of queues (not one per row).
     assert len(queries.captured_queries) < 15
@@ -123,3 +123,12 @@ def test_redrive_confirmation_counts_then_sends_messages_home(admin_client: Any)
     assert Message.objects.filter(queue=q, state=S.READY).count() == 2
     assert_counts_exact(q, dlq)
     assert drained("redrive")[0]["count"] == 2
+
+
+def test_queue_list_cuts_long_names_with_a_tooltip(admin_client: Any) -> None:
+    dlq = "d-" + "n" * 78
+    make_queue(dlq)
+    make_queue("q-" + "n" * 78, dead_letter_queue=dlq)
+    html = admin_client.get(reverse("admin:queues_queue_changelist")).content.decode()
+    for name in (dlq, "q-" + "n" * 78):
+        assert f'<span class="mq-name" title="{name}">{name}</span>' in html
