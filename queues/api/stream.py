@@ -49,7 +49,7 @@ from .. import broker, notify
 from ..exceptions import MQError
 from ..metrics import REGISTRY
 from ..models import Queue, Scope, epoch_to_iso
-from .auth import allowed, authenticate, check_failure_budget, lately_verified
+from .auth import allowed, authenticate, lately_verified
 from .errors import invalid
 from .frames import (
     AckFrame,
@@ -161,7 +161,6 @@ class Stream:
     async def open(self, scope: dict[str, Any]) -> None:
         """Authenticate and check what the stream asks for; raises MQError."""
         address = (scope.get("client") or ["unknown"])[0] or "unknown"
-        check_failure_budget(address)
         token = await self._token(scope, address)
         allowed(token, self.scope_needed, self.name)
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))

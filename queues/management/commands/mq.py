@@ -142,6 +142,9 @@ class Command(BaseCommand):
             args = ["--fd", str(sock.fileno())]
         else:
             args = ["--fd", str(opts.fd)]  # the socket our parent bound (--workers)
+        from queues.serving import add_reason_phrases
+
+        add_reason_phrases()
         if settings.TRUST_PROXY_HEADERS:
             # Client addresses from X-Forwarded-For: only behind our own proxy,
             # or any client could pick the address the auth brake sees.
