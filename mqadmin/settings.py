@@ -260,6 +260,9 @@ MQ_VACUUM = env_bool("MQ_VACUUM", True)
 MQ_SPEEDUPS = env_bool("MQ_SPEEDUPS", True)
 # Processes `mq serve` runs on its port (above 1: PostgreSQL and Redis only).
 MQ_WORKERS = env_int("MQ_WORKERS", 1, minimum=1)
+# /metrics without a token (it names every queue): for a scrape target
+# reachable only from a private network.
+MQ_METRICS_PUBLIC = env_bool("MQ_METRICS_PUBLIC", False)
 MQ_DEDUP_WINDOW_SECONDS = env_int("MQ_DEDUP_WINDOW_SECONDS", 300, minimum=1)
 MQ_HEARTBEAT_TIMEOUT_SECONDS = env_int("MQ_HEARTBEAT_TIMEOUT_SECONDS", 15, minimum=2)
 # Consumers that left or died stay in the live lists (dashboard, GET /consumers)

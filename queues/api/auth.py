@@ -147,6 +147,11 @@ def authenticate(header: str, address: str) -> Token:
         raise
 
 
+def request_token(request: HttpRequest) -> Token:
+    """The token of a request's Authorization header (``authenticate``)."""
+    return authenticate(request.headers.get("Authorization", ""), request.META.get("REMOTE_ADDR") or "unknown")
+
+
 class BearerAuth(HttpBearer):
     """``on_loop=True`` for async views: a token verified lately is accepted
     on the event loop; only one that needs its database lookup goes to the
@@ -171,7 +176,7 @@ class BearerAuth(HttpBearer):
         return await sync_to_async(self._check)(request)
 
     def _check(self, request: HttpRequest) -> Token:
-        return authenticate(request.headers.get("Authorization", ""), request.META.get("REMOTE_ADDR") or "unknown")
+        return request_token(request)
 
 
 def require(request: HttpRequest, scope: str, queue_name: str | None = None) -> Token:
