@@ -184,9 +184,12 @@ def require(request: HttpRequest, scope: str, queue_name: str | None = None) -> 
 
 
 def allowed(token: Token, scope: str, queue_name: str | None = None) -> Token:
-    """``token``, if its scope and queue pattern allow this; raises Forbidden."""
-    if not token.allows(scope, queue_name):
-        if scope not in token.scope_set and "admin" not in token.scope_set:
-            raise Forbidden(f"This token lacks the {scope!r} scope.")
-        raise Forbidden(f"This token may not use queue {queue_name!r}.")
+    """``token``, if its queue pattern and scope allow this; raises Forbidden
+    saying which refuses (the pattern first: a queue outside it is refused
+    whatever the scope)."""
+    if queue_name is not None and not token.sees(queue_name):
+        raise Forbidden(f"This token may not use queue {queue_name[:100]!r} (its queues: {token.queue_pattern!r}).")
+    if not token.allows(scope):
+        # str(): a Scope member's repr is its Python name (Scope.CONSUME).
+        raise Forbidden(f"This token lacks the {scope!s} scope.")
     return token

@@ -144,3 +144,17 @@ def test_a_braked_key_id_is_braked_from_another_address_with_a_wrong_secret_only
     other.client.defaults["REMOTE_ADDR"] = "10.1.2.3"
     assert other.get("queues").status_code == 401
 
+
+
+def test_a_403_says_the_token_lacks_the_scope_by_its_name(work_queue):
+    response = Api(make_token("produce")).post("queues/work/receive", {})
+    assert response.status_code == 403
+    assert response.data["error"]["message"] == "This token lacks the consume scope."
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [("post", "queues/work/receive", {}), ("get", "queues/work", None), ("put", "queues/work", {})])
+def test_a_403_says_when_the_queue_pattern_refuses(work_queue, method, path, body):
+    client = Api(make_token("consume", "orders-*"))
+    response = client.put(path, body) if method == "put" else client.post(path, body) if method == "post" else client.get(path)
+    assert response.status_code == 403
+    assert response.data["error"]["message"] == "This token may not use queue 'work' (its queues: 'orders-*')."

@@ -34,6 +34,7 @@ def test_metrics_without_a_token_are_refused(orders: None) -> None:
 def test_metrics_need_the_metrics_or_admin_scope(orders: None, scopes: str) -> None:
     response = scrape(make_token(scopes))
     assert response.status_code == 403
+    assert response.json()["error"]["message"] == "This token lacks the metrics scope."
 
 
 @pytest.mark.parametrize("scopes", ["metrics", "admin"])
