@@ -181,6 +181,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "queues.middleware.SecurityMiddleware",
     "queues.metrics.RequestTimer",
+    "queues.api.errors.RejectionLog",
     "queues.api.errors.JSONErrorsMiddleware",
     "queues.middleware.SessionMiddleware",
     "queues.middleware.CommonMiddleware",
@@ -285,5 +286,9 @@ LOGGING = {
         # and every line would be printed twice.
         "mqadmin": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "queues": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        # Its WARNING per 4xx repeats the whole path (any length a client
+        # sends) and no reason: queues.requests logs refusals instead
+        # (queues.api.errors.RejectionLog). Errors (5xx) still come through.
+        "django.request": {"level": "ERROR"},
     },
 }

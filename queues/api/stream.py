@@ -50,7 +50,7 @@ from ..exceptions import MQError
 from ..metrics import REGISTRY
 from ..models import Queue, Scope, epoch_to_iso
 from .auth import allowed, authenticate, lately_verified
-from .errors import invalid
+from .errors import invalid, log_rejection
 from .frames import (
     AckFrame,
     ConsumeIn,
@@ -115,6 +115,8 @@ class SocketApp:
                 error = as_mq_error(exc)
                 if error is None:
                     log.exception("could not open a stream at %s", scope.get("path"))
+                else:
+                    log_rejection(error.status, error.code, "WEBSOCKET", scope.get("path", ""), error.message)
                 await send({"type": "websocket.accept"})
                 await stream.close_with(error)
                 return
