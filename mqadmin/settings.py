@@ -181,6 +181,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "queues.middleware.SecurityMiddleware",
     "queues.metrics.RequestTimer",
+    "queues.api.errors.RejectionLog",
     "queues.api.errors.JSONErrorsMiddleware",
     "queues.middleware.SessionMiddleware",
     "queues.middleware.CommonMiddleware",
@@ -260,6 +261,9 @@ MQ_VACUUM = env_bool("MQ_VACUUM", True)
 MQ_SPEEDUPS = env_bool("MQ_SPEEDUPS", True)
 # Processes `mq serve` runs on its port (above 1: PostgreSQL and Redis only).
 MQ_WORKERS = env_int("MQ_WORKERS", 1, minimum=1)
+# /metrics without a token (it names every queue): for a scrape target
+# reachable only from a private network.
+MQ_METRICS_PUBLIC = env_bool("MQ_METRICS_PUBLIC", False)
 MQ_DEDUP_WINDOW_SECONDS = env_int("MQ_DEDUP_WINDOW_SECONDS", 300, minimum=1)
 MQ_HEARTBEAT_TIMEOUT_SECONDS = env_int("MQ_HEARTBEAT_TIMEOUT_SECONDS", 15, minimum=2)
 # Consumers that left or died stay in the live lists (dashboard, GET /consumers)
@@ -282,5 +286,9 @@ LOGGING = {
         # and every line would be printed twice.
         "mqadmin": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "queues": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        # Its WARNING per 4xx repeats the whole path (any length a client
+        # sends) and no reason: queues.requests logs refusals instead
+        # (queues.api.errors.RejectionLog). Errors (5xx) still come through.
+        "django.request": {"level": "ERROR"},
     },
 }

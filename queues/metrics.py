@@ -12,7 +12,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from .exceptions import MQError
 from .middleware import ResponseMiddleware
+from .models import Scope
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -64,6 +66,19 @@ REGISTRY.register(BrokerCollector())
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:
+    """The metrics, for a token with the metrics (or admin) scope; for
+    anyone with MQ_METRICS_PUBLIC (they name every queue)."""
+    from django.conf import settings
+
+    if not settings.MQ_METRICS_PUBLIC:
+        # Imported here: the API imports this module's registry.
+        from .api.auth import allowed, request_token
+        from .api.errors import from_mq_error
+
+        try:
+            allowed(request_token(request), Scope.METRICS)
+        except MQError as exc:
+            return from_mq_error(exc)
     return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
 
 

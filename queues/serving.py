@@ -1,4 +1,5 @@
-"""`mq serve --workers N`: N daphne processes sharing one listening socket.
+"""What `mq serve` sets up around daphne: the status lines' reason phrases,
+and `--workers N`, N daphne processes sharing one listening socket.
 
 One process runs Python on one core at a time. With N workers the parent binds
 the port once and starts N children (`mq serve --fd`), each a full node:
@@ -38,6 +39,18 @@ MAX_QUICK_DEATHS = 5
 class Output(Protocol):
     def write(self, text: str, /) -> Any: ...
     def flush(self) -> Any: ...
+
+
+def add_reason_phrases() -> None:
+    """Give Twisted (under daphne) the reason phrases it lacks (422, 429 …).
+    ASGI carries only the status code, and Twisted writes "Unknown Status"
+    after a code missing from its table."""
+    from http import HTTPStatus
+
+    from twisted.web import http
+
+    for status in HTTPStatus:
+        http.RESPONSES.setdefault(status.value, status.phrase.encode())
 
 
 def sharing_problem(engine: str, channel_layer_url: str, host: str) -> str | None:

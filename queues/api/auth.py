@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -33,41 +34,51 @@ def forget(key_id: str | None = None) -> None:
             _cache.pop(key_id, None)
 
 
-# Failed authentications allowed per client address per window, after which
-# that address gets 429 until the window passes (slows secret guessing).
+# Failed authentications allowed per client address, and per key id, in a
+# window; past it, what fails again from that address or with that key id is
+# answered 429 until the window passes (slows guessing). Only failures are
+# braked: a valid token is never refused, so one client failing behind a
+# shared address (a NAT, a proxy whose headers are not trusted) cannot lock
+# out the others, nor can anyone lock out a key id by failing with it.
 AUTH_FAILURES_ALLOWED = 20
 AUTH_FAILURE_WINDOW_SECONDS = 60.0
+# What counts as a key id for the brake; anything else is braked by address only.
+_KEY_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
 
-_failures: dict[str, list[float]] = {}
+_failures: dict[tuple[str, str], list[float]] = {}
 _failures_lock = threading.Lock()
 
 
-def _recent_failures(address: str, now: float) -> list[float]:
-    stamps = [t for t in _failures.get(address, ()) if t > now - AUTH_FAILURE_WINDOW_SECONDS]
+def _recent_failures(key: tuple[str, str], now: float) -> list[float]:
+    stamps = [t for t in _failures.get(key, ()) if t > now - AUTH_FAILURE_WINDOW_SECONDS]
     if stamps:
-        _failures[address] = stamps
+        _failures[key] = stamps
     else:
-        _failures.pop(address, None)
+        _failures.pop(key, None)
     return stamps
 
 
-def check_failure_budget(address: str) -> None:
+def brake(address: str, key_id: str | None = None) -> None:
+    """Count a failed authentication from ``address`` with ``key_id`` (the
+    one the client claimed, if any). Raises TooManyFailures instead when the
+    address or the key id already failed AUTH_FAILURES_ALLOWED times in the
+    window; the caller raises its own error otherwise."""
+    keys = [("address", address)]
+    if key_id and _KEY_ID.fullmatch(key_id):
+        keys.append(("key id", key_id))
     now = time.monotonic()
     with _failures_lock:
-        stamps = _recent_failures(address, now)
-    if len(stamps) >= AUTH_FAILURES_ALLOWED:
-        retry = max(1, int(stamps[0] + AUTH_FAILURE_WINDOW_SECONDS - now) + 1)
-        raise TooManyFailures(
-            f"Too many failed authentications from {address}; retry in {retry} s.", retry_after=retry
-        )
-
-
-def record_failure(address: str) -> None:
-    now = time.monotonic()
-    with _failures_lock:
-        stamps = _recent_failures(address, now)
-        stamps.append(now)
-        _failures[address] = stamps[-AUTH_FAILURES_ALLOWED:]
+        for key in keys:
+            stamps = _recent_failures(key, now)
+            if len(stamps) >= AUTH_FAILURES_ALLOWED:
+                retry = max(1, int(stamps[0] + AUTH_FAILURE_WINDOW_SECONDS - now) + 1)
+                kind, value = key
+                raise TooManyFailures(
+                    f"Too many failed authentications with this {kind} ({value}); retry in {retry} s.",
+                    retry_after=retry,
+                )
+        for key in keys:
+            _failures[key] = [*_recent_failures(key, now), now][-AUTH_FAILURES_ALLOWED:]
         if len(_failures) > 100_000:  # bound memory under an address-spraying attack
             _failures.clear()
 
@@ -120,20 +131,25 @@ def lately_verified(header: str) -> Token | None:
 
 def authenticate(header: str, address: str) -> Token:
     """The active token of an ``Authorization: Bearer <token>`` header sent
-    from ``address``; raises Unauthorized, or TooManyFailures once that
-    address failed too often. A bad token counts as a failure; a missing
-    header does not (nobody guessed anything). May query: not on the loop."""
+    from ``address``; raises Unauthorized, or TooManyFailures when the token
+    fails and that address or key id failed too often (``brake``). A
+    missing header is not a failure (nobody guessed anything). May query:
+    not on the loop."""
     if not header:
         raise Unauthorized("Missing Authorization header: send Authorization: Bearer <token>.")
-    check_failure_budget(address)
+    value = _bearer(header)
     try:
-        value = _bearer(header)
         if value is None:
             raise Unauthorized("Authorization must be 'Bearer <token>'.")
         return verify(value)
     except Unauthorized:
-        record_failure(address)
+        brake(address, value.strip().partition(".")[0] if value else None)
         raise
+
+
+def request_token(request: HttpRequest) -> Token:
+    """The token of a request's Authorization header (``authenticate``)."""
+    return authenticate(request.headers.get("Authorization", ""), request.META.get("REMOTE_ADDR") or "unknown")
 
 
 class BearerAuth(HttpBearer):
@@ -156,12 +172,11 @@ class BearerAuth(HttpBearer):
     async def _on_loop(self, request: HttpRequest) -> Token:
         token = lately_verified(request.headers.get("Authorization", ""))
         if token is not None:
-            check_failure_budget(request.META.get("REMOTE_ADDR") or "unknown")
             return token
         return await sync_to_async(self._check)(request)
 
     def _check(self, request: HttpRequest) -> Token:
-        return authenticate(request.headers.get("Authorization", ""), request.META.get("REMOTE_ADDR") or "unknown")
+        return request_token(request)
 
 
 def require(request: HttpRequest, scope: str, queue_name: str | None = None) -> Token:
@@ -169,9 +184,12 @@ def require(request: HttpRequest, scope: str, queue_name: str | None = None) -> 
 
 
 def allowed(token: Token, scope: str, queue_name: str | None = None) -> Token:
-    """``token``, if its scope and queue pattern allow this; raises Forbidden."""
-    if not token.allows(scope, queue_name):
-        if scope not in token.scope_set and "admin" not in token.scope_set:
-            raise Forbidden(f"This token lacks the {scope!r} scope.")
-        raise Forbidden(f"This token may not use queue {queue_name!r}.")
+    """``token``, if its queue pattern and scope allow this; raises Forbidden
+    saying which refuses (the pattern first: a queue outside it is refused
+    whatever the scope)."""
+    if queue_name is not None and not token.sees(queue_name):
+        raise Forbidden(f"This token may not use queue {queue_name[:100]!r} (its queues: {token.queue_pattern!r}).")
+    if not token.allows(scope):
+        # str(): a Scope member's repr is its Python name (Scope.CONSUME).
+        raise Forbidden(f"This token lacks the {scope!s} scope.")
     return token

@@ -19,6 +19,10 @@ from ..exceptions import BadRequest, InvalidValue, MQError, RequestTooLarge, Una
 from ..middleware import ResponseMiddleware
 
 log = logging.getLogger("queues.api")
+rejections = logging.getLogger("queues.requests")
+
+# Longest client-chosen value (path, method, message) a log line repeats.
+LOGGED_VALUE_CHARS = 100
 
 
 def error_response(code: str, message: str, status: int, **extra: Any) -> HttpResponse:
@@ -136,3 +140,47 @@ class JSONErrorsMiddleware(ResponseMiddleware):
             shaped["Allow"] = allowed
             return shaped
         return error_response(code, response.reason_phrase or "Error", status)
+
+
+def _cut(value: str, limit: int = LOGGED_VALUE_CHARS) -> str:
+    return value if len(value) <= limit else value[:limit] + f"… ({len(value)} chars)"
+
+
+def log_rejection(status: int, code: str, method: str, path: str, message: str) -> None:
+    """One INFO line for a refused request, with why. A 404 is not logged
+    (scanners make plenty); no value the client chose is repeated whole."""
+    if 400 <= status < 500 and status != 404:
+        rejections.info(
+            "refused %d %s: %s %s: %s", status, code, _cut(method, 20), _cut(path), _cut(message, 2 * LOGGED_VALUE_CHARS)
+        )
+
+
+def _reason(response: HttpResponse) -> tuple[str, str]:
+    """The error code and message of an error response: the contract's
+    ``{"error": …}``, SQS's ``{"__type": …, "message": …}``, or else its
+    status's reason phrase."""
+    if not response.streaming and "json" in response.get("Content-Type", ""):
+        try:
+            body = orjson.loads(response.content)
+        except orjson.JSONDecodeError:
+            body = None
+        if isinstance(body, dict):
+            error = body.get("error")
+            if isinstance(error, dict):
+                return str(error.get("code", "error")), str(error.get("message", ""))
+            if "__type" in body:
+                return str(body["__type"]).rpartition("#")[2], str(body.get("message", ""))
+    return "-", response.reason_phrase
+
+
+class RejectionLog(ResponseMiddleware):
+    """Logs every refused request (``log_rejection``), whatever answered it:
+    the API, the SQS endpoint, Django itself (a CSRF failure, a bad Host).
+    Django's own line for a 4xx (WARNING, ``django.request``) is silenced in
+    the settings: it repeats the whole path and says nothing of why."""
+
+    def after(self, request: HttpRequest, response: HttpResponse, started: float) -> HttpResponse:
+        if 400 <= response.status_code < 500 and response.status_code != 404:
+            code, message = _reason(response)
+            log_rejection(response.status_code, code, request.method or "", request.path, message)
+        return response

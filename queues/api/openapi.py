@@ -48,7 +48,7 @@ def _consume_query() -> list[dict[str, Any]]:
 
 def extra_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
     """Path entries for the streams, ``/healthz`` and ``/metrics``; the
-    streams take the API's bearer token (``security``)."""
+    streams and /metrics take the API's bearer token (``security``)."""
     consume = _upgrade(
         "Consume stream",
         "The server pushes deliveries as they come, at most `prefetch` unacknowledged. It first sends "
@@ -94,13 +94,17 @@ def extra_paths(security: list[dict[str, list[str]]]) -> dict[str, Any]:
             "operationId": "metrics",
             "summary": "Prometheus metrics",
             "description": "Per-queue counters (`mq_messages_sent_total` …), depths by state (`mq_queue_messages`), "
-            "the oldest ready message's age and the API's latency, in Prometheus' text exposition format.",
+            "the oldest ready message's age and the API's latency, in Prometheus' text exposition format. "
+            "For a token with the `metrics` (or `admin`) scope; for anyone where the server sets `MQ_METRICS_PUBLIC`.",
             "tags": ["operations"],
+            "security": security,
             "responses": {
                 "200": {
                     "description": "The metrics.",
                     "content": {"text/plain; version=0.0.4": {"schema": {"type": "string"}}},
                 },
+                "401": {"description": "No token, or not a valid one."},
+                "403": {"description": "The token lacks the `metrics` scope."},
             },
         }
     }

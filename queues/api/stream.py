@@ -49,8 +49,8 @@ from .. import broker, notify
 from ..exceptions import MQError
 from ..metrics import REGISTRY
 from ..models import Queue, Scope, epoch_to_iso
-from .auth import allowed, authenticate, check_failure_budget, lately_verified
-from .errors import invalid
+from .auth import allowed, authenticate, lately_verified
+from .errors import invalid, log_rejection
 from .frames import (
     AckFrame,
     ConsumeIn,
@@ -115,6 +115,8 @@ class SocketApp:
                 error = as_mq_error(exc)
                 if error is None:
                     log.exception("could not open a stream at %s", scope.get("path"))
+                else:
+                    log_rejection(error.status, error.code, "WEBSOCKET", scope.get("path", ""), error.message)
                 await send({"type": "websocket.accept"})
                 await stream.close_with(error)
                 return
@@ -161,7 +163,6 @@ class Stream:
     async def open(self, scope: dict[str, Any]) -> None:
         """Authenticate and check what the stream asks for; raises MQError."""
         address = (scope.get("client") or ["unknown"])[0] or "unknown"
-        check_failure_budget(address)
         token = await self._token(scope, address)
         allowed(token, self.scope_needed, self.name)
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))

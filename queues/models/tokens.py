@@ -18,6 +18,8 @@ class Scope(models.TextChoices):
     PRODUCE = "produce", "Produce"
     CONSUME = "consume", "Consume"
     ADMIN = "admin", "Admin"
+    # Reads /metrics only: for a Prometheus scrape config.
+    METRICS = "metrics", "Metrics"
 
 
 def hash_secret(secret: str) -> str:

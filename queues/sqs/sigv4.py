@@ -105,6 +105,12 @@ def verify(request: HttpRequest, *, now: dt.datetime | None = None) -> Signed:
     return Signed(token=token, region=region)
 
 
+def claimed_key_id(request: HttpRequest) -> str | None:
+    """The access key id a request's Authorization header names, verified or not."""
+    match = _AUTH.fullmatch(request.headers.get("Authorization", "").strip())
+    return match["credential"].partition("/")[0] if match else None
+
+
 def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
     key = f"AWS4{secret}".encode()
     for part in (date, region, service, "aws4_request"):

@@ -19,7 +19,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from .. import exceptions as mq
-from ..api.auth import check_failure_budget, record_failure
+from ..api.auth import brake
 from . import actions, errors, sigv4
 
 log = logging.getLogger("queues.sqs")
@@ -65,14 +65,13 @@ async def _handle(request: HttpRequest) -> dict[str, Any]:
 
 
 def _authenticate(request: HttpRequest) -> sigv4.Signed:
-    # The JSON API's brake on guessing applies here too: an address with too
-    # many failed signatures is refused for a while.
-    address = request.META.get("REMOTE_ADDR") or "unknown"
-    check_failure_budget(address)
+    # The JSON API's brake on guessing applies here too: an address or an
+    # access key id with too many failed signatures gets RequestThrottled
+    # for a while, when its signature fails again (a valid one always passes).
     try:
         return sigv4.verify(request)
     except (errors.InvalidClientTokenId, errors.SignatureDoesNotMatch, errors.IncompleteSignature):
-        record_failure(address)
+        brake(request.META.get("REMOTE_ADDR") or "unknown", sigv4.claimed_key_id(request))
         raise
 
 

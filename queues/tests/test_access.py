@@ -108,5 +108,53 @@ def test_repeated_failed_auth_is_slowed_down(work_queue):
     last = client.get("queues")
     assert last.data["error"]["code"] == "too_many_failed_auth"
     assert int(last["Retry-After"]) >= 1
-    # a valid token from the same address is refused too while the brake holds
-    assert Api(make_token("admin")).get("queues").status_code == 429
+
+
+def fail_until_braked(client: Api) -> None:
+    for _ in range(auth.AUTH_FAILURES_ALLOWED):
+        assert client.get("queues").status_code == 401
+    assert client.get("queues").status_code == 429
+
+
+def test_a_valid_token_from_a_braked_address_is_accepted(work_queue):
+    fail_until_braked(Api("mq0000.guess"))
+    raw = make_token("admin")
+    assert Api(raw).get("queues").status_code == 200  # verified against the database
+    assert Api(raw).get("queues").status_code == 200  # and lately verified (cached)
+    assert Api("mq0000.guess").get("queues").status_code == 429
+
+
+def test_a_braked_key_id_is_braked_from_another_address_with_a_wrong_secret_only(work_queue):
+    raw = make_token("admin")
+    key_id = raw.split(".")[0]
+    guesser = Api(f"{key_id}.wrong-secret")
+    fail_until_braked(guesser)
+    elsewhere = Api(f"{key_id}.another-wrong-secret")
+    elsewhere.client.defaults["REMOTE_ADDR"] = "10.1.2.3"
+    refused = elsewhere.get("queues")
+    assert refused.status_code == 429
+    assert key_id in refused.data["error"]["message"]
+    # The key id's owner is not locked out, from either address.
+    owner = Api(raw)
+    assert owner.get("queues").status_code == 200
+    owner.client.defaults["REMOTE_ADDR"] = "10.1.2.3"
+    assert owner.get("queues").status_code == 200
+    # Another key id from that other address only fails as usual.
+    other = Api("mq1111.guess")
+    other.client.defaults["REMOTE_ADDR"] = "10.1.2.3"
+    assert other.get("queues").status_code == 401
+
+
+
+def test_a_403_says_the_token_lacks_the_scope_by_its_name(work_queue):
+    response = Api(make_token("produce")).post("queues/work/receive", {})
+    assert response.status_code == 403
+    assert response.data["error"]["message"] == "This token lacks the consume scope."
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [("post", "queues/work/receive", {}), ("get", "queues/work", None), ("put", "queues/work", {})])
+def test_a_403_says_when_the_queue_pattern_refuses(work_queue, method, path, body):
+    client = Api(make_token("consume", "orders-*"))
+    response = client.put(path, body) if method == "put" else client.post(path, body) if method == "post" else client.get(path)
+    assert response.status_code == 403
+    assert response.data["error"]["message"] == "This token may not use queue 'work' (its queues: 'orders-*')."

@@ -21,6 +21,7 @@ def test_openapi_describes_the_streams_healthz_and_metrics(api):
     health = paths["/healthz"]["get"]
     assert set(health["responses"]) == {"200", "503"} and health["security"] == []
     assert "text/plain; version=0.0.4" in paths["/metrics"]["get"]["responses"]["200"]["content"]
+    assert paths["/metrics"]["get"]["security"] == [{"BearerAuth": []}]
 
 
 def test_healthz_answers_as_documented(api):

@@ -536,3 +536,29 @@ def test_boto3_resource_api_works_unchanged(sqs_server: str, transactional_db: N
     assert queue.attributes["ApproximateNumberOfMessages"] == "0"
     assert [q.url for q in resource.queues.filter(QueueNamePrefix="res")] == [queue.url]
     queue.delete()
+
+
+# Last in this module: it leaves the live server's brake on for this address.
+def test_a_throttled_address_still_signs_in_and_the_throttle_reads_too_many_requests(
+    sqs_server: str, transactional_db: None
+) -> None:
+    from queues.api.auth import AUTH_FAILURES_ALLOWED
+
+    valid = _client(sqs_server, _token())
+    headers = {
+        "Content-Type": "application/x-amz-json-1.0",
+        "X-Amz-Target": "AmazonSQS.ListQueues",
+        "Authorization": "AWS4-HMAC-SHA256 Credential=mqnobody/20260101/us-east-1/sqs/aws4_request, "
+        "SignedHeaders=host;x-amz-date, Signature=" + "0" * 64,
+        "X-Amz-Date": time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()),
+    }
+    refused: list[tuple[int, str]] = []
+    # (Earlier tests of this module failed from this address too.)
+    while len(refused) <= AUTH_FAILURES_ALLOWED and (not refused or refused[-1][0] != 429):
+        with pytest.raises(urllib.error.HTTPError) as exc:
+            urllib.request.urlopen(urllib.request.Request(f"{sqs_server}/sqs/", b"{}", headers), timeout=10)
+        refused.append((exc.value.code, exc.value.reason))
+    assert set(refused[:-1]) == {(403, "Forbidden")}
+    # daphne writes the status line from Twisted's table, which lacks 429.
+    assert refused[-1] == (429, "Too Many Requests")
+    assert valid.list_queues()["ResponseMetadata"]["HTTPStatusCode"] == 200

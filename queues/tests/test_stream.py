@@ -211,6 +211,25 @@ async def test_a_refused_stream_gets_the_error_then_closes_with_4000_plus_its_st
     assert list(await sync_to_async(states)("q")) == ["ready"]  # nothing was leased
 
 
+async def test_a_valid_token_opens_a_stream_from_a_braked_address_and_a_bad_one_is_braked():
+    from queues.api import auth
+
+    await sync_to_async(make_queue)("q")
+    auth.forget()
+    address = "unknown"  # the test scope has no client address
+    for _ in range(auth.AUTH_FAILURES_ALLOWED):
+        auth.brake(address)
+    comm = await opened("q")
+    await comm.disconnect()
+    refused = communicator("q", "mq0000.guess")
+    connected, _ = await refused.connect()
+    assert connected
+    error = await frame(refused)
+    assert error["error"]["code"] == "too_many_failed_auth"
+    await refused.wait(timeout=5)
+    auth.forget()
+
+
 async def test_an_expired_lease_frees_its_slot():
     await sync_to_async(make_queue)("slow", visibility_timeout=1)
     ids = await sync_to_async(send)("slow", "first", "second")

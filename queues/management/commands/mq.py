@@ -22,7 +22,7 @@ from queues import broker
 from queues.exceptions import MQError
 from queues.models import Scope, Token
 
-SCOPES = {s.value for s in Scope}
+SCOPES = [s.value for s in Scope]
 # The account `mq operator` creates, and `mq operator --reset` gives a new password.
 OPERATOR = "operator"
 
@@ -65,7 +65,7 @@ class Command(BaseCommand):
         token = verbs.add_parser("token", help="API tokens.").add_subparsers(dest="action", required=True)
         create = token.add_parser("create", help="Create a token; prints it once, on the last line.")
         create.add_argument("name")
-        create.add_argument("--scope", required=True, help="Comma-separated: produce,consume,admin.")
+        create.add_argument("--scope", required=True, help=f"Comma-separated: {','.join(SCOPES)}.")
         create.add_argument("--queues", default="*", help="Glob of queue names (default: all).")
         token.add_parser("list", help="List tokens (never their secrets).")
         revoke = token.add_parser("revoke", help="Revoke a token by name.")
@@ -142,6 +142,9 @@ class Command(BaseCommand):
             args = ["--fd", str(sock.fileno())]
         else:
             args = ["--fd", str(opts.fd)]  # the socket our parent bound (--workers)
+        from queues.serving import add_reason_phrases
+
+        add_reason_phrases()
         if settings.TRUST_PROXY_HEADERS:
             # Client addresses from X-Forwarded-For: only behind our own proxy,
             # or any client could pick the address the auth brake sees.
@@ -245,7 +248,7 @@ class Command(BaseCommand):
             scopes = [s.strip() for s in opts.scope.split(",") if s.strip()]
             bad = [s for s in scopes if s not in SCOPES]
             if not scopes or bad:
-                raise CommandError(f"--scope takes produce, consume, admin (comma-separated), not {opts.scope!r}")
+                raise CommandError(f"--scope takes {', '.join(SCOPES)} (comma-separated), not {opts.scope!r}")
             if Token.objects.filter(name=opts.name).exists():
                 raise CommandError(f"A token named {opts.name!r} exists; revoke it or pick another name.")
             token, raw = Token.issue(opts.name, scopes, opts.queues)
