@@ -24,7 +24,7 @@ class ORJSONRenderer(BaseRenderer):
     media_type = "application/json"
 
     def render(self, request: HttpRequest, data: Any, *, response_status: int) -> bytes:
-        return orjson.dumps(data)
+        return errors.json_bytes(data)
 
 
 class API(NinjaAPI):

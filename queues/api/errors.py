@@ -22,9 +22,18 @@ from ..middleware import ResponseMiddleware
 log = logging.getLogger("queues.api")
 
 
+def json_bytes(data: Any) -> bytes:
+    """The API's JSON text. It ends with a newline, as a line of text does:
+    without one the shell's prompt sticks to the end of curl's output."""
+    return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def json_response(data: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(json_bytes(data), status=status, content_type="application/json")
+
+
 def error_response(code: str, message: str, status: int, **extra: Any) -> HttpResponse:
-    body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
-    response = HttpResponse(orjson.dumps(body), status=status, content_type="application/json")
+    response = json_response({"error": {"code": code, "message": message, **extra}}, status)
     if status == 429 and "retry_after" in extra:
         response["Retry-After"] = str(extra["retry_after"])
     if status == 401:
