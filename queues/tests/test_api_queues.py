@@ -224,6 +224,12 @@ def test_oldest_ready_age_grows_with_the_oldest_ready_message(api):
 # ------------------------------------------------------------------ delete --
 
 
+def test_oldest_ready_age_is_documented_in_seconds(api):
+    schemas = api.get("openapi.json").data["components"]["schemas"]
+    (queue,) = [s for s in schemas.values() if "oldest_ready_age" in s.get("properties", {})]
+    assert queue["properties"]["oldest_ready_age"]["description"].startswith("Seconds since")
+
+
 def test_delete_removes_queue_and_messages(api):
     api.make_queue("jobs")
     api.send("jobs", 1, 2, 3)
