@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import time
 
-import orjson
 from django.db import connection
 from django.http import HttpRequest, HttpResponse
 
-from .api.errors import error_response
+from .api.errors import error_response, json_response
 from .exceptions import NotFound
 
 
@@ -27,7 +26,7 @@ def healthz(request: HttpRequest) -> HttpResponse:
         body.update(status="unavailable", database="unavailable", detail=type(exc).__name__)
         status = 503
     body["monitor"] = monitor.status()
-    return HttpResponse(orjson.dumps(body), status=status, content_type="application/json")
+    return json_response(body, status)
 
 
 def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:

@@ -46,15 +46,10 @@ class QueueForm(forms.ModelForm):
         dlq = data.get("dead_letter_queue")
         name = data.get("name") or self.instance.name
         if dlq is not None:
-            # Follow the chain: a loop would pass messages round for ever.
-            seen = {name}
-            hop: Queue | None = dlq
-            while hop is not None:
-                if hop.name in seen:
-                    self.add_error("dead_letter_queue", f"{dlq.name} leads back to {hop.name}: dead-letter queues must not form a loop.")
-                    break
-                seen.add(hop.name)
-                hop = hop.dead_letter_queue
+            try:
+                broker.check_dead_letter_chain(name, dlq.name)
+            except InvalidValue as e:
+                self.add_error("dead_letter_queue", e.message)
         return data
 
 

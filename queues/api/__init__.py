@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from django.http import HttpRequest
 from ninja import NinjaAPI
+from ninja.errors import ValidationError, ValidationErrorContext
 from ninja.openapi.schema import OpenAPISchema
 from ninja.parser import Parser
 from ninja.renderers import BaseRenderer
@@ -24,10 +25,21 @@ class ORJSONRenderer(BaseRenderer):
     media_type = "application/json"
 
     def render(self, request: HttpRequest, data: Any, *, response_status: int) -> bytes:
-        return orjson.dumps(data)
+        return errors.json_bytes(data)
 
 
-class DocumentedAPI(NinjaAPI):
+class API(NinjaAPI):
+    def validation_error_from_error_contexts(self, error_contexts: list[ValidationErrorContext]) -> ValidationError:
+        exc = super().validation_error_from_error_contexts(error_contexts)
+        # ninja drops each error's input; errors.invalid needs a float's to
+        # answer a number where an integer belongs as a value (422), not a
+        # type (400). Only floats are put back: nothing long is echoed.
+        inputs = [e.get("input") for c in error_contexts for e in c.pydantic_validation_error.errors(include_url=False)]
+        for error, value in zip(exc.errors, inputs, strict=True):
+            if isinstance(value, float):
+                error["input"] = value
+        return exc
+
     def get_openapi_schema(self, *, path_prefix: str | None = None, path_params: dict[str, Any] | None = None) -> OpenAPISchema:
         """Ninja's document, and what ninja does not serve: the websocket
         streams, /healthz and /metrics (``openapi.extra_paths``)."""
@@ -43,7 +55,7 @@ def build_api() -> NinjaAPI:
     from .consumers import router as consumers_router
     from .views import router as queues_router
 
-    api = DocumentedAPI(
+    api = API(
         title="mqadmin",
         version="1",
         description=(

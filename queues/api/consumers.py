@@ -12,8 +12,8 @@ from pydantic import Field, field_validator
 from .. import broker
 from ..models import Consumer, ConsumerDict, Scope
 from .auth import require
+from .errors import json_response
 from .schemas import NO_NUL, ErrorOut, QueueName, Strict
-from .views import json_response
 
 router = Router()
 

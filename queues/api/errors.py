@@ -5,6 +5,7 @@ and no bad input reaches a 500."""
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import orjson
@@ -25,9 +26,18 @@ rejections = logging.getLogger("queues.requests")
 LOGGED_VALUE_CHARS = 100
 
 
+def json_bytes(data: Any) -> bytes:
+    """The API's JSON text. It ends with a newline, as a line of text does:
+    without one the shell's prompt sticks to the end of curl's output."""
+    return orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def json_response(data: Any, status: int = 200) -> HttpResponse:
+    return HttpResponse(json_bytes(data), status=status, content_type="application/json")
+
+
 def error_response(code: str, message: str, status: int, **extra: Any) -> HttpResponse:
-    body: dict[str, Any] = {"error": {"code": code, "message": message, **extra}}
-    response = HttpResponse(orjson.dumps(body), status=status, content_type="application/json")
+    response = json_response({"error": {"code": code, "message": message, **extra}}, status)
     if status == 429 and "retry_after" in extra:
         response["Retry-After"] = str(extra["retry_after"])
     if status == 401:
@@ -65,8 +75,23 @@ def invalid(errors: Any) -> MQError:
         msg = "Unknown field"
     elif kind == "missing":
         msg = "Field required"
+    elif kind == "int_type" and isinstance(number := first.get("input"), float):
+        # JSON has one number type: a number where an integer belongs is the
+        # right type with a value we do not accept (422), like 10 for a
+        # priority of 0-9. Only a string, boolean, null… is a type error (400).
+        msg = _not_an_integer(number)
+        return InvalidValue(f"{where}: {msg}" if where else msg)
     text = f"{where}: {msg}" if where else msg
     return BadRequest(text) if _is_type_error(kind) else InvalidValue(text)
+
+
+def _not_an_integer(number: float) -> str:
+    # Integers past 64 bits reach us as floats too (the JSON reader's limit).
+    if not math.isfinite(number) or abs(number) >= 2**63:
+        return f"{number:g} is out of range"
+    if not number.is_integer():
+        return f"should be a whole number, not {number:g}"
+    return f"should be an integer written without a fraction or exponent, not {number!r}"
 
 
 def install(api: NinjaAPI) -> None:

@@ -155,7 +155,7 @@ class ExtendOut(Schema):
 
 
 class RedriveIn(Strict):
-    max: int | None = Field(None, ge=1)
+    max: int | None = Field(None, ge=1, le=2**63 - 1)  # an SQL LIMIT
 
 
 class CountOut(Schema):

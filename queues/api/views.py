@@ -15,12 +15,9 @@ from ..models import QUEUE_NAME_RULE, Scope, epoch_to_iso, is_queue_name
 from ..speedups import SyncTwin, is_twin_request
 from . import schemas as s
 from .auth import BearerAuth, require
+from .errors import json_response
 
 router = Router()
-
-def json_response(data: Any, status: int = 200) -> HttpResponse:
-    return HttpResponse(orjson.dumps(data), status=status, content_type="application/json")
-
 
 ERRORS: dict[int | str, Any] = {
     400: s.ErrorOut,

@@ -392,6 +392,13 @@ class Statements:
 
     # -- maintenance -----------------------------------------------------------
 
+    def serialize_dead_letter_links(self) -> Statement | None:
+        """A lock, held to the end of the transaction, that serializes
+        changes of dead-letter queues (``broker.check_dead_letter_chain``);
+        None where transactions are serialized anyway (SQLite's BEGIN
+        IMMEDIATE: one writer at a time)."""
+        return None
+
     def unvacuumed(self, tables: Sequence[str]) -> Statement | None:
         """Rows: the tables among these that autovacuum would vacuum now were
         it on; None where vacuuming is not ours to do."""

@@ -92,12 +92,18 @@ def counted(statement: str, counters: dict[str, str]) -> str:
     return f"main AS ({statement}), d AS ({delta_from('main', counters)} HAVING count(*) > 0)"
 
 
+DEAD_LETTER_LOCK_KEY = 0x6D71_646C  # "mqdl": the advisory lock of dead-letter queue changes
+
+
 class PostgreSQL(Statements):
     postgres = True
     skip_locked = " FOR UPDATE SKIP LOCKED"
     for_update = " FOR UPDATE"
     for_share = " FOR SHARE"
     random_token = "replace(gen_random_uuid()::text, '-', '')"
+
+    def serialize_dead_letter_links(self) -> Statement | None:
+        return "SELECT pg_advisory_xact_lock(%s)", [DEAD_LETTER_LOCK_KEY]
 
     def notify_ready(self, ready: Mapping[int, int | None]) -> Statement | None:
         # Delivered at commit to every process's listener (notify.parse_payload).

@@ -114,9 +114,12 @@ def _publish(queue: Queue, messages: Sequence[NewMessage], now: float) -> list[P
     if queue.max_depth is not None:
         c = queue_counts([queue.id], now=now).get(queue.id, QueueCounts())
         waiting = c.ready + c.delayed + c.in_flight
-        if waiting + len(messages) > queue.max_depth:
+        over = waiting + len(messages) - queue.max_depth
+        if over > 0:
+            what = "this message" if len(messages) == 1 else f"this batch of {len(messages)}"
             raise QueueFull(
-                f"Queue {queue.name!r} holds {waiting} of at most {queue.max_depth} messages.",
+                f"Queue {queue.name!r} holds {waiting} of at most {queue.max_depth} messages; "
+                f"{what} would exceed it by {over}.",
                 retry_after=1,
             )
     first_of: dict[str, int] = {}  # dedup id -> index of its first use in this batch

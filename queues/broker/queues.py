@@ -13,6 +13,7 @@ from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save
 
 from .. import events
+from ..backends import dialect
 from ..exceptions import InvalidValue, QueueExists, QueueInUse, QueueNotFound
 from ..models import QUEUE_NAME_RULE, Message, Queue, QueueCounts, QueueStats, is_queue_name
 from .counters import Tally, count_by, queue_counts
@@ -90,22 +91,28 @@ async def aget_queue(name: str) -> Queue:
     return await _aget_queue(name)
 
 
-def put_queue(name: str, config: dict[str, Any], *, create_only: bool = False) -> tuple[Queue, bool]:
+def put_queue(
+    name: str, config: dict[str, Any], *, create_only: bool = False, dead_letter_cycles: bool = False
+) -> tuple[Queue, bool]:
     """Create the queue or update the given settings. Returns (queue, created).
-    Raises QueueExists with ``create_only``, InvalidValue for a bad setting."""
+    Raises QueueExists with ``create_only``, InvalidValue for a bad setting,
+    among them a dead-letter queue whose chain leads back to this queue
+    (allowed only with ``dead_letter_cycles``, as SQS allows it)."""
     unknown = set(config) - set(QUEUE_FIELDS)
     if unknown:
         raise InvalidValue(f"Unknown queue setting {sorted(unknown)[0]!r}.")
     values = dict(config)
-    if "dead_letter_queue" in values and values["dead_letter_queue"] is not None:
-        dlq_name = values["dead_letter_queue"]
+    dlq_name = values.get("dead_letter_queue")
+    if dlq_name is not None:
         if dlq_name == name:
-            raise InvalidValue("A queue cannot be its own dead-letter queue.")
+            raise InvalidValue(f"dead-letter cycle: {name} → {name} (a queue cannot be its own dead-letter queue).")
         try:
             values["dead_letter_queue"] = Queue.objects.get(name=dlq_name)
         except Queue.DoesNotExist:
             raise InvalidValue(f"Dead-letter queue {dlq_name!r} does not exist; create it first.") from None
     with transaction.atomic():
+        if dlq_name is not None and not dead_letter_cycles:
+            check_dead_letter_chain(name, dlq_name)
         queue = Queue.objects.select_for_update().filter(name=name).first()
         created = queue is None
         if queue is None:
@@ -129,6 +136,31 @@ def put_queue(name: str, config: dict[str, Any], *, create_only: bool = False) -
             tally.wake_all(queue.id)
             tally.save()
     return queue, created
+
+
+def check_dead_letter_chain(name: str, dlq_name: str) -> None:
+    """Raise InvalidValue when making ``dlq_name`` the dead-letter queue of
+    ``name`` would close a loop: a message would pass round for ever.
+
+    Checks are serialized until the caller's transaction ends (``put_queue``
+    saves the link in it): two updates that would close a loop between them
+    (a → b and b → a at once) each see no loop alone, so the second must
+    wait for the first and see its link. One lock for all such changes, not
+    the chain's rows: rows locked as a chain is found cannot be locked in
+    one order, and changing a dead-letter queue is rare."""
+    with transaction.atomic():
+        if (serialize := dialect().serialize_dead_letter_links()) is not None:
+            with connection.cursor() as cur:
+                cur.execute(*serialize)
+        loop = [name]
+        hop: str | None = dlq_name
+        # Stops too where the chain meets itself: a loop made where loops
+        # are allowed (SQS) that does not pass through this queue.
+        while hop is not None and hop not in loop:
+            loop.append(hop)
+            hop = Queue.objects.filter(name=hop).values_list("dead_letter_queue__name", flat=True).first()
+        if hop == name:
+            raise InvalidValue(f"dead-letter cycle: {' → '.join([*loop, name])}")
 
 
 def list_queues(names: Iterable[str] | None = None) -> list[tuple[Queue, QueueCounts]]:

@@ -7,11 +7,12 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import re
-from typing import TypedDict
+from typing import Annotated, TypedDict
 
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from pydantic import Field
 
 #: A queue's name: 1-80 of A-Z a-z 0-9 _ . -, but not "." or "..": as a
 #: segment of a URL path those mean "here" and "the parent", so browsers,
@@ -50,7 +51,11 @@ class QueueCountsDict(TypedDict):
     delayed: int
     in_flight: int
     dead: int
-    oldest_ready_age: float | None
+    # The description is the API's OpenAPI document's (pydantic reads it).
+    oldest_ready_age: Annotated[
+        float | None,
+        Field(description="Seconds since the oldest ready message was sent (to a millisecond); null when none is ready."),
+    ]
 
 
 class QueueDict(QueueCountsDict):

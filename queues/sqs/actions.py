@@ -158,7 +158,7 @@ def create_queue(call: Call, p: Params) -> dict[str, Any]:
     # without a RedrivePolicy, and four days of retention.
     defaults = {"max_deliveries": 0, "retention": attrs.SQS_DEFAULT_RETENTION_SECONDS}
     try:
-        broker.put_queue(name, {**defaults, **config}, create_only=True)
+        broker.put_queue(name, {**defaults, **config}, create_only=True, dead_letter_cycles=True)
     except QueueExists:
         # CreateQueue is idempotent in SQS, unless the attributes differ.
         queue = broker.get_queue(name)
@@ -243,7 +243,8 @@ def set_queue_attributes(call: Call, p: Params) -> dict[str, Any]:
         raise errors.InvalidAttributeValue("FifoQueue cannot be changed after the queue is created.")
     config = attrs.queue_config(given, name=name)
     if config:
-        broker.put_queue(name, config)
+        # SQS takes any dead-letter target, even one whose chain leads back.
+        broker.put_queue(name, config, dead_letter_cycles=True)
     return {}
 
 

@@ -42,7 +42,6 @@ def test_malformed_json_is_400(api, raw):
         ("queues/jobs/messages", {"body": 1, "group": 7}),
         ("queues/jobs/messages", {"messages": "all"}),
         ("queues/jobs/receive", {"max": "10"}),
-        ("queues/jobs/receive", {"max": 1.5}),
         ("queues/jobs/ack", {"receipts": "abc"}),
         ("queues/jobs/ack", {"receipts": [1, 2]}),
         ("queues/jobs/nack", {"receipts": ["1.a"], "delay": "5"}),
@@ -53,6 +52,49 @@ def test_wrong_types_are_400(api, path, body):
     api.make_queue("jobs")
     assert_error(api.post(path, body), 400, "bad_request")
     assert Message.objects.count() == 0
+
+
+HUGE = 10**30  # past 64 bits: the JSON reader makes it a float
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "message"),
+    [
+        ("queues/jobs/messages", {"body": 1, "priority": 1e20}, "priority: 1e+20 is out of range"),
+        ("queues/jobs/messages", {"body": 1, "priority": HUGE}, "priority: 1e+30 is out of range"),
+        ("queues/jobs/messages", {"messages": [{"body": 1, "delay": -HUGE}]}, "messages.0.delay: -1e+30 is out of range"),
+        ("queues/jobs/messages", {"body": 1, "priority": 2.5}, "priority: should be a whole number, not 2.5"),
+        ("queues/jobs/messages", {"body": 1, "priority": 10}, "priority: Input should be less than or equal to 9"),
+        ("queues/jobs/messages", {"body": 1, "priority": 2**64 - 1}, "priority: Input should be less than or equal to 9"),
+        ("queues/jobs/receive", {"max": 1e20}, "max: 1e+20 is out of range"),
+        ("queues/jobs/receive", {"max": 1.5}, "max: should be a whole number, not 1.5"),
+        ("queues/jobs/receive", {"max": 5.0}, "max: should be an integer written without a fraction or exponent, not 5.0"),
+        ("queues/jobs/receive", {"wait": 1e20}, "wait: Input should be less than or equal to 20"),
+        ("queues/jobs/receive", {"visibility_timeout": HUGE}, "visibility_timeout: 1e+30 is out of range"),
+        ("queues/jobs/nack", {"receipts": ["1." + "0" * 32], "delay": 1e20}, "delay: 1e+20 is out of range"),
+        ("queues/jobs/extend", {"receipts": ["1." + "0" * 32], "visibility_timeout": 1e20}, "visibility_timeout: 1e+20 is out of range"),
+        ("queues/jobs/redrive", {"max": HUGE}, "max: 1e+30 is out of range"),
+        ("queues/jobs/redrive", {"max": 2**64 - 1}, "max: Input should be less than or equal to 9223372036854775807"),
+        ("consumers", {"name": "c", "heartbeat_timeout": 1e20}, "heartbeat_timeout: 1e+20 is out of range"),
+    ],
+)
+def test_numbers_out_of_range_or_not_whole_are_422_like_any_bad_value(api, path, body, message):
+    """A JSON number is the right type wherever a number belongs: huge, not
+    whole or past the field's range, it is an invalid value (422), never a
+    type error (400) as a string in its place is."""
+    api.make_queue("jobs")
+    error = assert_error(api.post(path, body), 422, "invalid_value")
+    assert error["message"] == message
+    assert Message.objects.count() == 0
+
+
+@pytest.mark.parametrize("setting", ["visibility_timeout", "max_deliveries", "retention", "delay", "max_message_bytes", "max_depth"])
+def test_queue_settings_out_of_range_are_422_and_strings_400(api, setting):
+    for number in (1e20, HUGE, 2.5):
+        assert_error(api.put("queues/jobs", {setting: number}), 422, "invalid_value")
+    assert_error(api.put("queues/jobs", {setting: "30"}), 400, "bad_request")
+    assert_error(api.put("queues/jobs", {setting: True}), 400, "bad_request")
+    assert not Queue.objects.exists()
 
 
 def test_wrong_type_in_queue_settings_is_400(api):

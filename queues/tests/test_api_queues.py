@@ -134,6 +134,21 @@ def test_own_dead_letter_queue_is_refused(api):
     api.make_queue("jobs")
     r = api.put("queues/jobs", {"dead_letter_queue": "jobs"})
     assert r.status_code == 422
+    assert r.data["error"]["message"].startswith("dead-letter cycle: jobs → jobs")
+
+
+def test_dead_letter_cycle_is_refused_naming_it(api):
+    api.make_queue("c")
+    api.make_queue("b", dead_letter_queue="c")
+    api.make_queue("a", dead_letter_queue="b")
+    r = api.put("queues/b", {"dead_letter_queue": "a"})  # b -> a -> b
+    assert r.status_code == 422 and r.data["error"]["code"] == "invalid_value"
+    assert r.data["error"]["message"] == "dead-letter cycle: b → a → b"
+    r = api.put("queues/c", {"dead_letter_queue": "a"})  # c -> a -> b -> c
+    assert r.status_code == 422
+    assert r.data["error"]["message"] == "dead-letter cycle: c → a → b → c"
+    assert Queue.objects.get(name="c").dead_letter_queue is None
+    assert api.put("queues/c", {"dead_letter_queue": None, "visibility_timeout": 7}).status_code == 200
 
 
 # -------------------------------------------------------------- list, get --
@@ -207,6 +222,12 @@ def test_oldest_ready_age_grows_with_the_oldest_ready_message(api):
 
 
 # ------------------------------------------------------------------ delete --
+
+
+def test_oldest_ready_age_is_documented_in_seconds(api):
+    schemas = api.get("openapi.json").data["components"]["schemas"]
+    (queue,) = [s for s in schemas.values() if "oldest_ready_age" in s.get("properties", {})]
+    assert queue["properties"]["oldest_ready_age"]["description"].startswith("Seconds since")
 
 
 def test_delete_removes_queue_and_messages(api):

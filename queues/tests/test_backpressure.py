@@ -23,3 +23,15 @@ def test_acking_makes_room_again(api):
     assert api.post("queues/bounded/messages", {"body": "b"}).status_code == 429  # in flight still counts
     api.ack("bounded", m["receipt"])
     assert api.post("queues/bounded/messages", {"body": "b"}).status_code == 201
+
+
+def test_refusal_says_by_how_much_the_batch_would_exceed_the_limit(api):
+    api.make_queue("q", max_depth=1)
+    refused = api.post("queues/q/messages", {"messages": [{"body": 1}, {"body": 2}]})
+    assert refused.status_code == 429
+    assert refused.data["error"]["message"] == (
+        "Queue 'q' holds 0 of at most 1 messages; this batch of 2 would exceed it by 1."
+    )
+    api.send("q", 1)
+    refused = api.post("queues/q/messages", {"body": 2})
+    assert refused.data["error"]["message"] == "Queue 'q' holds 1 of at most 1 messages; this message would exceed it by 1."

@@ -113,6 +113,27 @@ def test_queue_create_with_a_bad_name_or_dlq_fails(db):
     assert not Queue.objects.exists()
 
 
+def test_queue_update_changes_only_the_given_settings(db):
+    mq("queue", "create", "jobs", "--visibility-timeout", "5")
+    mq("queue", "create", "dlq")
+    assert "updated" in mq("queue", "update", "jobs", "--dead-letter", "dlq")
+    jobs = Queue.objects.get(name="jobs")
+    assert jobs.visibility_timeout == 5 and jobs.dead_letter_queue.name == "dlq"
+    with pytest.raises(CommandError, match="No queue named 'nope'"):
+        mq("queue", "update", "nope", "--delay", "1")
+    assert not Queue.objects.filter(name="nope").exists()
+
+
+def test_queue_update_refuses_a_dead_letter_cycle(db):
+    mq("queue", "create", "dlq")
+    mq("queue", "create", "jobs", "--dead-letter", "dlq")
+    with pytest.raises(CommandError, match="dead-letter cycle: dlq → jobs → dlq"):
+        mq("queue", "update", "dlq", "--dead-letter", "jobs")
+    with pytest.raises(CommandError, match="dead-letter cycle: other → other"):
+        mq("queue", "create", "other", "--dead-letter", "other")
+    assert Queue.objects.get(name="dlq").dead_letter_queue is None
+
+
 @pytest.mark.parametrize("name", [".", ".."])
 def test_queue_create_refuses_dot_and_dot_dot(db, name):
     # As a URL path segment they mean "here" and "the parent": such a queue

@@ -193,6 +193,37 @@ def test_concurrent_producers_with_one_dedup_id_enqueue_exactly_one(transactiona
     assert_counters_match(queue, sent_total=rounds)
 
 
+def test_concurrent_updates_never_close_a_dead_letter_cycle_between_them(transactional_db):
+    """a -> b and b -> a at once (and a three-queue ring): each check alone
+    sees no loop, so only the chain's locks keep the second from closing it."""
+    from queues.exceptions import InvalidValue
+
+    rounds = 10
+    for r in range(rounds):
+        for name in ("a", "b", "c"):
+            broker.put_queue(f"{name}{r}", {})
+    barrier = threading.Barrier(3)
+    refused: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    def link(i: int) -> None:
+        for r in range(rounds):
+            names = [f"a{r}", f"b{r}", f"c{r}"]
+            barrier.wait(DEADLINE_SECONDS)
+            try:
+                broker.put_queue(names[i], {"dead_letter_queue": names[(i + 1) % 3]})
+            except InvalidValue as exc:
+                assert str(exc).startswith("dead-letter cycle: ")
+                with lock:
+                    refused[r] += 1
+
+    assert run_threads(3, link) == []
+    for r in range(rounds):
+        assert refused[r] == 1  # two links made, the one that would close the ring refused
+        links = dict(Queue.objects.filter(name__endswith=str(r)).values_list("name", "dead_letter_queue__name"))
+        assert sum(v is not None for v in links.values()) == 2
+
+
 def test_fifo_queue_drained_by_threads_keeps_one_per_group_in_order(transactional_db):
     n_groups, per_group, n_workers = 6, 40, 4
     broker.put_queue("fifo", {"fifo": True, "visibility_timeout": 300})

@@ -72,16 +72,17 @@ class Command(BaseCommand):
         revoke.add_argument("name")
 
         queue = verbs.add_parser("queue", help="Queues.").add_subparsers(dest="action", required=True)
-        qcreate = queue.add_parser("create", help="Create a queue.")
-        qcreate.add_argument("name")
-        qcreate.add_argument("--visibility-timeout", type=int)
-        qcreate.add_argument("--max-deliveries", type=int)
-        qcreate.add_argument("--dead-letter", dest="dead_letter_queue")
-        qcreate.add_argument("--retention", type=int)
-        qcreate.add_argument("--delay", type=int)
-        qcreate.add_argument("--fifo", action="store_true", default=None)
-        qcreate.add_argument("--max-message-bytes", type=int)
-        qcreate.add_argument("--max-depth", type=int)
+        for action, text in (("create", "Create a queue."), ("update", "Change the given settings of a queue.")):
+            settings = queue.add_parser(action, help=text)
+            settings.add_argument("name")
+            settings.add_argument("--visibility-timeout", type=int)
+            settings.add_argument("--max-deliveries", type=int)
+            settings.add_argument("--dead-letter", dest="dead_letter_queue")
+            settings.add_argument("--retention", type=int)
+            settings.add_argument("--delay", type=int)
+            settings.add_argument("--fifo", action="store_true", default=None)
+            settings.add_argument("--max-message-bytes", type=int)
+            settings.add_argument("--max-depth", type=int)
         queue.add_parser("list", help="List queues with live counts.")
         purge = queue.add_parser("purge", help="Delete every message in a queue.")
         purge.add_argument("name")
@@ -275,14 +276,19 @@ class Command(BaseCommand):
     # -- queues ------------------------------------------------------------
 
     def do_queue(self, opts: Namespace) -> None:
-        if opts.action == "create":
+        if opts.action in ("create", "update"):
             config = {
                 key: getattr(opts, key)
                 for key in broker.QUEUE_FIELDS
                 if getattr(opts, key, None) is not None
             }
-            queue, _ = broker.put_queue(opts.name, config, create_only=True)
-            self.stdout.write(f"Queue {queue.name!r} created.")
+            if opts.action == "create":
+                queue, _ = broker.put_queue(opts.name, config, create_only=True)
+                self.stdout.write(f"Queue {queue.name!r} created.")
+            else:
+                queue = broker.get_queue(opts.name)  # update only: a typo must not create a queue
+                queue, _ = broker.put_queue(queue.name, config)
+                self.stdout.write(f"Queue {queue.name!r} updated.")
         elif opts.action == "list":
             rows = broker.list_queues()
             self.stdout.write(f"{'QUEUE':30} {'READY':>8} {'DELAYED':>8} {'IN FLIGHT':>9} {'DEAD':>6}  SETTINGS")
