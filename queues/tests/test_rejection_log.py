@@ -11,6 +11,10 @@ from channels.testing import WebsocketCommunicator
 from django.test import Client
 
 from conftest import Api, make_token
+
+# Imported before any test runs: its first import sets Django up again, and
+# the logging settings it applies would undo the ``logged`` fixture mid-test.
+from mqadmin.asgi import application
 from queues import broker
 from queues.api import auth
 
@@ -76,8 +80,6 @@ def test_a_refused_stream_is_logged(logged: pytest.LogCaptureFixture) -> None:
     token = make_token("produce")
 
     async def open_stream() -> None:
-        from mqadmin.asgi import application
-
         headers = [(b"host", b"testserver"), (b"authorization", f"Bearer {token}".encode())]
         comm = WebsocketCommunicator(application, "/api/v1/queues/work/consume", headers=headers)
         assert (await comm.connect())[0]
