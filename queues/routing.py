@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from django.urls import path
 
-from .api.stream import ConsumeStream, PublishStream, SocketApp
+from .api.publish_stream import PublishStream
+from .api.stream import ConsumeStream, SocketApp
 
 websocket_urlpatterns = [
     path("api/v1/queues/<str:name>/consume", SocketApp(ConsumeStream)),  # type: ignore[arg-type]

@@ -459,7 +459,7 @@ async def test_send_frames_are_answered_in_order_and_those_that_wait_share_a_com
 
 async def test_a_refused_send_frame_is_only_its_own(monkeypatch):
     await sync_to_async(make_queue)("small", max_message_bytes=50)
-    monkeypatch.setattr("queues.api.stream.FRAMES_PER_COMMIT", 16)
+    monkeypatch.setattr("queues.api.publish_stream.FRAMES_PER_COMMIT", 16)
     comm = await opened_publisher("small")
     await comm.send_json_to({"type": "send", "id": 1, "messages": [{"body": "ok-1"}]})
     await comm.send_json_to({"type": "send", "id": 2, "messages": [{"body": "ok-2"}, {"body": "x" * 200}]})
