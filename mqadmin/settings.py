@@ -261,6 +261,10 @@ MQ_VACUUM = env_bool("MQ_VACUUM", True)
 MQ_SPEEDUPS = env_bool("MQ_SPEEDUPS", True)
 # Processes `mq serve` runs on its port (above 1: PostgreSQL and Redis only).
 MQ_WORKERS = env_int("MQ_WORKERS", 1, minimum=1)
+# Connections one `mq serve` process holds at once (HTTP and websockets); one
+# more gets 503 with Retry-After. 0: what its open-file limit allows (at most
+# 10,000).
+MQ_MAX_CONNECTIONS = env_int("MQ_MAX_CONNECTIONS", 0, minimum=0)
 # /metrics without a token (it names every queue): for a scrape target
 # reachable only from a private network.
 MQ_METRICS_PUBLIC = env_bool("MQ_METRICS_PUBLIC", False)

@@ -45,13 +45,18 @@ class BrokerCollector(Collector):
         return []
 
     def collect(self) -> Iterator[Metric]:
-        from . import broker
+        from . import broker, notify
 
         rows = broker.list_queues()
         counters = {k: CounterMetricFamily(name, doc, labels=["queue"]) for k, (name, doc) in TOTALS.items()}
         depth = GaugeMetricFamily("mq_queue_messages", "Messages stored, by state.", labels=["queue", "state"])
         age = GaugeMetricFamily("mq_queue_oldest_ready_age_seconds", "Age of the oldest ready message.", labels=["queue"])
+        waiting = GaugeMetricFamily(
+            "mq_waiting_receives", "Long-polling receives waiting in this process.", labels=["queue"]
+        )
+        now_waiting = notify.waiting()
         for queue, counts in rows:
+            waiting.add_metric([queue.name], now_waiting.get(queue.id, 0))
             for key, family in counters.items():
                 family.add_metric([queue.name], counts.totals.get(key, 0))
             for state in DEPTHS:
@@ -60,6 +65,7 @@ class BrokerCollector(Collector):
         yield from counters.values()
         yield depth
         yield age
+        yield waiting
 
 
 REGISTRY.register(BrokerCollector())

@@ -53,6 +53,121 @@ def add_reason_phrases() -> None:
         http.RESPONSES.setdefault(status.value, status.phrase.encode())
 
 
+# Connections one process serves at once unless MQ_MAX_CONNECTIONS says:
+# what its file descriptors allow, less a reserve for everything else it opens
+# (database connections, the log), and at most DEFAULT_MAX_CONNECTIONS (each
+# long poll holds a thread while it waits).
+DEFAULT_MAX_CONNECTIONS = 10_000
+FD_RESERVE = 256
+# A refused client is told to retry after this many seconds.
+REFUSED_RETRY_SECONDS = 1
+# How long a refused connection may keep sending before it is closed.
+REFUSED_LINGER_SECONDS = 5.0
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft limit on open files to its hard limit (a
+    shell's default of 1,024 is a few hundred long polls); returns it."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def connection_limit(configured: int | None, fd_limit: int) -> int:
+    """The connections one process serves at once: ``configured``
+    (MQ_MAX_CONNECTIONS), else what ``fd_limit`` allows less FD_RESERVE, at
+    most DEFAULT_MAX_CONNECTIONS."""
+    if configured:
+        return configured
+    return max(16, min(DEFAULT_MAX_CONNECTIONS, fd_limit - FD_RESERVE))
+
+
+def refusal(code: str = "unavailable", message: str = "") -> bytes:
+    """The whole HTTP response a refused connection gets: the contract's 503."""
+    from .api.errors import json_bytes
+
+    message = message or (
+        "This server holds as many connections as it may (MQ_MAX_CONNECTIONS); "
+        f"retry in {REFUSED_RETRY_SECONDS} s, or add a process (mq serve --workers)."
+    )
+    body = json_bytes({"error": {"code": code, "message": message}})
+    head = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+        f"Retry-After: {REFUSED_RETRY_SECONDS}\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def cap_connections(limit: int) -> None:
+    """Serve at most ``limit`` connections at once (HTTP and websockets):
+    one more is answered the contract's 503 with Retry-After, once its
+    request is in, and closed; never accepted and dropped, never reset, as
+    when the process runs out of file descriptors. Patches daphne's HTTP
+    factory; call before daphne starts."""
+    from daphne import server
+    from daphne.http_protocol import HTTPFactory
+    from twisted.internet import protocol
+
+    class Refused(protocol.Protocol):
+        """Reads the request, answers 503, closes its side; reads on until
+        the client closes (closing with unread input would reset the
+        connection) or REFUSED_LINGER_SECONDS pass."""
+
+        def __init__(self) -> None:
+            self.head = b""
+            self.answered = False
+
+        def connectionMade(self) -> None:
+            from twisted.internet import reactor as installed
+
+            reactor: Any = installed
+            transport: Any = self.transport
+            self.timer: Any = reactor.callLater(REFUSED_LINGER_SECONDS, transport.abortConnection)
+
+        def dataReceived(self, data: bytes) -> None:
+            if self.answered:
+                return
+            self.head = (self.head + data)[-8192:]
+            if b"\r\n\r\n" in self.head or len(self.head) >= 8192:
+                self.answered = True
+                transport: Any = self.transport
+                transport.write(refusal())
+                transport.loseWriteConnection()
+
+        def connectionLost(self, reason: Any = None) -> None:
+            if self.timer.active():
+                self.timer.cancel()
+
+    class CappedHTTPFactory(HTTPFactory):  # type: ignore[misc]
+        open_connections = 0
+
+        def buildProtocol(self, addr: Any) -> Any:
+            if CappedHTTPFactory.open_connections >= limit:
+                return Refused()
+            proto = super().buildProtocol(addr)
+            if proto is None:
+                return None
+            CappedHTTPFactory.open_connections += 1
+            lost = proto.connectionLost
+
+            def connection_lost(reason: Any = None) -> None:
+                CappedHTTPFactory.open_connections -= 1
+                lost(reason)
+
+            proto.connectionLost = connection_lost
+            return proto
+
+    server.HTTPFactory = CappedHTTPFactory
+
+
 def sharing_problem(engine: str, channel_layer_url: str, host: str) -> str | None:
     """Why several processes could not serve as one broker here, or None."""
     if engine != "django.db.backends.postgresql":

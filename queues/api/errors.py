@@ -22,6 +22,9 @@ from ..middleware import ResponseMiddleware
 log = logging.getLogger("queues.api")
 rejections = logging.getLogger("queues.requests")
 
+# What a 503 tells the client to wait before it retries, in seconds.
+UNAVAILABLE_RETRY_SECONDS = 1
+
 # Longest client-chosen value (path, method, message) a log line repeats.
 LOGGED_VALUE_CHARS = 100
 
@@ -40,6 +43,9 @@ def error_response(code: str, message: str, status: int, **extra: Any) -> HttpRe
     response = json_response({"error": {"code": code, "message": message, **extra}}, status)
     if status == 429 and "retry_after" in extra:
         response["Retry-After"] = str(extra["retry_after"])
+    elif status == 503:
+        # Unavailable for now (the database, a limit): say when to come back.
+        response["Retry-After"] = str(extra.get("retry_after", UNAVAILABLE_RETRY_SECONDS))
     if status == 401:
         response["WWW-Authenticate"] = 'Bearer realm="mqadmin"'
     return response

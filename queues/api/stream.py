@@ -82,6 +82,14 @@ MAX_PENDING_FRAMES = 64
 # connection after QUIET_SECONDS without a delivery.
 LOOP_LOOK_MAX = 20
 QUIET_SECONDS = 10.0
+# Longest wait of an idle stream between two looks: its process's watch
+# (``notify``) wakes it when something may be claimed, so it need not look
+# on its own; one that holds a connection looks again after QUIET_SECONDS,
+# to notice that it is quiet and give the connection back.
+IDLE_ROUND_SECONDS = 20.0
+# Longest wait of a full stream (no credit) before it counts its held leases
+# again: one that ran out frees credit.
+FULL_RECHECK_SECONDS = 1.0
 _loop_connections = 0
 
 OPEN_STREAMS = Gauge("mq_streams", "Streams (websockets) open in this process.", ["kind"], registry=REGISTRY)
@@ -138,7 +146,6 @@ class Stream:
         self.executor = executor
         self._send = send
         self.queue: Queue | None = None
-        self.queue_checked = 0.0
         self.wake = asyncio.Event()  # a frame came in
         self.drained = asyncio.Event()  # the frames waiting fell under their limit
         self.gone = False  # the client went
@@ -176,12 +183,9 @@ class Stream:
         return token if token is not None else await self.in_thread(authenticate, header, address)
 
     async def fresh_queue(self) -> Queue:
-        """The stream's queue, looked up again (pause, config, deletion) at
-        most every ``QUEUE_CACHE_SECONDS``, as the process's cache would."""
-        now = time.monotonic()
-        if self.queue is None or now >= self.queue_checked + broker.QUEUE_CACHE_SECONDS:
-            self.queue = await broker.aget_queue(self.name)
-            self.queue_checked = now
+        """The stream's queue, looked up again (pause, config, deletion)
+        through the process's cache."""
+        self.queue = await broker.aget_queue(self.name)
         return self.queue
 
     # -- running -------------------------------------------------------------
@@ -369,7 +373,7 @@ class ConsumeStream(Stream):
             queue,
             look,
             offer=offer,
-            wait=broker.waiting.POLL_RECHECK_SECONDS,
+            wait=QUIET_SECONDS if self.db is not None else IDLE_ROUND_SECONDS,
             may_wait=lambda got: got.acked is None and not self.pending(),
             once=True,
             on_wait=self.waiting,
@@ -450,9 +454,9 @@ class ConsumeStream(Stream):
     async def idle(self) -> None:
         """Full: wait for a frame, or for the first held lease to run out."""
         self.wake.clear()
-        first = min(self.held.values(), default=time.time() + broker.waiting.POLL_RECHECK_SECONDS)
+        first = min(self.held.values(), default=time.time() + FULL_RECHECK_SECONDS)
         try:
-            await asyncio.wait_for(self.wake.wait(), max(0.0, min(first - time.time(), broker.waiting.POLL_RECHECK_SECONDS)) + 0.001)
+            await asyncio.wait_for(self.wake.wait(), max(0.0, min(first - time.time(), FULL_RECHECK_SECONDS)) + 0.001)
         except TimeoutError:
             pass
 

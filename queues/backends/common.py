@@ -210,6 +210,22 @@ class Statements:
         sql = f"SELECT id FROM {CONSUMER_TABLE} WHERE id IN ({placeholders(len(consumer_ids))}) AND {LIVE_CONSUMER}"
         return sql, list(consumer_ids)
 
+    # -- waiting ---------------------------------------------------------------
+
+    def claimable(self, queue_ids: Sequence[int], now: float, most: int) -> Statement:
+        """Rows: queue id, and how many of its messages a receive could claim
+        now, counting at most ``most`` of each kind: ready ones, and delayed
+        ones that came due (a claim promotes them). Paused queues are left
+        out. Each count stops at ``most`` rows of an index (mq_msg_state,
+        mq_msg_due), so a deep queue costs what a shallow one does."""
+        sql = (
+            f"SELECT q.id, (SELECT count(*) FROM (SELECT 1 FROM {MESSAGE_TABLE} m WHERE m.queue_id = q.id "
+            f"AND m.state = 'ready' LIMIT %s) r) + (SELECT count(*) FROM (SELECT 1 FROM {MESSAGE_TABLE} m "
+            f"WHERE m.queue_id = q.id AND m.state = 'delayed' AND m.visible_at <= %s LIMIT %s) d) "
+            f"FROM {QUEUE_TABLE} q WHERE q.id IN ({placeholders(len(queue_ids))}) AND NOT q.paused"
+        )
+        return sql, [most, now, most, *queue_ids]
+
     # -- claim -----------------------------------------------------------------
 
     def claim(

@@ -110,10 +110,10 @@ class PostgreSQL(Statements):
         payload = ",".join(str(qid) if n is None else f"{qid}:{n}" for qid, n in sorted(ready.items()))
         return "pg_notify(%s, %s)", [NOTIFY_CHANNEL, payload]
 
-    def announce(self, queue_id: int) -> Statement:
-        """Tell other processes' waiting receives that messages of this queue
-        became ready outside a send."""
-        return "SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, str(queue_id)]
+    def announce(self, queue_id: int, ready: int) -> Statement:
+        """Tell other processes' waiting receives that ``ready`` messages of
+        this queue became ready outside a send."""
+        return "SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, f"{queue_id}:{ready}"]
 
     def insert_messages(self, rows: Sequence[Sequence[Any]]) -> Statement:
         names = ", ".join(name for name, _ in NEW_MESSAGE_COLUMNS)

@@ -58,7 +58,6 @@ from .queues import (
 )
 from .receipts import ReceiptResult, ack, extend, match_receipts, nack, parse_receipts, release
 from .waiting import (
-    POLL_RECHECK_SECONDS,
     first_look,
     long_poll,
     release_unanswered,
@@ -70,7 +69,6 @@ from .waiting import (
 __all__ = [
     "MAX_OPERATOR_MESSAGES",
     "MAX_RECEIVE",
-    "POLL_RECHECK_SECONDS",
     "QUEUE_CACHE_SECONDS",
     "QUEUE_FIELDS",
     "SWEEP_BATCH",

@@ -137,7 +137,7 @@ async def areceive_on(
         raise ValueError("a receive runs on the event loop only on PostgreSQL, for a queue neither FIFO nor paused")
     parsed = parse_receipts(receipts)
     # On the loop, outside any transaction: wake this process's receives at once.
-    wake = functools.partial(notify.wake, [queue.id])
+    wake = notify.wake
     steps = _one_statement_steps(queue, max_messages, visibility_timeout, consumer_id, time.time(), parsed or None, wake)
     statement = next(steps)
     while True:
@@ -164,7 +164,9 @@ def _claim(
     now = time.time() if now is None else now
     if one_statement(queue):
         with prepared_cursor() as cur:
-            wake = functools.partial(transaction.on_commit, functools.partial(notify.wake, [queue.id]))
+            def wake(ready: dict[int, int]) -> None:
+                transaction.on_commit(functools.partial(notify.wake, ready))
+
             steps = _one_statement_steps(queue, max_messages, visibility_timeout, consumer_id, now, acks, wake)
             statement = next(steps)
             while True:
@@ -203,7 +205,7 @@ def _one_statement_steps(
     consumer_id: str | None,
     now: float,
     acks: list[tuple[int, str, str]] | None,
-    wake: Callable[[], Any],
+    wake: Callable[[dict[int, int]], Any],
 ) -> Generator[Statement, list[tuple[Any, ...]], Received]:
     """The statements of a one-statement receive, whoever runs them (the
     request's thread or the event loop): each is yielded, and its rows sent
@@ -219,10 +221,15 @@ def _one_statement_steps(
         (yield sql.receive(queue, now=now, expires=expires, max_messages=max_messages, consumer_id=consumer_id, acks=pairs))
     )
     if promoted:
-        yield sql.announce(queue.id)
-        wake()
+        reclaimed = []
         if len(rows) < max_messages:
-            rows += yield sql.reclaim(queue, max_messages=max_messages - len(rows), expires=expires, consumer_id=consumer_id)
+            reclaimed = yield sql.reclaim(queue, max_messages=max_messages - len(rows), expires=expires, consumer_id=consumer_id)
+            rows += reclaimed
+        # Those it did not take itself are others' to claim: as many
+        # receives as that are woken, not all of them.
+        if (left := promoted - len(reclaimed)) > 0:
+            yield sql.announce(queue.id, left)
+            wake({queue.id: left})
     return Received(to_deliveries(rows, expires), match_receipts(acks, found) if acks is not None else None)
 
 

@@ -43,6 +43,13 @@ class Tally:
         receives waiting on the queue at commit."""
         if source is not None:
             self.add(queue_id, STATE_COUNTER[S(source)], -n)
+            if source == S.READY and self.ready_queues.get(queue_id):
+                # Made ready and taken in one transaction: fewer to wake for.
+                left = self.ready_queues[queue_id] - n  # type: ignore[operator]
+                if left > 0:
+                    self.ready_queues[queue_id] = left
+                else:
+                    del self.ready_queues[queue_id]
         if target is not None:
             self.add(queue_id, STATE_COUNTER[S(target)], n)
             if target == S.READY:

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models.signals import post_delete, post_save
 
-from .. import events
+from .. import events, notify
 from ..backends import dialect
 from ..exceptions import InvalidValue, QueueExists, QueueInUse, QueueNotFound
 from ..models import QUEUE_NAME_RULE, Message, Queue, QueueCounts, QueueStats, is_queue_name
@@ -60,6 +60,8 @@ class QueueCache:
 cache = QueueCache()
 QUEUE_CACHE_SECONDS = QueueCache.SECONDS
 forget_queues = cache.forget
+# A queue changed in another process (its NOTIFY): read it afresh.
+notify.on_change(cache.entries.clear)
 
 post_save.connect(cache.forget, sender=Queue, dispatch_uid="mq-forget-queues-save")
 post_delete.connect(cache.forget, sender=Queue, dispatch_uid="mq-forget-queues-delete")
@@ -130,8 +132,9 @@ def put_queue(
         queue.save()
         if created:
             QueueStats.objects.create(queue=queue)
-        elif values.get("paused") is False:
-            # Resumed: receives waiting on it look again.
+        elif values:
+            # Receives waiting on it read it again (a resumed queue delivers,
+            # a new visibility timeout applies to their next claim).
             tally = Tally()
             tally.wake_all(queue.id)
             tally.save()
@@ -185,6 +188,8 @@ def delete_queue(queue: Queue) -> None:
         for origin_id, n in count_by(Message.objects.filter(queue=queue, origin_queue__isnull=False), "origin_queue_id"):
             tally.add(origin_id, "dead_out", -n)
         tally.deltas.pop(queue.id, None)
+        # Receives waiting on it wake, find it gone and say so.
+        tally.wake_all(queue.id)
         tally.save()
         Message.objects.filter(queue=queue).delete()
         queue.delete()

@@ -10,9 +10,11 @@ deliveries all wait here (``long_poll``), and all get its guarantees:
   (``unlost``) or a hand-off that finds nobody waiting (``notify``) puts
   what it leased back to ready at once, as if never delivered, instead of
   at the visibility timeout;
-- it re-checks the queue at least every POLL_RECHECK_SECONDS without a
-  wake-up: delays coming due, lease expiries, a NOTIFY lost with its
-  connection.
+- it is woken for what no send announced (delays coming due, a NOTIFY
+  lost with its connection, another process on SQLite) by its process's
+  one watch (``notify``), which counts what could be claimed on the waited-on
+  queues every second: a waiting receive does not look again on its own,
+  so a thousand of them idle cost one statement a second, not a thousand.
 """
 
 from __future__ import annotations
@@ -37,8 +39,6 @@ from .counters import Tally
 from .queues import aget_queue
 
 log = logging.getLogger("queues.broker")
-
-POLL_RECHECK_SECONDS = 1.0
 
 # A look: (queue, how many looks came before) -> what it received.
 Look = Callable[[Queue, int], Awaitable[Received]]
@@ -79,13 +79,16 @@ async def long_poll(
             if on_wait is not None:
                 on_wait(waiter)
             try:
-                handed = await waiter.wait(min(remaining, POLL_RECHECK_SECONDS))
+                handed = await waiter.wait(remaining)
             finally:
                 if on_wait is not None:
                     on_wait(None)
             if isinstance(handed, list):
                 return Received(handed, acked)
-            if once:
+            if once or handed is False:
+                # Timed out: nothing was announced, the watch found nothing
+                # to wake it for. Another look would cost a claim per
+                # waiting receive per timeout, to find what they would.
                 return Received([], acked)
         queue = await aget_queue(queue.name)
 

@@ -12,7 +12,7 @@ import pytest
 from django.db import connection
 
 from conftest import served_handler
-from queues import broker, monitor
+from queues import broker, monitor, notify
 from queues.models import Consumer, ConsumerStatus, Message
 
 from .workers import wait_for
@@ -391,9 +391,8 @@ def test_long_poll_wakes_early_when_a_message_arrives(tapi, monkeypatch):
     """A receive waiting up to 3 s returns soon after a send from another
     thread. Its periodic re-check is pushed out of the way, so only the
     wake-up can end the wait early."""
-    from queues.broker import waiting
 
-    monkeypatch.setattr(waiting, "POLL_RECHECK_SECONDS", 30.0)
+    monkeypatch.setattr(notify, "RECHECK_SECONDS", 30.0)
     tapi.make_queue("jobs")
     waiter, result = waiting_receive(tapi, "jobs", wait=3)
     sent_at = time.monotonic()
@@ -412,7 +411,7 @@ def test_a_send_hands_its_messages_to_a_receive_waiting_in_this_process(tapi, mo
     to its max), on leases as real as a claim's."""
     from queues.broker import waiting
 
-    monkeypatch.setattr(waiting, "POLL_RECHECK_SECONDS", 30.0)
+    monkeypatch.setattr(notify, "RECHECK_SECONDS", 30.0)
     tapi.make_queue("jobs", visibility_timeout=120)
     cid = tapi.post("consumers", {"name": "w", "queues": ["jobs"]}).data["id"]
     looks: list[dict] = []
@@ -440,9 +439,8 @@ def test_a_send_hands_its_messages_to_a_receive_waiting_in_this_process(tapi, mo
 def test_a_send_hands_nothing_to_a_receive_whose_consumer_was_declared_dead_meanwhile(tapi, monkeypatch):
     # The receive checked its consumer before it waited. Handed the message,
     # it would hold it for a dead consumer until the monitor took it back.
-    from queues.broker import waiting
 
-    monkeypatch.setattr(waiting, "POLL_RECHECK_SECONDS", 30.0)
+    monkeypatch.setattr(notify, "RECHECK_SECONDS", 30.0)
     tapi.make_queue("jobs")
     cid = tapi.post("consumers", {"name": "w", "queues": ["jobs"]}).data["id"]
     waiter, result = waiting_receive(tapi, "jobs", wait=1, consumer=cid)
@@ -460,9 +458,8 @@ def test_a_send_inside_a_callers_transaction_hands_nothing(tapi, monkeypatch):
     # messages would not exist: the receive looks for itself after the commit.
     from django.db import transaction
 
-    from queues.broker import waiting
 
-    monkeypatch.setattr(waiting, "POLL_RECHECK_SECONDS", 30.0)
+    monkeypatch.setattr(notify, "RECHECK_SECONDS", 30.0)
     tapi.make_queue("jobs")
     waiter, result = waiting_receive(tapi, "jobs", wait=3)
     with transaction.atomic():
@@ -555,9 +552,8 @@ def test_receive_with_a_consumer_that_left_is_410(api):
 
 
 def test_long_poll_on_a_paused_queue_wakes_when_it_is_resumed(tapi, monkeypatch):
-    from queues.broker import waiting
 
-    monkeypatch.setattr(waiting, "POLL_RECHECK_SECONDS", 30.0)
+    monkeypatch.setattr(notify, "RECHECK_SECONDS", 30.0)
     tapi.make_queue("jobs", paused=True)
     tapi.send("jobs", "held")
     waiter, result = waiting_receive(tapi, "jobs", wait=4)

@@ -17,7 +17,7 @@ from .workers import wait_for
 @pytest.fixture(autouse=True)
 def no_listener(monkeypatch: pytest.MonkeyPatch) -> None:
     # The LISTEN connection is PostgreSQL's business, not these tests'.
-    monkeypatch.setattr(notify, "_ensure_listener", lambda loop: None)
+    monkeypatch.setattr(notify, "_ensure_watch", lambda loop: None)
 
 
 def in_thread(fn, *args):  # type: ignore[no-untyped-def]

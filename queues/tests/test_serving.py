@@ -1,10 +1,12 @@
-"""`mq serve --workers N`: one port, N processes, one broker; a dead worker
+"""`mq serve`: its listening socket and connection limit; `--workers N`: one port, N processes, one broker; a dead worker
 is replaced; a stop stops them all; configurations that cannot share refuse
 with one clear sentence."""
 
 from __future__ import annotations
 
+import json
 import signal
+import socket
 import subprocess
 import time
 
@@ -148,3 +150,57 @@ def test_a_port_in_use_is_named() -> None:
         )
     assert run.returncode != 0
     assert f"cannot listen on 127.0.0.1:{port}" in run.stderr
+
+
+def _request(sock: socket.socket, path: str = "/healthz") -> bytes:
+    """Send a GET and read the whole answer, until the server closes or
+    a complete response is in; a reset raises ConnectionResetError."""
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_past_its_connection_limit_a_server_answers_503_with_retry_after_and_resets_nothing() -> None:
+    from .live import live_server
+
+    with live_server(monitor=False, MQ_MAX_CONNECTIONS="3") as url:
+        host, port = "127.0.0.1", int(url.rsplit(":", 1)[1].strip("/"))
+        held = [socket.create_connection((host, port), timeout=10) for _ in range(3)]
+        time.sleep(0.3)  # accepted by now
+        try:
+            for _ in range(3):
+                with socket.create_connection((host, port), timeout=10) as extra:
+                    answer = _request(extra)  # a reset would raise here
+                head, _, body = answer.partition(b"\r\n\r\n")
+                lines = head.decode().split("\r\n")
+                assert lines[0] == "HTTP/1.1 503 Service Unavailable", lines
+                headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+                assert headers["retry-after"] == "1"
+                assert headers["content-type"] == "application/json"
+                error = json.loads(body)["error"]
+                assert error["code"] == "unavailable" and "MQ_MAX_CONNECTIONS" in error["message"]
+        finally:
+            held.pop().close()
+        # One let go: the next connection is served.
+        time.sleep(0.3)
+        with socket.create_connection((host, port), timeout=10) as again:
+            assert _request(again).startswith(b"HTTP/1.1 200 ")
+        for sock in held:
+            sock.close()
+
+
+def test_the_connection_limit_follows_the_open_file_limit_unless_set() -> None:
+    assert serving.connection_limit(50, 20_000) == 50
+    assert serving.connection_limit(0, 1024) == 1024 - serving.FD_RESERVE
+    assert serving.connection_limit(0, 1 << 20) == serving.DEFAULT_MAX_CONNECTIONS
+    assert serving.connection_limit(0, 100) == 16
+
+
+def test_a_503_says_when_to_retry() -> None:
+    from queues.api.errors import error_response
+
+    response = error_response("unavailable", "the database is unreachable", 503)
+    assert response["Retry-After"] == "1"
+    assert json.loads(response.content)["error"]["code"] == "unavailable"

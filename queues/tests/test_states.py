@@ -352,7 +352,7 @@ def waiting_receive(transactional_db: None, monkeypatch: pytest.MonkeyPatch) -> 
     """A queue and a receive waiting on it in this process (on a loop of its
     own), offering to take one message: what a long poll is while it waits."""
     # The LISTEN connection is PostgreSQL's business, not this test's.
-    monkeypatch.setattr(notify, "_ensure_listener", lambda loop: None)
+    monkeypatch.setattr(notify, "_ensure_watch", lambda loop: None)
     queue = make_queue("q")
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()

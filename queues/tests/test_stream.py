@@ -327,10 +327,8 @@ async def test_on_postgresql_a_busy_stream_claims_on_the_loop_over_a_connection_
 @postgres_only
 async def test_a_quiet_stream_gives_its_connection_back_and_takes_one_again_when_busy(monkeypatch):
     from queues.api import stream
-    from queues.broker import waiting
 
     monkeypatch.setattr(stream, "QUIET_SECONDS", 0.3)
-    monkeypatch.setattr(waiting, "POLL_RECHECK_SECONDS", 0.1)
     await sync_to_async(make_queue)("quiet")
     [first] = await sync_to_async(send)("quiet", "first")
     comm = await opened("quiet", "?prefetch=5")

@@ -143,9 +143,10 @@ class Command(BaseCommand):
             args = ["--fd", str(sock.fileno())]
         else:
             args = ["--fd", str(opts.fd)]  # the socket our parent bound (--workers)
-        from queues.serving import add_reason_phrases
+        from queues.serving import add_reason_phrases, cap_connections, connection_limit, raise_fd_limit
 
         add_reason_phrases()
+        cap_connections(connection_limit(settings.MQ_MAX_CONNECTIONS, raise_fd_limit()))
         if settings.TRUST_PROXY_HEADERS:
             # Client addresses from X-Forwarded-For: only behind our own proxy,
             # or any client could pick the address the auth brake sees.
