@@ -84,6 +84,17 @@ class PagesOnly(MiddlewareMixin):
 
 
 class CsrfViewMiddleware(PagesOnly, csrf.CsrfViewMiddleware):
+    def process_view(self, request: HttpRequest, callback: Any, callback_args: Any, callback_kwargs: Any) -> Any:
+        # A machine endpoint carries a token, never a cookie: there is no
+        # session to forge a request with. Django calls process_view even
+        # where PagesOnly skipped process_request, and without the cookie it
+        # would refuse every unsafe method at a view that is not exempt
+        # (ninja's docs and openapi.json, its root), a 403 before the API
+        # could answer 404 or 405.
+        if is_machine(request):
+            return None
+        return super().process_view(request, callback, callback_args, callback_kwargs)
+
     def __init__(self, get_response: Any) -> None:
         super().__init__(get_response)
         if self.async_mode:

@@ -19,6 +19,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from mqtools.procs import serving
+from queues.models import Token
 from queues.tests.live import ROOT, free_port, subprocess_env
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -180,6 +181,7 @@ def test_long_names_never_push_counts_or_state_off_the_overview(tapi):
     (leased,) = tapi.receive("orders")
     reason = "Traceback (most recent call last): " + "a long error that goes on " * 20
     assert tapi.post("queues/orders/nack", {"receipts": [leased["receipt"]], "reason": reason}).status_code == 200
+    Token.issue(LONG_QUEUE[:60] + "-reader", ["consume"], LONG_QUEUE)
     with ExitStack() as server, sync_playwright() as pw:
         url = server.enter_context(serve(free_port()))
         api = httpx.Client(base_url=f"{url}/api/v1/", headers=tapi.headers, timeout=10)
@@ -221,13 +223,31 @@ def test_long_names_never_push_counts_or_state_off_the_overview(tapi):
                 ticks = page.evaluate(f"document.querySelector('{chart}').uplot.axes[0]._values")
                 assert ticks and not any("\n" in t for t in ticks), ticks
 
-            # The admin's lists: long names and bodies cut; the last error, and the
-            # columns up to the dead-letter queue's name, in view at 1440 px.
-            for path, last, filters in (("/admin/queues/message/", "error", 2), ("/admin/queues/queue/", "dead_letter", 0)):
+            # The admin's lists, the nav sidebar open: long names, bodies and
+            # errors cut; every column up to the last (state, actions) in view
+            # at 1440 px, with no sideways scroll of the page or the list.
+            for path, filters in (
+                ("/admin/queues/message/", 2),
+                ("/admin/queues/queue/", 0),
+                ("/admin/queues/consumer/", 0),
+                ("/admin/queues/token/", 0),
+            ):
                 page.goto(f"{url}{path}")
-                page.screenshot(path=str(LAYOUT_SHOTS / f"ui-admin-{path.split('/')[-2]}.png"), full_page=True)
-                for cell in page.locator(f"#result_list .column-{last}, #result_list td.field-{last}").all():
-                    inside(cell, ".results")
+                expect(page.locator("#nav-sidebar")).to_be_visible()
+                page.screenshot(path=str(LAYOUT_SHOTS / f"ui-admin-{path.split('/')[-2]}.png"))
+                assert page.locator("#result_list tbody tr").count() >= 2, path
+                for row in page.locator("#result_list thead tr, #result_list tbody tr").all():
+                    last = row.locator("th, td").last
+                    inside(last, ".results")
+                    inside(last, "#content")
+                # No column squeezed to nothing to make room, nothing to scroll.
+                widths = page.locator("#result_list thead th").evaluate_all("ths => ths.map(th => th.offsetWidth)")
+                assert min(widths) >= 24, (path, widths)
+                assert page.evaluate("document.documentElement.scrollWidth <= innerWidth"), path
+                assert page.locator(".results").evaluate("e => e.scrollWidth <= e.clientWidth"), path
+                long_cell = page.locator(f'#result_list .mq-name[title^="{LONG_QUEUE[:40]}"]').first
+                expect(long_cell).to_be_visible()
+                inside(long_cell, "td, th")
                 links = page.locator(f'#changelist-filter a[title="{LONG_QUEUE}"]')
                 expect(links).to_have_count(filters)
                 for link in links.all():

@@ -14,7 +14,7 @@ from django.utils.html import format_html, format_html_join
 
 from .. import broker
 from ..models import Consumer, Message
-from .shared import actor, log_changes, when
+from .shared import actor, clipped, log_changes, when
 
 # Messages listed on a consumer's page.
 HELD_SHOWN = 50
@@ -30,7 +30,7 @@ class ConsumerChangeList(ChangeList):
 
 @admin.register(Consumer)
 class ConsumerAdmin(admin.ModelAdmin):
-    list_display = ("name", "short_id", "status", "last_beat", "in_flight_held", "queue_names")
+    list_display = ("consumer_name", "short_id", "status", "last_beat", "in_flight_held", "queue_names")
     list_filter = ("status",)
     search_fields = ("=id", "name")
     ordering = ("status", "name")
@@ -50,6 +50,10 @@ class ConsumerAdmin(admin.ModelAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: Consumer | None = None) -> bool:
         return False
 
+    @admin.display(description="name", ordering="name")
+    def consumer_name(self, obj: Consumer) -> str:
+        return clipped(obj.name, "mq-name")
+
     @admin.display(description="id")
     def short_id(self, obj: Consumer) -> str:
         return obj.pk[:8]
@@ -68,7 +72,7 @@ class ConsumerAdmin(admin.ModelAdmin):
 
     @admin.display(description="queues")
     def queue_names(self, obj: Consumer) -> str:
-        return ", ".join(obj.queues) or "—"
+        return clipped(", ".join(obj.queues), "mq-name") if obj.queues else "—"
 
     @admin.display(description="holds")
     def held_messages(self, obj: Consumer) -> Any:

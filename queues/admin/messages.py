@@ -258,7 +258,7 @@ class MessageAdmin(admin.ModelAdmin):
 
     @admin.display(description="group", ordering="group_key")
     def group(self, obj: Message) -> str:
-        return obj.group_key or "—"
+        return clipped(obj.group_key, "mq-name") if obj.group_key else "—"
 
     @admin.display(description="deliveries", ordering="delivery_count")
     def deliveries(self, obj: Message) -> int:

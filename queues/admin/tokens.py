@@ -13,7 +13,7 @@ from django.template.response import TemplateResponse
 
 from ..api.auth import forget
 from ..models import Scope, Token
-from .shared import log_changes
+from .shared import clipped, log_changes
 
 
 class TokenCreateForm(forms.ModelForm):
@@ -28,7 +28,7 @@ class TokenCreateForm(forms.ModelForm):
 
 @admin.register(Token)
 class TokenAdmin(admin.ModelAdmin):
-    list_display = ("name", "key_id", "scopes", "queue_pattern", "created_at", "last_used_at", "status")
+    list_display = ("token_name", "key_id", "scope_list", "queues", "created_at", "last_used_at", "status")
     list_filter = (("revoked_at", admin.EmptyFieldListFilter),)
     search_fields = ("name", "=key_id")
     actions = ("revoke",)
@@ -51,6 +51,18 @@ class TokenAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Token | None = None) -> bool:
         return False  # revoke instead: the key id stays in logs and the audit trail
+
+    @admin.display(description="name", ordering="name")
+    def token_name(self, obj: Token) -> str:
+        return clipped(obj.name, "mq-name")
+
+    @admin.display(description="scopes", ordering="scopes")
+    def scope_list(self, obj: Token) -> str:
+        return ", ".join(obj.scopes.split(","))  # wraps between scopes
+
+    @admin.display(description="queue pattern", ordering="queue_pattern")
+    def queues(self, obj: Token) -> str:
+        return clipped(obj.queue_pattern, "mq-name")
 
     @admin.display(description="status", ordering="revoked_at")
     def status(self, obj: Token) -> str:

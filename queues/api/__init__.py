@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 import orjson
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.http import require_safe
 from ninja import NinjaAPI
 from ninja.errors import ValidationError, ValidationErrorContext
 from ninja.openapi.schema import OpenAPISchema
@@ -51,6 +54,24 @@ class API(NinjaAPI):
         return schema
 
 
+def docs_view(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Ninja's docs page and openapi.json, as the rest of the API answers:
+    GET (or HEAD) only, another method is a 405; and the document ends with
+    a newline like every JSON answer (``errors.json_bytes``). Ninja renders
+    it with Django's encoder: the schema has integer keys (status codes)
+    that orjson would refuse."""
+
+    @require_safe
+    @wraps(view)
+    def docs(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+        response = view(request, **kwargs)
+        if response.get("Content-Type", "").startswith("application/json") and not response.content.endswith(b"\n"):
+            response.content += b"\n"
+        return response
+
+    return docs
+
+
 def build_api() -> NinjaAPI:
     from .consumers import router as consumers_router
     from .views import router as queues_router
@@ -69,6 +90,7 @@ def build_api() -> NinjaAPI:
         urls_namespace="api",
         docs_url="/docs",
         openapi_url="/openapi.json",
+        docs_decorator=docs_view,
     )
     errors.install(api)
     api.add_router("/", queues_router, tags=["queues"])

@@ -145,7 +145,15 @@ def install(api: NinjaAPI) -> None:
         return error_response("internal_error", "Something went wrong on our side; it was logged.", 500)
 
 
-_STATUS_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request", 413: "request_too_large"}
+# The contract's codes for Django's own error answers under /api/ (a CSRF
+# failure is Django's 403).
+_STATUS_CODES = {
+    400: "bad_request",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+}
 
 
 class JSONErrorsMiddleware(ResponseMiddleware):

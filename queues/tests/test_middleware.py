@@ -56,12 +56,14 @@ def fetch(request: pytest.FixtureRequest) -> Any:
     handler, or ours."""
     from asgiref.sync import async_to_sync
 
+    # CSRF is checked as it is for a real client: Django's test clients skip
+    # it unless told to.
     if request.param == "sync":
-        client = Client()
+        client = Client(enforce_csrf_checks=True)
         return lambda method, path, **kw: getattr(client, method)(path, **kw)
     if request.param == "served":
         return serve
-    aclient = AsyncClient()
+    aclient = AsyncClient(enforce_csrf_checks=True)
     return lambda method, path, **kw: async_to_sync(getattr(aclient, method))(path, **kw)
 
 
@@ -86,6 +88,74 @@ def test_pages_still_get_sessions_csrf_and_security_headers(fetch: Any) -> None:
     strict = Client(enforce_csrf_checks=True)
     refused = strict.post("/admin/login/", {"username": "x", "password": "y"})
     assert refused.status_code == 403
+
+
+def call(fetch: Any, method: str, path: str, headers: dict[str, str]) -> Any:
+    """``method path`` with an empty JSON body where the method takes one."""
+    body = {} if method == "get" else {"data": "{}", "content_type": "application/json"}
+    return fetch(method, path, headers=headers, **body)
+
+
+def api_error(response: Any, status: int, code: str) -> dict[str, Any]:
+    import orjson
+
+    assert response.status_code == status, (response.status_code, response.content[:200])
+    assert response.headers["Content-Type"].startswith("application/json")
+    assert response.content.endswith(b"\n")
+    error: dict[str, Any] = orjson.loads(response.content)["error"]
+    assert error["code"] == code and error["message"], error
+    return error
+
+
+@pytest.mark.parametrize("token", [False, True], ids=["anonymous", "token"])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("put", "/api/v1/"),
+        ("post", "/api/v1/"),
+        ("delete", "/api/v1/"),
+        ("get", "/api/v1/nonexistent"),
+        ("post", "/api/v1/nonexistent"),
+        ("patch", "/api/v1/nonexistent"),
+        ("delete", "/api/v1/queues/x/nope"),
+        ("put", "/api/v1/queues/x/nope/"),
+        ("post", "/api/v2/queues"),
+    ],
+)
+def test_an_unknown_api_path_is_404_json_whatever_the_method(fetch: Any, method: str, path: str, token: bool) -> None:
+    headers = {"Authorization": f"Bearer {make_token()}"} if token else {}
+    api_error(call(fetch, method, path, headers), 404, "not_found")
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [
+        ("post", "/api/v1/openapi.json", {"GET", "HEAD"}),
+        ("put", "/api/v1/openapi.json", {"GET", "HEAD"}),
+        ("delete", "/api/v1/docs", {"GET", "HEAD"}),
+        ("post", "/api/v1/queues", {"GET"}),
+        ("patch", "/api/v1/queues/x", {"GET", "PUT", "DELETE"}),
+        ("get", "/api/v1/queues/x/receive", {"POST"}),
+        ("put", "/api/v1/consumers", {"GET", "POST"}),
+    ],
+)
+def test_a_known_api_path_with_another_method_is_405_json(fetch: Any, method: str, path: str, allowed: set[str]) -> None:
+    headers = {"Authorization": f"Bearer {make_token()}"}
+    response = call(fetch, method, path, headers)
+    api_error(response, 405, "method_not_allowed")
+    assert set(response.headers["Allow"].split(", ")) == allowed
+
+
+def test_a_csrf_failure_under_the_api_is_the_contracts_json_and_a_page_keeps_its_html() -> None:
+    from django.test import RequestFactory
+    from django.views.csrf import csrf_failure
+
+    from queues.api.errors import JSONErrorsMiddleware
+
+    refuse = JSONErrorsMiddleware(lambda request: csrf_failure(request, reason="CSRF cookie not set."))
+    api_error(refuse(RequestFactory().post("/api/v1/queues/x/purge")), 403, "forbidden")
+    page = refuse(RequestFactory().post("/admin/login/"))
+    assert page.status_code == 403 and page["Content-Type"].startswith("text/html")
 
 
 def test_common_middleware_still_redirects_a_missing_slash(fetch: Any) -> None:

@@ -29,3 +29,14 @@ def test_healthz_answers_as_documented(api):
     body = Client().get("/healthz").json()
     required = schema["application/json"]["schema"]["required"]
     assert set(required) <= set(body) and body["status"] == "ok"
+
+
+def test_openapi_document_ends_with_a_newline_like_every_api_answer(db):
+    import orjson
+
+    response = Client().get("/api/v1/openapi.json")
+    assert response.status_code == 200 and response["Content-Type"].startswith("application/json")
+    assert response.content.endswith(b"}\n") and not response.content.endswith(b"\n\n")
+    assert orjson.loads(response.content)["openapi"].startswith("3.")
+    assert Client().head("/api/v1/openapi.json").status_code == 200
+    assert Client().get("/api/v1/docs").status_code == 200

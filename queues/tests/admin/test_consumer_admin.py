@@ -44,3 +44,13 @@ def test_consumers_gone_from_the_live_lists_stay_in_the_admin(admin_client: Any,
     assert not Consumer.objects.listed().filter(pk=gone.pk).exists()
     text = page_text(admin_client.get(reverse("admin:queues_consumer_changelist")))
     assert re.search(r"long-gone-1.*?field-status\">Left<", text)
+
+
+def test_consumer_list_cuts_long_names_and_queue_lists_with_a_tooltip(admin_client: Any) -> None:
+    name, queue = "c-" + "n" * 78, "q-" + "n" * 78
+    make_queue(queue)
+    make_queue("other")
+    broker.register_consumer(name, [queue, "other"], {}, None)
+    html = admin_client.get(reverse("admin:queues_consumer_changelist")).content.decode()
+    for text in (name, f"{queue}, other"):
+        assert f'<span class="mq-name" title="{text}">{text}</span>' in html

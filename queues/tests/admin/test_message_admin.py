@@ -283,11 +283,13 @@ def test_message_list_previews_bodies_and_errors_escaped_with_the_full_text_in_a
 def test_long_queue_names_in_the_filters_are_cut_with_a_tooltip(admin_client: Any) -> None:
     name = "q-" + "n" * 78
     make_queue("short")  # with one queue the "by queue" filter is not shown
-    send(make_queue(name), "x")
+    group = "g-" + "n" * 98
+    send(make_queue(name), "x", group=group)
     html = admin_client.get(reverse(CHANGELIST)).content.decode()
     link = f'class="mq-name" title="{name}">{name}</a>'
     assert html.count(link) == 2  # "by queue" and "dead messages of"
     assert f'<span class="mq-name" title="{name}">{name}</span>' in html  # the queue column
+    assert f'<span class="mq-name" title="{group}">{group}</span>' in html  # the group column
     assert "/static/queues/admin.css" in html
 
 

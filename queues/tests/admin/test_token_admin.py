@@ -44,3 +44,12 @@ def test_revoked_token_is_refused_by_the_api(admin_client: Any) -> None:
     assert "Revoked svc." in page_text(response)
     assert api.get("queues").status_code == 401
     assert logged()[-1].object_id == str(_token.pk)
+
+
+def test_token_list_cuts_long_names_and_patterns_with_a_tooltip(admin_client: Any) -> None:
+    name, pattern = "t-" + "n" * 98, "q-" + "n" * 78
+    Token.issue(name, ["produce", "consume"], pattern)
+    html = admin_client.get(reverse("admin:queues_token_changelist")).content.decode()
+    for text in (name, pattern):
+        assert f'<span class="mq-name" title="{text}">{text}</span>' in html
+    assert "consume, produce" in html  # scopes wrap between names, not inside one
