@@ -56,6 +56,10 @@ CLAIM = (
     "RETURNING id, lease_token, body, delivery_count"
 )
 ACK = f"DELETE FROM {LEAN_TABLE} WHERE id = ANY(%s::bigint[])"
+# The ack of the last batch riding on the next claim: one commit a round, as
+# mqadmin's consumers (and the raw SQL peer) do it. The acked rows are leased,
+# so the claim, seeing the statement's one snapshot, cannot pick them.
+ACK_AND_CLAIM = f"WITH acked AS ({ACK}) {CLAIM}"
 FILL = f"INSERT INTO {LEAN_TABLE} (queue_id, body) SELECT %s, %s::jsonb FROM generate_series(1, %s)"
 
 # The lean peer's queue id: its table holds no other.
@@ -104,6 +108,10 @@ class LeanSQL:
         """Delete the messages; how many there were."""
         return self.conn.execute(ACK, [ids]).rowcount
 
+    def ack_and_claim(self, ids: list[int], n: int) -> list[int]:
+        """``ack(ids)`` and ``claim(n)`` in one statement and one commit."""
+        return [r[0] for r in self.conn.execute(ACK_AND_CLAIM, [ids, LEASE_SECONDS, QUEUE_ID, n]).fetchall()]
+
 
 def fill(n: int) -> None:
     """``n`` visible messages more, in one INSERT ... SELECT FROM generate_series.
@@ -148,19 +156,27 @@ def produce(per: int, count: int) -> float:
         empty()
 
 
-def drain(consumers: int, total: int, per: int) -> float:
+def drain(consumers: int, total: int, per: int, *, riding: bool = False) -> float:
     """Messages a second that ``consumers`` (a connection and thread each)
     claim ``per`` at a time and ack, each claim and each ack a statement and
-    a commit of its own, from ``total`` waiting."""
+    a commit of its own, from ``total`` waiting. With ``riding``, a batch's
+    ack rides on the next claim instead (``ack_and_claim``)."""
     fill(total)
 
     def work(countdown: Countdown) -> None:
         lean = LeanSQL()
+        held: list[int] = []
         try:
             while not countdown.over:
+                if riding:
+                    acked, held = len(held), lean.ack_and_claim(held, per)
+                    countdown.done(acked)
+                    continue
                 ids = lean.claim(per)
                 if ids:
                     countdown.done(lean.ack(ids))
+            if held:  # claimed after the others finished the count
+                lean.ack(held)
         finally:
             lean.close()
 

@@ -118,13 +118,20 @@ def test_the_lean_floor_claims_each_message_once_and_its_ack_deletes_them(lean_s
         assert len(set(claimed)) == 250
         assert floor.ack(claimed) == 250
         assert floor.ack(claimed) == 0
+        # An ack riding on a claim: the acked are gone, the next are leased.
+        lean.fill(3)
+        first = floor.claim(2)
+        last = floor.ack_and_claim(first, 2)
+        assert len(last) == 1 and last[0] not in first
+        assert lean.waiting() == 1
+        assert floor.ack(last) == 1
     finally:
         floor.close()
     assert lean.waiting() == 0
 
 
-@pytest.mark.parametrize("consumers", [1, 4])
-def test_the_lean_drain_takes_exactly_what_it_was_given(lean_schema, monkeypatch, consumers: int) -> None:
+@pytest.mark.parametrize(("consumers", "riding"), [(1, False), (4, False), (1, True), (4, True)])
+def test_the_lean_drain_takes_exactly_what_it_was_given(lean_schema, monkeypatch, consumers: int, riding: bool) -> None:
     left: list[int] = []
     really_empty = lean.empty
 
@@ -133,8 +140,8 @@ def test_the_lean_drain_takes_exactly_what_it_was_given(lean_schema, monkeypatch
         really_empty()
 
     monkeypatch.setattr(lean, "empty", empty)
-    assert lean.drain(consumers, 250, 100) > 0
-    assert lean.drain(consumers, 7, 1) > 0
+    assert lean.drain(consumers, 250, 100, riding=riding) > 0
+    assert lean.drain(consumers, 7, 1, riding=riding) > 0
     # Nothing left for the cleanup: every message claimed and acked, none twice.
     assert left == [0, 0]
 
