@@ -32,7 +32,7 @@ clean:
 demo: $(STAMP)
 	$(PY) manage.py mq demo
 
-# The benchmark: mqadmin beside raw SQL, RabbitMQ and Procrastinate, on a
+# The benchmark: mqadmin beside raw SQL, lean SQL, RabbitMQ and Procrastinate, on a
 # PostgreSQL database of its own. BENCH_ARGS=--quick for a short run; the
 # results and how to read them: docs/performance.md.
 BENCH_DB ?= mqbench

@@ -99,6 +99,8 @@ class Stat:
     note: str = ""
     skipped: str | None = None
     p99: float | None = None  # latency only
+    # The medians of the variants measured beside it (Measure.twins), in order.
+    twins: list[float] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -127,6 +129,7 @@ class Stat:
             "note": self.note,
             "skipped": self.skipped,
             "p99": self.p99,
+            "twins": self.twins,
         }
 
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import orjson
 import psycopg
 
-from queues.backends.common import DELTA_INSERT_INTO
+from queues.backends.common import DELTA_INSERT_INTO, Statement
 from queues.backends.postgresql import NOTIFY_CHANNEL, PostgreSQL
 from queues.broker.publish import NewMessage, new_row, sent_tally
 from queues.models import COUNTER_FIELDS, Message, Queue, QueueStats, QueueStatsDelta
@@ -75,14 +75,20 @@ class RawSQL:
         """Ack ``held`` (none: a plain claim) and claim up to ``n``, in one
         statement as the broker's ``ack_and_receive`` does: (id, token) of
         the claimed, and how many were acked."""
-        now = time.time()
-        acks = sorted(held) or None
-        statement = self.sql.receive(self.queue(queue_id), now=now, expires=now + 30, max_messages=n, consumer_id=None, acks=acks)
-        rows, _, acked = self.sql.split_receive(self.conn.execute(*statement).fetchall())
+        rows, _, acked = self.sql.split_receive(self.conn.execute(*self.receive_statement(queue_id, held, n)).fetchall())
         return [(r[0], r[7]) for r in rows], len(acked)
 
+    def receive_statement(self, queue_id: int, held: list[tuple[int, str]], n: int) -> Statement:
+        """The broker's receive of up to ``n``, carrying the acks of ``held``."""
+        now = time.time()
+        acks = sorted(held) or None
+        return self.sql.receive(self.queue(queue_id), now=now, expires=now + 30, max_messages=n, consumer_id=None, acks=acks)
+
+    def ack_statement(self, queue_id: int, rows: list[tuple[int, str]]) -> Statement:
+        return self.sql.ack(queue_id, sorted(rows))
+
     def ack(self, queue_id: int, rows: list[tuple[int, str]]) -> int:
-        return len(self.conn.execute(*self.sql.ack(queue_id, sorted(rows))).fetchall())
+        return len(self.conn.execute(*self.ack_statement(queue_id, rows)).fetchall())
 
 
 def fill_ready(queue_id: int, n: int) -> None:

@@ -32,6 +32,7 @@ from .measure import (
 from .raw import DELTA_TABLE, MESSAGE_TABLE, STATS_TABLE, RawSQL
 from .server import Api
 from .table import PEERS, RESULTS_DIR, machine_info
+from .wal import PeerWal
 
 
 class Runner:
@@ -50,6 +51,9 @@ class Runner:
         self.url = ""
         self.rabbit_reason: str | None = None
         self.procrastinate_reason: str | None = None
+        self.lean_reason: str | None = None
+        # What each peer writes to the WAL (scenario 8), by peer.
+        self.wal_by_peer: dict[str, PeerWal] = {}
         self.machine: dict[str, Any] = {}
         self.autovacuum = True
 
@@ -64,7 +68,7 @@ class Runner:
         self.say(f"  {key:<24} {peer:<14} {stat.cell()}")
 
     def interleaved(self, key: str, measures: list[Measure]) -> None:
-        """Every peer's rounds in turn (mqadmin, raw SQL, RabbitMQ,
+        """Every peer's rounds in turn (mqadmin, raw SQL, lean SQL, RabbitMQ,
         Procrastinate, then mqadmin again...): a slow spell of the shared
         machine hits them all alike, so the ratios hold where the absolute
         numbers move. A peer that fails is reported so, not fatal."""
@@ -78,7 +82,7 @@ class Runner:
                 continue
             values = [value for value, *_ in results[m.peer]]
             twins = [statistics.median(round_[i] for round_ in results[m.peer]) for i in range(1, len(m.twins) + 1)]
-            self.put(key, m.peer, Stat(values, note=m.twin_note.format(*twins) if m.twins else m.note))
+            self.put(key, m.peer, Stat(values, note=m.twin_note.format(*twins) if m.twins else m.note, twins=twins))
 
     def in_turns[T](self, rounds: dict[str, Callable[[], T]]) -> tuple[dict[str, list[T]], dict[str, str]]:
         """Each peer's round in turn, ``self.s.rounds`` times: each peer's

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 
+import psycopg
 from mqclient import Client
 
 from queues import broker
 from queues.models import Queue
 
-from . import raw
+from . import lean, raw, wal
 from .measure import (
     BODY,
     PREFETCH,
@@ -25,6 +26,7 @@ from .measure import (
     Countdown,
     Measure,
     Stat,
+    conninfo,
     db_timer,
     latency_stat,
     rounds_of,
@@ -54,13 +56,19 @@ class Bench(Runner):
         self.say(f"machine: {machine_line(self.machine)}")
         self.rabbit_reason = rabbit_available() if "rabbitmq" in self.peers else "not selected"
         self.procrastinate_reason = procrastinate_available() if "procrastinate" in self.peers else "not selected"
-        with mq_server(self.results_dir / "server.log") as url:
-            self.url = url
-            self.scenario_produce()
-            self.scenario_drain()
-            self.scenario_round_trip()
-            self.scenario_latency()
-            self.scenario_big()
+        self.lean_reason = lean.lean_available() if "lean" in self.peers else "not selected"
+        try:
+            with mq_server(self.results_dir / "server.log") as url:
+                self.url = url
+                self.scenario_produce()
+                self.scenario_drain()
+                self.scenario_round_trip()
+                self.scenario_latency()
+                self.scenario_big()
+            # With the server gone: the database is as quiet as it gets here.
+            self.scenario_wal()
+        finally:
+            lean.drop_schema()
         self.scenario_dashboard()
         self.machine["load_average_before"] = [round(x, 2) for x in load_before]
         self.machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -131,6 +139,9 @@ class Bench(Runner):
         if "raw" in self.peers:
             batches.append(Measure("raw", lambda: raw.produce(self, 100, s.batches)))
             singles.append(Measure("raw", lambda: raw.produce(self, 1, s.singles)))
+        if self.lean_reason is None:
+            batches.append(Measure("lean", lambda: lean.produce(100, s.batches)))
+            singles.append(Measure("lean", lambda: lean.produce(1, s.singles)))
         if self.rabbit_reason is None:
             batches.append(Measure("rabbitmq", lambda: rabbit_publish(s.batches * 100, confirms=False), "(no confirms)"))
             singles.append(Measure("rabbitmq", lambda: rabbit_publish(s.singles, confirms=True), "(confirms)"))
@@ -177,6 +188,8 @@ class Bench(Runner):
             measures = [self.mq_drain_measure("drain", n, s.drain, 100)]
             if "raw" in self.peers:
                 measures.append(raw.drain_measure(self, n, s.drain, 100, with_statement_costs=n == 1))
+            if self.lean_reason is None:
+                measures.append(Measure("lean", partial(lean.drain, n, s.drain, 100), "(claim 100, ack 100: a statement and a commit each)"))
             if self.rabbit_reason is None:
                 measures.append(Measure("rabbitmq", partial(rabbit_drain, n, s.drain, prefetch=100), "(manual ack)"))
             if self.procrastinate_reason is None:
@@ -245,6 +258,15 @@ class Bench(Runner):
         ]
         if "raw" in self.peers:
             measures.append(Measure("raw", lambda: raw.drain(self, "raw", 1, s.trips, 1)))
+        if self.lean_reason is None:
+            measures.append(
+                Measure(
+                    "lean",
+                    partial(lean.drain, 1, s.trips, 1),
+                    twins=(partial(lean.drain, 1, s.trips, 1, riding=True),),
+                    twin_note="(claim 1 + ack 1, a commit each; the ack riding on the next claim, one commit a message: {:,.0f}/s)",
+                )
+            )
         if self.rabbit_reason is None:
             measures.append(Measure("rabbitmq", lambda: rabbit_drain(1, s.trips, prefetch=1), "(prefetch 1)"))
         if self.procrastinate_reason is None:
@@ -383,6 +405,39 @@ class Bench(Runner):
 
         return run_consumers(1, total, work)
 
+    # -- 8. WAL per message -----------------------------------------------------------
+
+    def scenario_wal(self) -> None:
+        """What mqadmin's statements and the lean floor's write to the WAL
+        (``wal``): a table of its own, beside the rates."""
+        peers: dict[str, Callable[[], wal.Peer]] = {}
+        if "raw" in self.peers:
+            qid = self.queue_ids["raw"]
+            peers["raw"] = lambda: wal.MqadminStatements(self.raw(), qid, partial(self.prefill, "raw"), partial(self.empty, "raw"))
+        if self.lean_reason is None:
+            peers["lean"] = wal.LeanStatements
+        if not peers:
+            return
+        self.say("8. WAL per message")
+        try:
+            lean.create_schema()  # pg_walinspect goes in it
+        except Exception as exc:
+            self.say(f"  skipped: {exc}")
+            return
+        with psycopg.connect(conninfo(), autocommit=True) as conn:
+            reader = wal.WalReader(conn)
+            for name, make in peers.items():
+                peer = make()
+                try:
+                    self.wal_by_peer[name] = wal.measure(peer, reader, self.s.drain)
+                except Exception as exc:
+                    self.say(f"  {name:<14} failed: {type(exc).__name__}: {str(exc)[:120]}")
+                    continue
+                finally:
+                    peer.conn.close()
+                w = self.wal_by_peer[name]
+                self.say(f"  {name:<14} a claimed and acked message: {wal.per_message(w.drain, w.messages)}; a sent one: {wal.per_message(w.send, w.messages)}")
+
     # -- 7. dashboard tick ----------------------------------------------------------
 
     def scenario_dashboard(self) -> None:
@@ -424,4 +479,5 @@ class Bench(Runner):
     # -- the table ---------------------------------------------------------------------
 
     def rows(self) -> list[Row]:
-        return table_rows(self.stats, self.s, self.rabbit_reason, self.procrastinate_reason)
+        reasons = {"lean": self.lean_reason, "rabbitmq": self.rabbit_reason, "procrastinate": self.procrastinate_reason}
+        return table_rows(self.stats, self.s, {peer: why for peer, why in reasons.items() if why})

@@ -9,12 +9,15 @@ import io
 import json
 import re
 
+import psycopg
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
 
 from mqtools import bench
-from mqtools.bench import rabbitmq
+from mqtools.bench import lean, rabbitmq, wal
+from mqtools.bench.measure import BODY_BYTES, Sizes, Stat, conninfo
+from mqtools.bench.table import table_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -43,7 +46,7 @@ def test_bench_runs_every_scenario_and_writes_one_table(tmp_path, monkeypatch) -
     data = json.loads((tmp_path / "latest.json").read_text())
     assert [row["key"] for row in data["rows"]] == SCENARIOS
     assert (tmp_path / "latest.md").read_text() == md
-    assert md.splitlines()[0].startswith("| scenario | mqadmin | raw SQL | RabbitMQ | Procrastinate | target | met? |")
+    assert md.splitlines()[0].startswith("| scenario | mqadmin | raw SQL | lean SQL | RabbitMQ | Procrastinate | mqadmin ÷ lean SQL | target | met? |")
     for row in data["rows"]:
         mq = row["cells"]["mqadmin"]
         assert mq["skipped"] is None, (row["key"], mq["skipped"])
@@ -53,6 +56,12 @@ def test_bench_runs_every_scenario_and_writes_one_table(tmp_path, monkeypatch) -
     # Raw SQL runs wherever mqadmin does; each other peer either ran or says why not.
     by_key = {row["key"]: row for row in data["rows"]}
     assert by_key["produce_batch"]["cells"]["raw"]["median"] > 0
+    # So does the lean floor, in the rows it has, with mqadmin's distance from it.
+    for key in ("produce_batch", "produce_single", "drain_1", "drain_4", "round_trip"):
+        assert by_key[key]["cells"]["lean"]["median"] > 0, key
+        assert by_key[key]["ratios"]["vs_lean"] > 0, key
+    assert by_key["drain_4"]["vs_lean"].startswith("HTTP "), by_key["drain_4"]["vs_lean"]
+    assert by_key["latency"]["cells"]["lean"]["median"] is None
     for peer in ("rabbitmq", "procrastinate"):
         cell = by_key["produce_batch"]["cells"][peer]
         assert (cell["median"] or 0) > 0 or cell["skipped"], (peer, cell)
@@ -66,6 +75,20 @@ def test_bench_runs_every_scenario_and_writes_one_table(tmp_path, monkeypatch) -
     for key in ("produce_batch", "drain_1", "drain_4", "round_trip", "latency"):
         assert by_key[key]["floor_met"] in ("yes", "no"), key
     assert "(raw SQL: " in next(line for line in md.splitlines() if line.startswith("| 4. one message"))
+    # ...and whether the lean floor does, where the target names RabbitMQ or Procrastinate.
+    for key in ("drain_1", "drain_4", "round_trip"):
+        assert by_key[key]["lean_met"] in ("yes", "no"), key
+    # What each writes to the WAL, in a table of its own, with the plans beside it.
+    for peer in ("raw", "lean"):
+        for part in ("send", "drain", "claim", "ack"):
+            assert data["wal"][peer][part]["bytes"] > 0, (peer, part)
+    assert "| a claimed and acked message" in md
+    plans = (tmp_path / "wal-explain.txt").read_text()
+    assert plans.count("WAL: records=") >= 4 and "Update on message" in plans
+    # The lean floor's schema goes with the run.
+    with connection.cursor() as cur:
+        cur.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", [lean.LEAN_SCHEMA])
+        assert cur.fetchone() is None
     # What PostgreSQL alone spends on a message, beside the raw drain.
     costs = re.search(r"claim (\d+) µs \+ ack (\d+) µs a message", by_key["drain_1"]["cells"]["raw"]["note"])
     assert costs and int(costs[1]) > 0 and int(costs[2]) > 0, by_key["drain_1"]["cells"]["raw"]["note"]
@@ -73,3 +96,110 @@ def test_bench_runs_every_scenario_and_writes_one_table(tmp_path, monkeypatch) -
     from queues.models import Queue
 
     assert not Queue.objects.filter(name__startswith="bench-dash-").exists()
+
+
+@pytest.fixture
+def lean_schema():
+    if connection.vendor != "postgresql":
+        pytest.skip("the lean floor is PostgreSQL's")
+    lean.create_schema()
+    yield
+    lean.drop_schema()
+
+
+def test_the_lean_floor_claims_each_message_once_and_its_ack_deletes_them(lean_schema) -> None:
+    lean.fill(250)
+    floor = lean.LeanSQL()
+    try:
+        batches = [floor.claim(100) for _ in range(4)]
+        # Leased messages are out of sight until their lease runs out.
+        assert [len(b) for b in batches] == [100, 100, 50, 0]
+        claimed = [i for b in batches for i in b]
+        assert len(set(claimed)) == 250
+        assert floor.ack(claimed) == 250
+        assert floor.ack(claimed) == 0
+        # An ack riding on a claim: the acked are gone, the next are leased.
+        lean.fill(3)
+        first = floor.claim(2)
+        last = floor.ack_and_claim(first, 2)
+        assert len(last) == 1 and last[0] not in first
+        assert lean.waiting() == 1
+        assert floor.ack(last) == 1
+    finally:
+        floor.close()
+    assert lean.waiting() == 0
+
+
+@pytest.mark.parametrize(("consumers", "riding"), [(1, False), (4, False), (1, True), (4, True)])
+def test_the_lean_drain_takes_exactly_what_it_was_given(lean_schema, monkeypatch, consumers: int, riding: bool) -> None:
+    left: list[int] = []
+    really_empty = lean.empty
+
+    def empty() -> None:
+        left.append(lean.waiting())
+        really_empty()
+
+    monkeypatch.setattr(lean, "empty", empty)
+    assert lean.drain(consumers, 250, 100, riding=riding) > 0
+    assert lean.drain(consumers, 7, 1, riding=riding) > 0
+    # Nothing left for the cleanup: every message claimed and acked, none twice.
+    assert left == [0, 0]
+
+
+def test_the_lean_floor_keeps_to_a_schema_of_its_own(lean_schema) -> None:
+    from queues.models import Message
+
+    lean.fill(10)
+    with connection.cursor() as cur:
+        cur.execute("SELECT table_schema FROM information_schema.tables WHERE table_name = 'message'")
+        assert cur.fetchall() == [(lean.LEAN_SCHEMA,)]
+    assert not Message.objects.exists()
+    lean.drop_schema()
+    with connection.cursor() as cur:
+        cur.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", [lean.LEAN_SCHEMA])
+        assert cur.fetchone() is None
+
+
+def test_the_wal_of_a_lean_claim_is_read_per_relation(lean_schema) -> None:
+    with psycopg.connect(conninfo(), autocommit=True) as conn:
+        result = wal.measure(wal.LeanStatements(), wal.WalReader(conn), 200, repeats=1)
+    # A claim of 100 locks and updates each row; an ack deletes each.
+    assert result.claim.records is not None and result.claim.records >= 200
+    assert result.claim.by_relation.get("Heap LOCK message", 0) >= 100
+    assert result.ack.by_relation.get("Heap DELETE message") == 100
+    assert result.drain.records is not None and result.drain.records >= 2 * (200 + 100)
+    assert result.send.bytes > 200 * len(BODY_BYTES)
+    assert "WAL: records=" in result.explain
+    assert lean.waiting() == 0
+
+
+def _stat(median: float, *twins: float) -> Stat:
+    return Stat([median], twins=list(twins))
+
+
+def test_the_targets_set_mqadmin_against_the_lean_floor() -> None:
+    stats = {
+        # publish stream 900 (HTTP 500) against the floor's 1,000: 0.9 and 0.5.
+        "produce_batch": {"mqadmin": _stat(900, 500), "raw": _stat(850), "lean": _stat(1000), "rabbitmq": _stat(800)},
+        # HTTP 500 (streams 1,100) against the floor's 1,000 and RabbitMQ's 1,000.
+        "drain_4": {"mqadmin": _stat(500, 400, 1100), "raw": _stat(600), "lean": _stat(1000), "rabbitmq": _stat(1000)},
+        # One consumer: 20 % lower bars, 0.4 and 0.8.
+        "drain_1": {"mqadmin": _stat(400, 300, 800), "raw": _stat(500), "lean": _stat(1000), "rabbitmq": _stat(1000)},
+        # A consume stream at 3 x Procrastinate and 0.5 x the floor's claim 1 + ack 1.
+        "round_trip": {"mqadmin": _stat(300, 150, 100), "raw": _stat(200), "lean": _stat(600), "procrastinate": _stat(100)},
+    }
+    rows = {r.key: r for r in table_rows(stats, Sizes.tiny(), {"procrastinate": "not selected"})}
+
+    produce = rows["produce_batch"]
+    assert produce.vs_lean == "stream 0.90, HTTP 0.50"
+    assert (produce.met, produce.floor_met, produce.lean_met) == ("no", "yes", "yes")  # HTTP under 0.6
+    assert rows["drain_4"].vs_lean == "HTTP 0.50, streams 1.10"
+    assert (rows["drain_4"].met, rows["drain_4"].floor_met, rows["drain_4"].lean_met) == ("yes", "no", "no")
+    assert rows["drain_1"].met == "yes"
+    assert rows["drain_1"].met_cell() == "yes (raw SQL: no; lean SQL: yes)"
+    assert (rows["round_trip"].met, rows["round_trip"].floor_met, rows["round_trip"].lean_met) == ("yes", "no", "yes")
+    assert rows["round_trip"].vs_lean == "stream 0.50, HTTP 0.25"
+    # A peer that did not run says why; a target that needs it cannot be judged.
+    assert rows["produce_batch"].cells["procrastinate"].skipped == "not selected"
+    stats["drain_4"].pop("lean")
+    assert next(r for r in table_rows(stats, Sizes.tiny(), {}) if r.key == "drain_4").met == "?"

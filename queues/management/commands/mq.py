@@ -100,11 +100,11 @@ class Command(BaseCommand):
         demo.add_argument("--token", default=None, help="Admin token (default: $MQ_TOKEN, else a temporary one).")
         demo.add_argument("--seed", type=int, default=None, help="Random seed, to replay an evening.")
 
-        bench = verbs.add_parser("bench", help="Benchmark against raw SQL, RabbitMQ and Procrastinate (PostgreSQL only).")
+        bench = verbs.add_parser("bench", help="Benchmark against raw SQL, lean SQL, RabbitMQ and Procrastinate (PostgreSQL only).")
         bench.add_argument("--quick", action="store_true", help="A run of a couple of minutes (smaller sizes, fewer rounds).")
         bench.add_argument("--big", type=int, default=None, help="Messages waiting in the claim/dashboard scenarios (default 10,000,000; --quick 300,000).")
         bench.add_argument("--rounds", type=int, default=None, help="Rounds per scenario (default 5; --quick 3).")
-        bench.add_argument("--peers", default="raw,rabbitmq,procrastinate", help="Comma-separated peers to run beside mqadmin.")
+        bench.add_argument("--peers", default="raw,lean,rabbitmq,procrastinate", help="Comma-separated peers to run beside mqadmin.")
 
     def handle(self, *args: Any, **options: Any) -> None:
         opts = Namespace(**options)
