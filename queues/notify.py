@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import threading
 import time
@@ -142,7 +143,11 @@ def hand(waiter: Waiter, result: list[Any] | bool) -> None:
         resolutions = _resolutions.get(loop)
         if resolutions is None:
             resolutions = _resolutions[loop] = _Resolutions(loop)
-    resolutions.add(waiter, result)
+    from .speedups import after_response
+
+    # In a send served by mq serve's handler: once the sender is answered.
+    if not after_response(functools.partial(resolutions.add, waiter, result)):
+        resolutions.add(waiter, result)
 
 
 class _Resolutions:

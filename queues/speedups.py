@@ -51,6 +51,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -75,13 +77,17 @@ DAPHNE_VERSION = "4.2.3"
 # Set in the scope of a request the handler routed to a view's sync twin.
 TWIN_SCOPE_KEY = "mq.sync_twin"
 
-# Idle executors kept for reuse; a burst above this starts extra threads that
-# are shut down when their request ends. A fleet of long polls holds one each
-# while it waits and polls again all at once: with 64 kept, each poll of a
-# fleet of 2,000 started and stopped a thread, a quarter of the server's time.
-# An idle one holds a thread's stack, and no database connection once its
-# request has ended (the pool has it back).
-KEEP_IDLE = 1024
+# Idle executors (request threads) kept for reuse: KEEP_IDLE always, and as
+# many as were busy at once for IDLE_LINGER_SECONDS after requests last had
+# to start new ones. A fleet of long polls holds one each while it waits and
+# polls again all at once: with a fixed 64 kept, each poll of a fleet of
+# 2,000 started and stopped a thread (and made a database wrapper for it), a
+# quarter of the server's time. An idle one holds a thread's stack, and no
+# database connection once its request has ended (the pool has it back).
+KEEP_IDLE = 64
+IDLE_LINGER_SECONDS = 120.0
+# Surplus idle executors shut down per request once demand has fallen.
+TRIM_PER_REQUEST = 4
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,41 @@ def _after(first: Callable[[], Any], fn: Callable[..., Any], *args: Any, **kwarg
     return fn(*args, **kwargs)
 
 
+class AfterResponse:
+    """Callbacks a request's view asked to run once its response is sent
+    (``after_response``). Once run, a late one (from a view still running
+    after its request was given up) runs at once, on its caller's thread."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.callbacks: list[Callable[[], Any]] | None = []
+
+    def add(self, fn: Callable[[], Any]) -> bool:
+        with self.lock:
+            if self.callbacks is None:
+                return False
+            self.callbacks.append(fn)
+            return True
+
+    def run(self) -> None:
+        with self.lock:
+            callbacks, self.callbacks = self.callbacks or [], None
+        for fn in callbacks:
+            fn()
+
+
+_after_response: contextvars.ContextVar[AfterResponse | None] = contextvars.ContextVar("mq_after_response", default=None)
+
+
+def after_response(fn: Callable[[], Any]) -> bool:
+    """Run ``fn`` once this request's response has been sent (a send's
+    hand-offs to waiting receives: the sender is answered first, they
+    after). False when not in a request that can do so: the caller runs
+    ``fn`` itself, now."""
+    pending = _after_response.get()
+    return pending is not None and pending.add(fn)
+
+
 class RequestProcessed(Exception):
     pass
 
@@ -154,6 +195,8 @@ class ReusedThreadsASGIHandler(ASGIHandler):
     def __init__(self) -> None:
         super().__init__()
         self._idle: list[RequestThread] = []
+        # When a request last found no idle thread.
+        self._short_at = -IDLE_LINGER_SECONDS
         # The same middleware, loaded as a WSGI handler loads it.
         self._sync = BaseHandler()
         self._sync.load_middleware(is_async=False)
@@ -161,7 +204,7 @@ class ReusedThreadsASGIHandler(ASGIHandler):
     async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        executor = self._idle.pop() if self._idle else RequestThread()
+        executor = self.borrow()
         try:
             found = route(path_info(scope))
             if found.sync:
@@ -172,10 +215,25 @@ class ReusedThreadsASGIHandler(ASGIHandler):
                 async with ThreadSensitiveContext(executor=executor):
                     await self.handle_async(executor, scope, receive, send)
         finally:
-            if len(self._idle) < KEEP_IDLE:
-                self._idle.append(executor)
-            else:
-                executor.shutdown(wait=False)
+            self.give_back(executor)
+
+    def borrow(self) -> RequestThread:
+        """An idle request thread, or a new one (demand is high: keep what
+        we have a while longer); trims the surplus once demand has fallen."""
+        now = time.monotonic()
+        if not self._idle:
+            self._short_at = now
+            return RequestThread()
+        if len(self._idle) > KEEP_IDLE and now - self._short_at > IDLE_LINGER_SECONDS:
+            for _ in range(min(TRIM_PER_REQUEST, len(self._idle) - KEEP_IDLE)):
+                self._idle.pop(0).shutdown(wait=False)
+        return self._idle.pop()
+
+    def give_back(self, executor: RequestThread) -> None:
+        if len(self._idle) < KEEP_IDLE or time.monotonic() - self._short_at <= IDLE_LINGER_SECONDS:
+            self._idle.append(executor)
+        else:
+            executor.shutdown(wait=False)
 
     async def handle_twin(self, executor: RequestThread, found: Route, scope: dict[str, Any], receive: Any, send: Any) -> None:
         """A view with a sync twin: the twin serves the request when its
@@ -215,8 +273,26 @@ class ReusedThreadsASGIHandler(ASGIHandler):
             except RequestAborted:
                 return
         loop = asyncio.get_running_loop()
+        pending = AfterResponse()
         context = contextvars.copy_context()
+        context.run(_after_response.set, pending)
         answer = loop.run_in_executor(executor, context.run, self.respond, scope, body_file)
+        try:
+            await self.answer(answer, executor, context, send, receive, on_hang_up)
+        finally:
+            pending.run()
+
+    async def answer(
+        self,
+        answer: asyncio.Future[HttpResponseBase],
+        executor: ThreadPoolExecutor,
+        context: contextvars.Context,
+        send: Any,
+        receive: Any,
+        on_hang_up: Callable[[HttpResponseBase], None] | None,
+    ) -> None:
+        """Send the response the request's thread makes (``answer``)."""
+        loop = asyncio.get_running_loop()
         if on_hang_up is not None:
             # Ends (RequestAborted) when the client hangs up.
             hang_up = asyncio.ensure_future(self.listen_for_disconnect(receive))

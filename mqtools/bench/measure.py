@@ -59,18 +59,21 @@ class Sizes:
     latency: int  # samples per latency round
     big: int  # messages waiting in scenario 6/7
     dash_queues: int
+    herd: int = 2000  # consumers long-polling one queue in scenario 8
 
     def __str__(self) -> str:
         return (
             f"{self.rounds} rounds a scenario; a round sends {self.batches} batches of 100 and {self.singles:,} single "
             f"messages, drains {self.drain:,}, makes {self.trips:,} round trips, handles {self.windowed:,} through a window "
-            f"and times {self.latency:,} sends; {self.big:,} waiting in rows 6-7, beside {self.dash_queues:,} queues"
+            f"and times {self.latency:,} sends; {self.big:,} waiting in rows 6-7, beside {self.dash_queues:,} queues; "
+            f"{self.herd:,} consumers long-polling in row 8"
         )
 
     @classmethod
     def for_run(cls, *, quick: bool, big: int | None, rounds: int | None) -> Sizes:
         if quick:
-            s = cls(rounds=3, batches=10, singles=150, drain=1000, trips=150, windowed=1000, latency=60, big=300_000, dash_queues=1000)
+            s = cls(rounds=3, batches=10, singles=150, drain=1000, trips=150, windowed=1000, latency=60, big=300_000, dash_queues=1000,
+                    herd=1000)
         else:
             s = cls(rounds=5, batches=30, singles=300, drain=3000, trips=300, windowed=3000, latency=100, big=10_000_000, dash_queues=1000)
         if big is not None:
@@ -82,7 +85,7 @@ class Sizes:
     @classmethod
     def tiny(cls) -> Sizes:
         """For the smoke test: every code path, almost no work."""
-        return cls(rounds=1, batches=2, singles=5, drain=200, trips=5, windowed=20, latency=3, big=2000, dash_queues=5)
+        return cls(rounds=1, batches=2, singles=5, drain=200, trips=5, windowed=20, latency=3, big=2000, dash_queues=5, herd=10)
 
 
 # --------------------------------------------------------------------------- #

@@ -65,6 +65,7 @@ class Bench(Runner):
                 self.scenario_round_trip()
                 self.scenario_latency()
                 self.scenario_big()
+                self.scenario_herd()
             # With the server gone: the database is as quiet as it gets here.
             self.scenario_wal()
         finally:
@@ -406,6 +407,30 @@ class Bench(Runner):
         return run_consumers(1, total, work)
 
     # -- 8. WAL per message -----------------------------------------------------------
+
+    def scenario_herd(self) -> None:
+        """Row 8: a fleet of consumers long-polling one queue, fed sends of
+        100 (``mqtools.herd``): each consumer takes one message a round."""
+        from mqtools import herd
+
+        s = self.s
+        self.say(f"8. {s.herd:,} consumers long-polling one queue, {s.herd:,} messages a round in sends of {herd.BATCH}")
+        alone = latency_stat([x * 1000 for x in herd.sends_alone(self.url, self.token, sends=max(10, s.herd // herd.BATCH))])
+        result = herd.run(self.url, self.token, consumers=s.herd, rounds=s.rounds)
+        self.say("   " + result.summary().replace("\n", "\n   "))
+        failed = result.refused + result.reset + result.errors
+        self.put("herd_send", "mqadmin", latency_stat(
+            [x * 1000 for x in result.sends],
+            f"({s.herd:,} waiting; nobody waiting: p50 {alone.median:.1f} ms, p99 {alone.p99:.1f} ms)",
+        ))
+        spans = [r.last_after_send * 1000 if r.last_after_send is not None else herd.ROUND_TIMEOUT * 1000 for r in result.rounds]
+        delivered = sum(r.delivered for r in result.rounds)
+        self.put("herd_delivered", "mqadmin", Stat(
+            values=spans, unit="ms",
+            note=f"({delivered:,} of {sum(r.expected for r in result.rounds):,} delivered; polls refused {result.refused}, "
+                 f"reset {result.reset}, failed otherwise {result.errors})",
+        ))
+        self.put("herd_failures", "mqadmin", Stat(values=[failed + sum(r.expected - r.delivered for r in result.rounds)], unit="polls"))
 
     def scenario_wal(self) -> None:
         """What mqadmin's statements and the lean floor's write to the WAL

@@ -173,6 +173,16 @@ def table_rows(stats: dict[str, dict[str, Stat]], sizes: Sizes, reasons: dict[st
             b.note = f"(empty-ish queue: {sm.median:,.0f}/s → {b.median / sm.median:.2f}x)"
     rows.append(Row("claim_big", f"6. receive 100 + ack 100 with {sizes.big:,} waiting", big_cells,
                     "≥ 0.8 x the empty-ish queue", verdict(r_big and r_big >= 0.8), {"vs_empty": r_big}))
+    send, delivered, failures = mq("herd_send"), mq("herd_delivered"), mq("herd_failures")
+    if "herd_send" in st:
+        healthy = failures is not None and failures.median == 0
+        rows.append(Row("herd_send", f"8. send of 100 with {sizes.herd:,} consumers long-polling", cells("herd_send"),
+                        "p99 < 50 ms, none refused or reset", verdict(send and (send.p99 or 0) < 50, healthy),
+                        {"p99_vs_50ms": (send.p99 or 0) / 50 if send else None}))
+        rows.append(Row("herd_delivered", f"8b. the last of {sizes.herd:,} messages reaches its consumer, after the last send",
+                        cells("herd_delivered"), "< 1,000 ms, all delivered",
+                        verdict(delivered and max(delivered.values) < 1000, healthy),
+                        {"vs_1000ms": max(delivered.values) / 1000 if delivered else None}))
     for key, label in (("dashboard_counts", "queue_counts()"), ("dashboard_tick", "aggregator tick")):
         d = mq(key)
         c = cells(key)

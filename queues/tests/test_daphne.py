@@ -105,3 +105,45 @@ def test_the_handler_knows_no_paths_of_the_api_only_the_sync_twins_it_declares()
     assert not received.sync and received.twin is not None
     assert received.twin_path == "/api/v1/queues/jobs/receive-now"
     assert received.twin.when(b'{"max": 3}') and not received.twin.when(b'{"wait": 2}')
+
+
+def test_request_threads_are_kept_while_demand_is_high_and_trimmed_once_it_falls(monkeypatch: Any) -> None:
+    # A fleet of 200 long polls polling again at once: the threads of the
+    # last round are all still there, none started anew; two minutes after
+    # the last such burst the surplus is shut down, a few per request.
+    monkeypatch.setattr(speedups, "KEEP_IDLE", 8)
+    now = [1000.0]
+    monkeypatch.setattr(speedups.time, "monotonic", lambda: now[0])
+    handler = speedups.ReusedThreadsASGIHandler.__new__(speedups.ReusedThreadsASGIHandler)
+    handler._idle = []
+    handler._short_at = -speedups.IDLE_LINGER_SECONDS
+    first = [handler.borrow() for _ in range(200)]
+    for executor in first:
+        handler.give_back(executor)
+    assert len(handler._idle) == 200
+    now[0] += 10
+    again = [handler.borrow() for _ in range(200)]
+    assert {id(e) for e in again} == {id(e) for e in first}
+    for executor in again:
+        handler.give_back(executor)
+    now[0] += speedups.IDLE_LINGER_SECONDS + 1
+    handler.give_back(handler.borrow())
+    assert len(handler._idle) == 200 - speedups.TRIM_PER_REQUEST - 1  # and the one it used
+    for _ in range(100):
+        handler.give_back(handler.borrow())
+    assert len(handler._idle) == speedups.KEEP_IDLE
+
+
+def test_what_a_view_defers_runs_once_its_response_is_sent_and_a_late_one_at_once() -> None:
+    import contextvars
+
+    ran: list[str] = []
+    assert not speedups.after_response(lambda: ran.append("outside"))  # not in such a request
+    pending = speedups.AfterResponse()
+    context = contextvars.copy_context()
+    context.run(speedups._after_response.set, pending)
+    assert context.run(speedups.after_response, lambda: ran.append("handed"))
+    assert ran == []
+    pending.run()  # the response is out
+    assert ran == ["handed"]
+    assert not context.run(speedups.after_response, lambda: ran.append("late"))
