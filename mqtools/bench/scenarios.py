@@ -17,6 +17,7 @@ from queues import broker
 from queues.models import Queue
 
 from . import raw
+from .fifo import fifo_receive
 from .measure import (
     BODY,
     PREFETCH,
@@ -61,6 +62,7 @@ class Bench(Runner):
             self.scenario_round_trip()
             self.scenario_latency()
             self.scenario_big()
+            self.scenario_fifo()
         self.scenario_dashboard()
         self.machine["load_average_before"] = [round(x, 2) for x in load_before]
         self.machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
@@ -382,6 +384,11 @@ class Bench(Runner):
                 api.close()
 
         return run_consumers(1, total, work)
+
+    # -- 8. a FIFO queue's receive with many consumers -----------------------------
+
+    def scenario_fifo(self) -> None:
+        fifo_receive(self)
 
     # -- 7. dashboard tick ----------------------------------------------------------
 
