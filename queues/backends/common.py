@@ -254,12 +254,12 @@ class Statements:
         SKIP LOCKED closes the race of two receivers claiming one row: each
         takes rows nobody else holds, without waiting for other claimers."""
         head = f" AND {FIFO_HEAD}" if queue.fifo else ""
-        owned_sql, owned_params = self.in_slots(slots) if slots is not None else ("", [])
-        owned_sql = f" AND {owned_sql}" if slots is not None else ""
+        owned, owned_params = ("", []) if slots is None else self.in_slots(slots)
         alive, alive_params = self.consumer_alive(consumer_id)
         picked = (
-            f"SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready'"
-            f"{head}{owned_sql}{' AND ' + alive if alive else ''} ORDER BY m.priority DESC, m.id LIMIT %s{self.skip_locked}"
+            f"SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready'{head}"
+            f"{' AND ' + owned if owned else ''}{' AND ' + alive if alive else ''} "
+            f"ORDER BY m.priority DESC, m.id LIMIT %s{self.skip_locked}"
         )
         claim = f"{self.lease_set()}WHERE {self.picked(picked)} RETURNING {CLAIMED}"
         return claim, [expires, consumer_id, queue.id, *owned_params, *alive_params, max_messages]

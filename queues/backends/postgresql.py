@@ -94,8 +94,8 @@ def counted(statement: str, counters: dict[str, str]) -> str:
 
 
 # A FIFO claim owning up to this many slots probes each (``claim_in_slots``);
-# one owning more (a consumer among fewer than ~16, of 4096 slots) filters
-# the queue's ready rows on their slot.
+# one owning more (a consumer among fewer than about 17, of 4,096 slots)
+# filters the queue's ready rows on their slot.
 FEW_SLOTS = 256
 
 DEAD_LETTER_LOCK_KEY = 0x6D71_646C  # "mqdl": the advisory lock of dead-letter queue changes
@@ -210,7 +210,8 @@ class PostgreSQL(Statements):
     ) -> Statement:
         """A receive as one statement: the queue's due delayed messages become
         ready, and ready ones are claimed (on a FIFO queue, of ``slots`` when
-        given, and never with ``acks``), each with its counter delta. With ``acks`` ((id, lease token) pairs) the
+        given, and never with ``acks``), each with its counter delta. With
+        ``acks`` ((id, lease token) pairs) the
         statement first acks them, as ``ack`` does; the promotion and the
         claim wait for the acks to be done (ACKS_FIRST), so a round of a
         consumer costs one commit, not two. Rows: see ``split_receive``.
