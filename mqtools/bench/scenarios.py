@@ -18,6 +18,7 @@ from queues import broker
 from queues.models import Queue
 
 from . import lean, raw, wal
+from .fifo import fifo_receive
 from .measure import (
     BODY,
     PREFETCH,
@@ -66,6 +67,7 @@ class Bench(Runner):
                 self.scenario_latency()
                 self.scenario_big()
                 self.scenario_herd()
+                self.scenario_fifo()
             # With the server gone: the database is as quiet as it gets here.
             self.scenario_wal()
         finally:
@@ -406,7 +408,7 @@ class Bench(Runner):
 
         return run_consumers(1, total, work)
 
-    # -- 8. WAL per message -----------------------------------------------------------
+    # -- 8. many waiting consumers ----------------------------------------------------
 
     def scenario_herd(self) -> None:
         """Row 8: a fleet of consumers long-polling one queue, fed sends of
@@ -432,6 +434,13 @@ class Bench(Runner):
         ))
         self.put("herd_failures", "mqadmin", Stat(values=[failed + sum(r.expected - r.delivered for r in result.rounds)], unit="polls"))
 
+    # -- 9. a FIFO queue's receive with many consumers -----------------------------
+
+    def scenario_fifo(self) -> None:
+        fifo_receive(self)
+
+    # -- 10. WAL per message ---------------------------------------------------------
+
     def scenario_wal(self) -> None:
         """What mqadmin's statements and the lean floor's write to the WAL
         (``wal``): a table of its own, beside the rates."""
@@ -443,7 +452,7 @@ class Bench(Runner):
             peers["lean"] = wal.LeanStatements
         if not peers:
             return
-        self.say("8. WAL per message")
+        self.say("10. WAL per message")
         try:
             lean.create_schema()  # pg_walinspect goes in it
         except Exception as exc:

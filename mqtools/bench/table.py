@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 from django.conf import settings
 
 from . import wal
+from .fifo import FIFO_CROWD, FIFO_GROUPS, FIFO_KEYS, FIFO_MAX
 from .measure import PREFETCH, Sizes, Stat, skipped
 from .rabbitmq import rabbit_version
 from .wal import PeerWal
@@ -173,6 +175,12 @@ def table_rows(stats: dict[str, dict[str, Stat]], sizes: Sizes, reasons: dict[st
             b.note = f"(empty-ish queue: {sm.median:,.0f}/s → {b.median / sm.median:.2f}x)"
     rows.append(Row("claim_big", f"6. receive 100 + ack 100 with {sizes.big:,} waiting", big_cells,
                     "≥ 0.8 x the empty-ish queue", verdict(r_big and r_big >= 0.8), {"vs_empty": r_big}))
+    for key, label in (("dashboard_counts", "queue_counts()"), ("dashboard_tick", "aggregator tick")):
+        d = mq(key)
+        c = cells(key)
+        if key in st:
+            rows.append(Row(key, f"7. dashboard: {label}, {sizes.dash_queues:,} queues, {sizes.big:,} stored", c,
+                            "< 50 ms DB time", verdict(d and d.median < 50), {"vs_50ms": d.median / 50 if d else None}))
     send, delivered, failures = mq("herd_send"), mq("herd_delivered"), mq("herd_failures")
     if "herd_send" in st:
         healthy = failures is not None and failures.median == 0
@@ -183,13 +191,24 @@ def table_rows(stats: dict[str, dict[str, Stat]], sizes: Sizes, reasons: dict[st
                         cells("herd_delivered"), "< 1,000 ms, all delivered",
                         verdict(delivered and max(delivered.values) < 1000, healthy),
                         {"vs_1000ms": max(delivered.values) / 1000 if delivered else None}))
-    for key, label in (("dashboard_counts", "queue_counts()"), ("dashboard_tick", "aggregator tick")):
-        d = mq(key)
-        c = cells(key)
-        if key in st:
-            rows.append(Row(key, f"7. dashboard: {label}, {sizes.dash_queues:,} queues, {sizes.big:,} stored", c,
-                            "< 50 ms DB time", verdict(d and d.median < 50), {"vs_50ms": d.median / 50 if d else None}))
+    rows += fifo_rows(mq)
     return rows
+
+
+def fifo_rows(mq: Callable[[str], Stat | None]) -> list[Row]:
+    """Row 9 (``fifo.fifo_receive``): a FIFO queue's receive with a crowd of
+    consumers registered; its targets weigh it against one consumer and
+    against a standard queue."""
+    one, crowd, standard = (mq(key) for key in FIFO_KEYS)
+    if crowd is None:
+        return []
+    by_crowd = crowd.median / one.median if one else None
+    by_standard = max(one.median, crowd.median) / standard.median if one and standard else None
+    met = "?" if by_crowd is None or by_standard is None else ("yes" if by_crowd <= 1.2 and by_standard <= 1.5 else "no")
+    cells = {"mqadmin": crowd} | {peer: Stat() for peer in PEERS[1:]}
+    return [Row("fifo", f"9. FIFO receive of {FIFO_MAX}, {FIFO_GROUPS:,} groups, {FIFO_CROWD} consumers", cells,
+                "≤ 1.2 x with 1 consumer, ≤ 1.5 x a standard queue", met,
+                {"vs_1_consumer": by_crowd, "vs_standard": by_standard})]
 
 
 # --------------------------------------------------------------------------- #

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..models import COUNTER_FIELDS, GONE, Consumer, Message, Queue, QueueStats, QueueStatsDelta
+import orjson
+
+from ..models import COUNTER_FIELDS, GONE, Consumer, ConsumerStatus, Message, Queue, QueueStats, QueueStatsDelta
 
 Statement = tuple[str, list[Any]]
 
@@ -22,6 +24,9 @@ QUEUE_TABLE = Queue._meta.db_table
 CONSUMER_TABLE = Consumer._meta.db_table
 # A condition on a consumer row: not gone (declared dead, or left).
 LIVE_CONSUMER = "status NOT IN (" + ", ".join(f"'{s}'" for s in GONE) + ")"
+# The same, as the statuses it allows: a list mq_consumer_health can look up,
+# where the gone consumers (never deleted) pile up.
+LIVE_STATUSES = "status IN (" + ", ".join(f"'{s}'" for s in ConsumerStatus if s not in GONE) + ")"
 # Start of every statement that writes counter deltas (rows follow).
 DELTA_INSERT_INTO = f"INSERT INTO {DELTA_TABLE} (queue_id, {', '.join(COUNTER_FIELDS)})"
 
@@ -34,6 +39,7 @@ NEW_MESSAGE_COLUMNS = (
     ("body", "text"),
     ("headers", "text"),
     ("group_key", "varchar"),
+    ("group_slot", "smallint"),
     ("dedup_id", "varchar"),
     ("delivery_count", "integer"),
     ("enqueued_at", "float8"),
@@ -45,6 +51,11 @@ NEW_MESSAGE_COLUMNS = (
     ("consumer_id", "varchar"),
 )
 
+# In a statement that moves messages into the queue its first parameter
+# names (the same id again): a message without a group gets the slot that
+# makes it everyone's in a FIFO queue (``hashing.UNGROUPED``), else keeps its own.
+SLOT_IN_NEW_QUEUE = f"group_slot = COALESCE(group_slot, (SELECT -1 FROM {QUEUE_TABLE} q WHERE q.id = %s AND q.fifo)), "
+
 # A claim's columns, in Delivery's order (the lease expiry is the caller's).
 CLAIMED = "id, body, headers, priority, group_key, delivery_count, enqueued_at, lease_token"
 # A leased row's columns for a release or a dead-letter (broker.receipts.Leased).
@@ -53,9 +64,12 @@ LEASED = "id, queue_id, delivery_count, consumer_id, origin_queue_id"
 # A ready message is claimable when it is not in a FIFO group, or when it is
 # its group's head: no other message of the group is in flight and none older
 # is still waiting. So a group has at most one message in flight, in order.
+# "g.group_key <> ''" says what the OR already implies, in words the planner
+# needs to probe mq_msg_group (partial: grouped rows only) instead of reading
+# the whole table for each candidate row.
 FIFO_HEAD = (
     f"(m.group_key = '' OR NOT EXISTS (SELECT 1 FROM {MESSAGE_TABLE} g WHERE g.queue_id = m.queue_id "
-    "AND g.group_key = m.group_key AND g.id <> m.id AND (g.state = 'in_flight' "
+    "AND g.group_key = m.group_key AND g.group_key <> '' AND g.id <> m.id AND (g.state = 'in_flight' "
     "OR (g.id < m.id AND g.state IN ('ready', 'delayed')))))"
 )
 
@@ -205,6 +219,24 @@ class Statements:
         )
         return sql, [*params, queue_id, *ids]
 
+    def slots_for_fifo(self, queue_id: int) -> Statement:
+        """A queue became FIFO: its messages without a group become everyone's."""
+        return f"UPDATE {MESSAGE_TABLE} SET group_slot = -1 WHERE queue_id = %s AND group_slot IS NULL", [queue_id]
+
+    def queue_consumers(self, queue_name: str) -> Statement:
+        """Rows: the ids of the consumers registered for this queue that are
+        not gone (dead or left), in order."""
+        sql = f"SELECT id FROM {CONSUMER_TABLE} WHERE {LIVE_STATUSES} AND {self.lists_queue('queues')} ORDER BY id"
+        return sql, [queue_name]
+
+    def lists_queue(self, column: str) -> str:
+        """A condition: the JSON list in ``column`` holds the parameter."""
+        return f"EXISTS (SELECT 1 FROM json_each({column}) WHERE value = %s)"
+
+    def in_slots(self, slots: Sequence[int]) -> Statement:
+        """A condition on a claim's row ``m``: its FIFO slot is one of these."""
+        return "m.group_slot IN (SELECT value FROM json_each(%s))", [orjson.dumps(list(slots)).decode()]
+
     def live_consumers(self, consumer_ids: Sequence[str]) -> Statement:
         """Rows: the ids, among these, of consumers not gone (dead or left)."""
         sql = f"SELECT id FROM {CONSUMER_TABLE} WHERE id IN ({placeholders(len(consumer_ids))}) AND {LIVE_CONSUMER}"
@@ -229,23 +261,29 @@ class Statements:
     # -- claim -----------------------------------------------------------------
 
     def claim(
-        self, queue: Queue, *, max_messages: int, expires: float, consumer_id: str | None, owned: Statement | None
+        self, queue: Queue, *, max_messages: int, expires: float, consumer_id: str | None, slots: Sequence[int] | None
     ) -> Statement:
         """Lease up to ``max_messages`` ready messages of the queue (highest
-        priority first, then oldest; on a FIFO queue only group heads, and of
-        ``owned``'s groups); rows: CLAIMED.
+        priority first, then oldest; on a FIFO queue only group heads, and
+        only of these ``slots`` when given); rows: CLAIMED.
 
         SKIP LOCKED closes the race of two receivers claiming one row: each
         takes rows nobody else holds, without waiting for other claimers."""
         head = f" AND {FIFO_HEAD}" if queue.fifo else ""
-        owned_sql, owned_params = owned or ("", [])
+        owned, owned_params = ("", []) if slots is None else self.in_slots(slots)
         alive, alive_params = self.consumer_alive(consumer_id)
-        claim = (
-            f"{self.lease_set()}WHERE id IN (SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready'"
-            f"{head}{owned_sql}{' AND ' + alive if alive else ''} ORDER BY m.priority DESC, m.id LIMIT %s{self.skip_locked})"
-            f" RETURNING {CLAIMED}"
+        picked = (
+            f"SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready'{head}"
+            f"{' AND ' + owned if owned else ''}{' AND ' + alive if alive else ''} "
+            f"ORDER BY m.priority DESC, m.id LIMIT %s{self.skip_locked}"
         )
+        claim = f"{self.lease_set()}WHERE {self.picked(picked)} RETURNING {CLAIMED}"
         return claim, [expires, consumer_id, queue.id, *owned_params, *alive_params, max_messages]
+
+    def picked(self, select: str) -> str:
+        """A condition: the row's id is one of those ``select`` picks (and
+        locks), taken as they are picked."""
+        return f"id IN ({select})"
 
     def lease_set(self) -> str:
         """The start of a claim: the UPDATE that leases its rows (parameters:
@@ -325,12 +363,12 @@ class Statements:
         the first queue they died in, so a redrive from a chain of
         dead-letter queues sends them home."""
         sql = (
-            f"UPDATE {MESSAGE_TABLE} SET queue_id = %s, state = 'ready', origin_queue_id = "
+            f"UPDATE {MESSAGE_TABLE} SET queue_id = %s, {SLOT_IN_NEW_QUEUE}state = 'ready', origin_queue_id = "
             f"COALESCE(origin_queue_id, %s), delivery_count = 0, lease_token = NULL, "
             f"lease_expires_at = NULL, consumer_id = NULL, visible_at = %s, dead_at = %s, last_error = %s "
             f"WHERE id IN ({placeholders(len(ids))})"
         )
-        return sql, [dlq_id, origin_id, now, now, reason[:2000], *ids]
+        return sql, [dlq_id, dlq_id, origin_id, now, now, reason[:2000], *ids]
 
     def dead_in_place(self, ids: Sequence[int], *, now: float, reason: str) -> Statement:
         sql = (
@@ -388,23 +426,23 @@ class Statements:
         redrive; a requeue keeps it)."""
         count = "delivery_count = 0, " if fresh else ""
         sql = (
-            f"UPDATE {MESSAGE_TABLE} SET queue_id = %s, state = 'ready', origin_queue_id = NULL, "
+            f"UPDATE {MESSAGE_TABLE} SET queue_id = %s, {SLOT_IN_NEW_QUEUE}state = 'ready', origin_queue_id = NULL, "
             f"{count}visible_at = %s, lease_token = NULL, lease_expires_at = NULL, consumer_id = NULL, "
             f"dead_at = NULL WHERE id IN ({placeholders(len(ids))})"
         )
-        return sql, [queue_id, now, *ids]
+        return sql, [queue_id, queue_id, now, *ids]
 
     def move_into(self, ids: Sequence[int], *, queue_id: int, now: float) -> Statement:
         """Messages into another queue: ready now there (delayed ones keep
         their delay), leases fenced, no longer counted as dead-lettered."""
         sql = (
-            f"UPDATE {MESSAGE_TABLE} SET queue_id = %s, "
+            f"UPDATE {MESSAGE_TABLE} SET queue_id = %s, {SLOT_IN_NEW_QUEUE}"
             f"state = CASE WHEN state = 'delayed' THEN 'delayed' ELSE 'ready' END, "
             f"visible_at = CASE WHEN state = 'delayed' THEN visible_at ELSE %s END, "
             f"origin_queue_id = NULL, lease_token = NULL, lease_expires_at = NULL, consumer_id = NULL, "
             f"dead_at = NULL WHERE id IN ({placeholders(len(ids))})"
         )
-        return sql, [queue_id, now, *ids]
+        return sql, [queue_id, queue_id, now, *ids]
 
     # -- maintenance -----------------------------------------------------------
 

@@ -20,6 +20,7 @@ from .common import (
     ACKS_FIRST,
     CLAIMED,
     DELTA_INSERT_INTO,
+    FIFO_HEAD,
     MESSAGE_TABLE,
     NEW_MESSAGE_COLUMNS,
     NOT_ACKED,
@@ -92,6 +93,11 @@ def counted(statement: str, counters: dict[str, str]) -> str:
     return f"main AS ({statement}), d AS ({delta_from('main', counters)} HAVING count(*) > 0)"
 
 
+# A FIFO claim owning up to this many slots probes each (``claim_in_slots``);
+# one owning more (a consumer among fewer than about 17, of 4,096 slots)
+# filters the queue's ready rows on their slot.
+FEW_SLOTS = 256
+
 DEAD_LETTER_LOCK_KEY = 0x6D71_646C  # "mqdl": the advisory lock of dead-letter queue changes
 
 
@@ -135,15 +141,29 @@ class PostgreSQL(Statements):
         # One output row: the ids, and the NOTIFY called once.
         return f"WITH {ctes} SELECT array_agg(id){notify_sql} FROM ins", params
 
+    def picked(self, select: str) -> str:
+        # An array, computed once: as "id IN (subquery)" PostgreSQL may run
+        # the subquery again for a semi-join, each run picking (and locking)
+        # rows of its own, so that a claim leased more than its LIMIT.
+        return f"id = ANY(ARRAY({select}))"
+
+    def lists_queue(self, column: str) -> str:
+        return f"{column} @> jsonb_build_array(%s::text)"
+
+    def in_slots(self, slots: Sequence[int]) -> Statement:
+        return "m.group_slot = ANY(%s::smallint[])", [list(slots)]
+
     def claim(
-        self, queue: Queue, *, max_messages: int, expires: float, consumer_id: str | None, owned: Statement | None, skip_acked: bool = False
+        self, queue: Queue, *, max_messages: int, expires: float, consumer_id: str | None, slots: Sequence[int] | None, skip_acked: bool = False
     ) -> Statement:
         """For a queue that is not FIFO: mq_ready_head (migration 0006) makes
         the same selection, planned so it always walks the claim index,
         whatever the statistics say. With ``skip_acked`` it leaves alone the
         messages that the statement's ``acked`` part deletes (``receive``)."""
         if queue.fifo:
-            return super().claim(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, owned=owned)
+            if slots is not None and len(slots) <= FEW_SLOTS:
+                return self.claim_in_slots(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, slots=slots)
+            return super().claim(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, slots=slots)
         alive, alive_params = self.consumer_alive(consumer_id)
         conditions = [c for c in (alive, ACKS_FIRST if skip_acked else "") if c]
         gate = f" WHERE {' AND '.join(conditions)}" if conditions else ""
@@ -151,19 +171,56 @@ class PostgreSQL(Statements):
         claim = f"{self.lease_set()}WHERE id = ANY(ARRAY(SELECT mq_ready_head(%s, %s){gate})){skip} RETURNING {CLAIMED}"
         return claim, [expires, consumer_id, queue.id, max_messages, *alive_params]
 
+    def claim_in_slots(self, queue: Queue, *, max_messages: int, expires: float, consumer_id: str | None, slots: Sequence[int]) -> Statement:
+        """A FIFO claim of a consumer that owns few slots: each slot's ready
+        group heads through mq_msg_slot, in delivery order, the best of them
+        claimed. Filtering the queue's ready rows on their slot instead reads
+        every row ahead of the consumer's own, and those of other consumers
+        that do not keep up pile up ahead."""
+        alive, alive_params = self.consumer_alive(consumer_id)
+        heads = (
+            f"SELECT h.id FROM unnest(%s::smallint[]) AS s(slot) CROSS JOIN LATERAL ("
+            f"SELECT m.id, m.priority FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.group_slot = s.slot "
+            f"AND m.state = 'ready' AND {FIFO_HEAD} ORDER BY m.priority DESC, m.id LIMIT %s) h "
+            f"ORDER BY h.priority DESC, h.id LIMIT %s"
+        )
+        picked = (
+            f"SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.id IN ({heads})"
+            f"{' AND ' + alive if alive else ''} ORDER BY m.priority DESC, m.id LIMIT %s{self.skip_locked}"
+        )
+        claim = f"{self.lease_set()}WHERE {self.picked(picked)} RETURNING {CLAIMED}"
+        # Each slot's walk stops at twice its share: past a group's head it
+        # reads the rest of that group's ready rows, each failing the head
+        # test. A receive whose heads crowd into few slots gets fewer than
+        # it asked for, and the rest at its next.
+        per_slot = min(max_messages, -(-2 * max_messages // len(slots)))
+        params = [expires, consumer_id, list(slots), queue.id, per_slot, max_messages, *alive_params, max_messages]
+        return claim, params
+
     def receive(
-        self, queue: Queue, *, now: float, expires: float, max_messages: int, consumer_id: str | None, acks: Sequence[tuple[int, str]] | None
+        self,
+        queue: Queue,
+        *,
+        now: float,
+        expires: float,
+        max_messages: int,
+        consumer_id: str | None,
+        acks: Sequence[tuple[int, str]] | None,
+        slots: Sequence[int] | None = None,
     ) -> Statement:
-        """A receive of a queue that is not FIFO, as one statement: the queue's
-        due delayed messages become ready, and ready ones are claimed, each
-        with its counter delta. With ``acks`` ((id, lease token) pairs) the
+        """A receive as one statement: the queue's due delayed messages become
+        ready, and ready ones are claimed (on a FIFO queue, of ``slots`` when
+        given, and never with ``acks``), each with its counter delta. With
+        ``acks`` ((id, lease token) pairs) the
         statement first acks them, as ``ack`` does; the promotion and the
         claim wait for the acks to be done (ACKS_FIRST), so a round of a
         consumer costs one commit, not two. Rows: see ``split_receive``.
         Delayed messages that came due are not among the claimed: one
         statement sees one snapshot, where they were still delayed."""
+        if queue.fifo and acks is not None:
+            raise ValueError("a FIFO claim must see the acks before it: they cannot share its statement")
         claim, params = self.claim(
-            queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, owned=None, skip_acked=acks is not None
+            queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, slots=slots, skip_acked=acks is not None
         )
         ack_part, ack_params = "", list[Any]()
         if acks is not None:
@@ -196,10 +253,12 @@ class PostgreSQL(Statements):
                 claimed.append(r[:-1])
         return ReceiveRows(claimed, promoted, acked)
 
-    def reclaim(self, queue: Queue, *, max_messages: int, expires: float, consumer_id: str | None) -> Statement:
+    def reclaim(
+        self, queue: Queue, *, max_messages: int, expires: float, consumer_id: str | None, slots: Sequence[int] | None = None
+    ) -> Statement:
         """The second claim of a receive whose statement promoted due delayed
         messages (its snapshot did not see them ready), with its delta."""
-        claim, params = self.claim(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, owned=None)
+        claim, params = self.claim(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, slots=slots)
         return f"WITH {counted(claim, CLAIM_COUNTERS)} SELECT * FROM main", [*params, queue.id]
 
     def receipt_rows(self, queue_id: int, pairs: Sequence[tuple[int, str]], states: str, columns: str = "id") -> Statement:

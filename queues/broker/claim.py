@@ -21,7 +21,7 @@ from django.db import connection, transaction
 
 from .. import notify
 from ..backends import PostgreSQL, Statement, dialect, prepared_cursor
-from ..hashing import owned_clause
+from ..hashing import live_consumers, owned_slots
 from ..models import Queue, epoch_to_iso
 from ..states import MessageState as S
 from .counters import Tally
@@ -162,12 +162,18 @@ def _claim(
     if queue.paused:
         return Received([], None)
     now = time.time() if now is None else now
-    if one_statement(queue):
+    sql = dialect()
+    # Consistent hashing: a live consumer claims only the groups whose slots
+    # it owns, so a group sticks to one consumer while that consumer lives.
+    slots = owned_slots(consumer_id, live_consumers(queue.name)) if queue.fifo and consumer_id else None
+    if sql.postgres and (acks is None or one_statement(queue)):
+        # A FIFO claim too is one statement on PostgreSQL, when no acks ride
+        # on it (``ack_and_receive`` says why those go first, apart).
         with prepared_cursor() as cur:
             def wake(ready: dict[int, int]) -> None:
                 transaction.on_commit(functools.partial(notify.wake, ready))
 
-            steps = _one_statement_steps(queue, max_messages, visibility_timeout, consumer_id, now, acks, wake)
+            steps = _one_statement_steps(queue, max_messages, visibility_timeout, consumer_id, now, acks, wake, slots)
             statement = next(steps)
             while True:
                 cur.execute(*statement)
@@ -175,22 +181,20 @@ def _claim(
                     statement = steps.send(cur.fetchall())
                 except StopIteration as done:
                     received: Received = done.value
+                    if queue.fifo:
+                        _one_per_group(received.deliveries)
                     return received
     if acks is not None:
         raise ValueError("acks ride on a claim only where it is one statement")
     expires = now + (queue.visibility_timeout if visibility_timeout is None else visibility_timeout)
-    sql = dialect()
-    # Consistent hashing: a live consumer claims only the groups it owns,
-    # so a group sticks to one consumer while that consumer lives.
-    owned = owned_clause(queue.name, consumer_id) if queue.fifo and consumer_id else None
     with transaction.atomic():
         tally = Tally()
         promote_due_in(tally, now, queue_id=queue.id)
         with connection.cursor() as cur:
-            cur.execute(*sql.claim(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, owned=owned))
+            cur.execute(*sql.claim(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, slots=slots))
             rows = cur.fetchall()
-        if queue.fifo and len(rows) > 1:
-            rows = _one_per_group(rows)
+        if queue.fifo:
+            _one_per_group(rows)
         if rows:
             tally.move(queue.id, S.READY, S.IN_FLIGHT, len(rows))
             tally.add(queue.id, "received_total", len(rows))
@@ -206,6 +210,7 @@ def _one_statement_steps(
     now: float,
     acks: list[tuple[int, str, str]] | None,
     wake: Callable[[dict[int, int]], Any],
+    slots: list[int] | None = None,
 ) -> Generator[Statement, list[tuple[Any, ...]], Received]:
     """The statements of a one-statement receive, whoever runs them (the
     request's thread or the event loop): each is yielded, and its rows sent
@@ -218,12 +223,12 @@ def _one_statement_steps(
     expires = now + (queue.visibility_timeout if visibility_timeout is None else visibility_timeout)
     pairs = sorted({(mid, token) for mid, token, _ in acks}) if acks is not None else None
     rows, promoted, found = sql.split_receive(
-        (yield sql.receive(queue, now=now, expires=expires, max_messages=max_messages, consumer_id=consumer_id, acks=pairs))
+        (yield sql.receive(queue, now=now, expires=expires, max_messages=max_messages, consumer_id=consumer_id, acks=pairs, slots=slots))
     )
     if promoted:
         reclaimed = []
         if len(rows) < max_messages:
-            reclaimed = yield sql.reclaim(queue, max_messages=max_messages - len(rows), expires=expires, consumer_id=consumer_id)
+            reclaimed = yield sql.reclaim(queue, max_messages=max_messages - len(rows), expires=expires, consumer_id=consumer_id, slots=slots)
             rows += reclaimed
         # Those it did not take itself are others' to claim: as many
         # receives as that are woken, not all of them.
@@ -240,18 +245,15 @@ def to_deliveries(rows: Sequence[Sequence[Any]], expires: float) -> list[Deliver
     return deliveries
 
 
-def _one_per_group(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    # The head test runs against the statement's snapshot, where every member
-    # of a group is still ready, so the group's head is the only candidate;
-    # this is a belt to those braces.
-    seen: set[str] = set()
-    out = []
-    for r in sorted(rows, key=lambda r: r[0]):
-        if r[4] and r[4] in seen:
-            raise AssertionError("FIFO claim returned two messages of one group")
-        seen.add(r[4])
-        out.append(r)
-    return out
+def _one_per_group(rows: Sequence[Sequence[Any]]) -> None:
+    """Raise if a FIFO claim's rows (or deliveries: the group is the fifth
+    column of both) hold two messages of one group. The head test runs
+    against the statement's snapshot, where every member of a group is
+    still ready, so the group's head is the only candidate; this is a belt
+    to those braces."""
+    groups = [r[4] for r in rows if r[4]]
+    if len(groups) != len(set(groups)):
+        raise AssertionError("FIFO claim returned two messages of one group")
 
 
 def promote_due_in(tally: Tally, now: float, *, queue_id: int | None = None) -> int:

@@ -17,6 +17,7 @@ from django.db import IntegrityError, connection, transaction
 from .. import notify
 from ..backends import PostgreSQL, dialect, prepared_cursor
 from ..exceptions import MessageTooLarge, QueueFull, QueueNotFound
+from ..hashing import UNGROUPED, slot_of
 from ..models import Queue, QueueCounts
 from ..states import MessageState as S
 from .claim import Delivery
@@ -55,6 +56,7 @@ class NewRow(NamedTuple):
     body: str
     headers: str
     group_key: str
+    group_slot: int | None
     dedup_id: str | None
     delivery_count: int
     enqueued_at: float
@@ -73,7 +75,9 @@ def new_row(queue: Queue, m: NewMessage, now: float) -> NewRow:
     delay = queue.delay if m.delay is None else m.delay
     headers = orjson.dumps(m.headers).decode() if m.headers else "{}"
     state = _DELAYED if delay > 0 else _READY
-    return NewRow(queue.id, state, m.priority, m.body.decode(), headers, m.group or "", m.dedup_id, 0, now, now + delay, "")
+    group = m.group or ""
+    slot = slot_of(group) if group else (UNGROUPED if queue.fifo else None)
+    return NewRow(queue.id, state, m.priority, m.body.decode(), headers, group, slot, m.dedup_id, 0, now, now + delay, "")
 
 
 def sent_tally(queue: Queue, rows: Sequence[NewRow]) -> Tally:

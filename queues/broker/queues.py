@@ -130,6 +130,10 @@ def put_queue(
             field, messages = next(iter(exc.message_dict.items()))
             raise InvalidValue(f"{field}: {messages[0]}") from None
         queue.save()
+        if values.get("fifo") and not created:
+            # Messages sent while it was a standard queue have no slot.
+            with connection.cursor() as cur:
+                cur.execute(*dialect().slots_for_fifo(queue.id))
         if created:
             QueueStats.objects.create(queue=queue)
         elif values:

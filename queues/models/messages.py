@@ -78,6 +78,11 @@ class Message(models.Model):
     body = models.TextField()
     headers = models.TextField(default="{}")
     group_key = models.CharField(max_length=128, default="", blank=True)
+    # The FIFO group's slot (``hashing.slot_of``), fixed at send: ownership
+    # of groups among consumers is decided per slot. Without a group, -1 in a
+    # FIFO queue (everyone's) and NULL in a standard one, which keeps those
+    # messages out of mq_msg_slot: a standard queue pays nothing for it.
+    group_slot = models.SmallIntegerField(null=True, blank=True)
     dedup_id = models.CharField(max_length=128, null=True, blank=True)
     delivery_count = models.PositiveIntegerField(default=0)
     enqueued_at = models.FloatField()
@@ -127,6 +132,13 @@ class Message(models.Model):
             # FIFO group heads.
             models.Index(
                 fields=["queue", "group_key", "id"], condition=~Q(group_key=""), name="mq_msg_group"
+            ),
+            # A FIFO claim among many consumers: the ready rows of each slot
+            # it owns, in delivery order (``hashing``).
+            models.Index(
+                fields=["queue", "group_slot", "-priority", "id"],
+                condition=Q(state="ready", group_slot__isnull=False),
+                name="mq_msg_slot",
             ),
             # Redrive: messages dead-lettered out of a queue.
             models.Index(

@@ -21,8 +21,8 @@ from mqtools.bench.table import table_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-SCENARIOS = ["produce_batch", "produce_single", "drain_1", "drain_4", "round_trip", "windowed", "latency", "claim_big", "herd_send", "herd_delivered",
-             "dashboard_counts", "dashboard_tick"]
+SCENARIOS = ["produce_batch", "produce_single", "drain_1", "drain_4", "round_trip", "windowed", "latency", "claim_big",
+             "dashboard_counts", "dashboard_tick", "herd_send", "herd_delivered", "fifo"]
 
 
 @pytest.mark.skipif(connection.vendor != "sqlite", reason="the refusal is about SQLite")
@@ -97,6 +97,9 @@ def test_bench_runs_every_scenario_and_writes_one_table(tmp_path, monkeypatch) -
     # What PostgreSQL alone spends on a message, beside the raw drain.
     costs = re.search(r"claim (\d+) µs \+ ack (\d+) µs a message", by_key["drain_1"]["cells"]["raw"]["note"])
     assert costs and int(costs[1]) > 0 and int(costs[2]) > 0, by_key["drain_1"]["cells"]["raw"]["note"]
+    # The FIFO row weighs the crowd against one consumer and a standard queue.
+    assert all(v > 0 for v in by_key["fifo"]["ratios"].values()), by_key["fifo"]["ratios"]
+    assert "with 1:" in by_key["fifo"]["cells"]["mqadmin"]["note"]
     # The dashboard's thousand queues are not left behind.
     from queues.models import Queue
 

@@ -1,17 +1,23 @@
-"""Consistent (rendezvous) hashing of FIFO groups over a queue's live
-consumers: each group has one owner while it lives; when a consumer dies only
-its groups move."""
+"""Consistent (rendezvous) hashing of FIFO groups, by slot, over a queue's
+live consumers: each group has one owner while it lives; when a consumer
+dies only its groups move."""
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
+from django.conf import settings
 from django.db import connection
 
 from queues import broker, events, hashing, health
-from queues.models import Consumer
+from queues.models import Consumer, Message
 
 GROUPS = [f"customer-{i}" for i in range(30)]
 
@@ -24,19 +30,10 @@ def _forget_events():
     events.drain()
 
 
-def test_sql_weight_is_the_python_weight(db):
-    cases = [("a1b2", "g"), ("0f" * 16, "customer-17"), ("x_y-z", "naïve ☕ group"), ("c", "")]
-    for consumer_id, group in cases:
-        with connection.cursor() as cur:
-            cur.execute(f"SELECT {hashing._weight_sql('%s')}", [hashing._key(consumer_id), group])
-            (value,) = cur.fetchone()
-        assert value == hashing.weight(consumer_id, group)
-
-
 def test_removing_a_consumer_moves_only_its_groups():
     three = ["a", "b", "c"]
-    before = {g: hashing.owner(g, three) for g in GROUPS}
-    after = {g: hashing.owner(g, ["a", "b"]) for g in GROUPS}
+    before = {g: hashing.group_owner(g, three) for g in GROUPS}
+    after = {g: hashing.group_owner(g, ["a", "b"]) for g in GROUPS}
     assert set(before.values()) == {"a", "b", "c"}  # spread over all three
     for g in GROUPS:
         if before[g] != "c":
@@ -46,8 +43,8 @@ def test_removing_a_consumer_moves_only_its_groups():
 
 
 def test_adding_a_consumer_moves_only_the_groups_it_now_wins():
-    before = {g: hashing.owner(g, ["a", "b"]) for g in GROUPS}
-    after = {g: hashing.owner(g, ["a", "b", "d"]) for g in GROUPS}
+    before = {g: hashing.group_owner(g, ["a", "b"]) for g in GROUPS}
+    after = {g: hashing.group_owner(g, ["a", "b", "d"]) for g in GROUPS}
     moved = {g for g in GROUPS if after[g] != before[g]}
     assert moved and all(after[g] == "d" for g in moved)
 
@@ -144,8 +141,8 @@ def test_three_consumers_thirty_groups_one_dies_only_its_groups_move(tapi):
     assert not errors, errors
     assert not violations, violations[:5]
 
-    owner3 = {g: hashing.owner(g, [a, b, c]) for g in GROUPS}
-    owner2 = {g: hashing.owner(g, [a, b]) for g in GROUPS}
+    owner3 = {g: hashing.group_owner(g, [a, b, c]) for g in GROUPS}
+    owner2 = {g: hashing.group_owner(g, [a, b]) for g in GROUPS}
     for ph, group, cid, _mid in deliveries:
         assert cid == (owner3 if ph == 1 else owner2)[group], (ph, group, cid)
     # Only c's groups changed hands; everyone else's stayed where they were.
@@ -163,3 +160,139 @@ def test_three_consumers_thirty_groups_one_dies_only_its_groups_move(tapi):
     for g in GROUPS:
         ids = [mid for _ph, grp, _cid, mid in deliveries if grp == g]
         assert ids == sorted(ids)
+
+
+# ------------------------------------------------------------------ slots --
+
+CROWD = [f"consumer-{i:03d}" for i in range(200)]
+
+
+def test_slots_spread_over_every_consumer_of_a_crowd():
+    owners = hashing.Assignment.compute(frozenset(CROWD)).owners
+    per_consumer = {c: owners.count(c) for c in CROWD}
+    assert min(per_consumer.values()) > 0
+    assert max(per_consumer.values()) < 3 * hashing.SLOTS / len(CROWD)
+
+
+def test_a_consumers_death_moves_only_its_own_slots_each_to_its_runner_up():
+    before = hashing.Assignment.compute(frozenset(CROWD))
+    dead = CROWD[17]
+    after = hashing.Assignment.compute(frozenset(CROWD) - {dead})
+    moved = [s for s in range(hashing.SLOTS) if before.owners[s] != after.owners[s]]
+    assert moved == before.slots(dead)
+    for s in moved:
+        runner_up = sorted((c for c in CROWD if c != dead), key=lambda c: -hashing.weight(c, s))[0]
+        assert after.owners[s] == runner_up
+
+
+def test_a_join_takes_only_the_slots_it_now_wins():
+    before = hashing.Assignment.compute(frozenset(CROWD))
+    after = hashing.Assignment.compute(frozenset(CROWD) | {"newcomer"})
+    moved = {s for s in range(hashing.SLOTS) if before.owners[s] != after.owners[s]}
+    assert moved == set(after.slots("newcomer"))
+    assert 0 < len(moved) < 3 * hashing.SLOTS / len(CROWD)
+
+
+def test_an_assignment_derived_from_another_is_the_one_computed_from_scratch():
+    crowd = frozenset(CROWD)
+    base = hashing.Assignment.compute(crowd)
+    for changed in (crowd - {CROWD[3]}, crowd | {"x", "y"}, (crowd - {CROWD[5], CROWD[150]}) | {"z"}, frozenset({"only"}), frozenset()):
+        assert base.derive(changed).owners == hashing.Assignment.compute(changed).owners
+
+
+def test_two_processes_compute_the_same_owners():
+    script = (
+        "import json, sys; from queues import hashing; "
+        "ids = json.loads(sys.stdin.read()); print(json.dumps(hashing.Assignment.compute(frozenset(ids)).owners))"
+    )
+    env = dict(os.environ, PYTHONHASHSEED="random")
+    other = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {script}"],
+        input=json.dumps(CROWD[:50]), capture_output=True, text=True, check=True, env=env, cwd=settings.BASE_DIR,
+    )
+    assert json.loads(other.stdout) == hashing.Assignment.compute(frozenset(CROWD[:50])).owners
+
+
+def test_a_groups_slot_is_fixed_at_send(api):
+    api.make_queue("orders", fifo=True)
+    api.send("orders", "x", group="customer-7")
+    api.send("orders", "y")
+    slots = dict(Message.objects.values_list("group_key", "group_slot"))
+    assert slots == {"customer-7": hashing.slot_of("customer-7"), "": hashing.UNGROUPED}
+    api.make_queue("plain")
+    api.send("plain", "z")
+    assert Message.objects.get(queue__name="plain").group_slot is None
+
+
+def test_the_migration_gives_stored_messages_the_slots_a_send_gives(api):
+    api.make_queue("orders", fifo=True)
+    api.make_queue("plain")
+    groups = ["customer-17", "naïve ☕ group", "x" * 128, "0"]
+    for g in groups:
+        api.send("orders", g, group=g)
+    api.send("orders", "no group")
+    api.send("plain", "no group either")
+    Message.objects.update(group_slot=None)
+    migration = importlib.import_module("queues.migrations.0011_message_group_slot")
+    migration.backfill(connection)
+    stored = {(q, g): s for q, g, s in Message.objects.values_list("queue__name", "group_key", "group_slot")}
+    assert stored == {
+        **{("orders", g): hashing.slot_of(g) for g in groups},
+        ("orders", ""): hashing.UNGROUPED,
+        ("plain", ""): None,
+    }
+
+
+def test_a_queue_made_fifo_makes_its_ungrouped_messages_everyones(api):
+    api.make_queue("jobs")
+    api.make_queue("dlq", fifo=True)
+    api.send("jobs", "sent before")
+    api.make_queue("jobs", fifo=True)
+    assert Message.objects.get().group_slot == hashing.UNGROUPED
+    # A message moved into a FIFO queue (dead-lettered, here) too.
+    api.make_queue("other", dead_letter_queue="dlq", max_deliveries=1)
+    api.send("other", "doomed")
+    broker.nack(broker.get_queue("other"), [api.receive("other")[0]["receipt"]])
+    assert Message.objects.get(body='"doomed"').group_slot == hashing.UNGROUPED
+
+
+@pytest.mark.parametrize("crowd", [3, 40], ids=["many-slots-each", "few-slots-each"])
+def test_each_consumer_of_a_crowd_receives_only_its_groups_and_everyones_ungrouped(api, crowd):
+    # 40 consumers own ~100 slots each: on PostgreSQL the claim probes each
+    # slot; 3 own ~1,400: it filters the queue's rows.
+    api.make_queue("orders", fifo=True, visibility_timeout=3600)
+    ids = sorted(broker.register_consumer(f"w{i}", ["orders"], {}, 60).pk for i in range(crowd))
+    groups = [f"customer-{i}" for i in range(120)]
+    api.post("queues/orders/messages", {"messages": [{"body": g, "group": g} for g in groups]})
+    api.send("orders", "anyone's", "anyone's too")
+    queue = broker.get_queue("orders")
+    got: dict[str, list[str]] = {}
+    for cid in ids:
+        got[cid] = [d.group for d in broker.receive(queue, max_messages=100, consumer_id=cid)]
+    for cid in ids:
+        mine = sorted(g for g in groups if hashing.group_owner(g, ids) == cid)
+        assert sorted(g for g in got[cid] if g) == mine
+    # The ungrouped went to whoever asked first.
+    assert got[ids[0]].count("") == 2
+
+
+def test_order_within_a_group_survives_its_slot_changing_hands(api):
+    api.make_queue("orders", fifo=True, visibility_timeout=3600)
+    queue = broker.get_queue("orders")
+    first = broker.register_consumer("first", ["orders"], {}, 60).pk
+    # A group the newcomer will win from the first consumer.
+    newcomer_id = next(f"n{i}" for i in range(1000) if hashing.group_owner("g", [first, f"n{i}"]) == f"n{i}")
+    api.post("queues/orders/messages", {"messages": [{"body": i, "group": "g"} for i in range(3)]})
+    held = broker.receive(queue, max_messages=10, consumer_id=first)
+    assert [d.body for d in held] == ["0"]
+    Consumer.objects.create(id=newcomer_id, name="newcomer", queues=["orders"])
+    # The group is the newcomer's now, but its head is still in flight at
+    # the first consumer: nothing for either until that one is acked.
+    assert broker.receive(queue, max_messages=10, consumer_id=newcomer_id) == []
+    assert broker.receive(queue, max_messages=10, consumer_id=first) == []
+    broker.ack(queue, [held[0].receipt])
+    assert broker.receive(queue, max_messages=10, consumer_id=first) == []
+    after = broker.receive(queue, max_messages=10, consumer_id=newcomer_id)
+    assert [d.body for d in after] == ["1"]
+    broker.ack(queue, [after[0].receipt])
+    assert [d.body for d in broker.receive(queue, max_messages=10, consumer_id=newcomer_id)] == ["2"]

@@ -123,7 +123,7 @@ def test_on_postgresql_the_claim_walks_the_claim_index_even_on_stale_statistics(
     with connection.cursor() as cur:
         cur.execute("ANALYZE queues_message")
     send(q, *range(3000))
-    claim, _ = dialect().claim(q, max_messages=10, expires=T0 + 30, consumer_id=None, owned=None)
+    claim, _ = dialect().claim(q, max_messages=10, expires=T0 + 30, consumer_id=None, slots=None)
     assert "mq_ready_head(" in claim
     with connection.cursor() as cur:
         cur.execute("SELECT proconfig FROM pg_proc WHERE proname = 'mq_ready_head'")
@@ -140,3 +140,40 @@ def test_on_postgresql_the_claim_walks_the_claim_index_even_on_stale_statistics(
     assert "mq_msg_claim" in plan and "Sort" not in plan, plan
     got = receive(q, 10)
     assert [d.id for d in got] == sorted(d.id for d in got) and len(got) == 10
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the one-statement forms are PostgreSQL's")
+def test_on_postgresql_a_fifo_receive_is_one_statement_beside_its_consumers_lookup(db):
+    from django.test.utils import CaptureQueriesContext
+
+    q = make_queue("f", fifo=True)
+    me = broker.register_consumer("me", ["f"], {}, 60).pk
+    broker.register_consumer("other", ["f"], {}, 60)
+    send(q, "ungrouped")
+    for i in range(3):
+        for g in range(40):
+            send(q, f"g{g}-{i}", group=f"g{g}")
+    with CaptureQueriesContext(connection) as received:
+        got = receive(q, 10, consumer_id=me)
+    assert len(got) == 10
+    sql = [x["sql"] for x in received.captured_queries]
+    assert len(sql) == 2 and "queues_consumer" in sql[0] and sql[1].startswith("WITH"), sql
+    assert_counts_exact(q)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="plans are PostgreSQL's")
+@pytest.mark.parametrize("slots", [None, list(range(-1, 20)), list(range(-1, 2000))], ids=["all", "few", "many"])
+def test_on_postgresql_the_fifo_head_test_probes_the_group_not_the_table(db, slots):
+    # Were the planner unable to use mq_msg_group (partial: grouped rows
+    # only), each candidate row would read the whole message table.
+    q = make_queue("f", fifo=True)
+    for g in range(20):
+        send(q, "x", "y", group=f"g{g}")
+    claim, params = dialect().claim(q, max_messages=10, expires=T0 + 30, consumer_id=None, slots=slots)
+    with connection.cursor() as cur:
+        cur.execute("SET LOCAL enable_seqscan = off")
+        cur.execute(f"EXPLAIN {claim}", params)
+        plan = "\n".join(r[0] for r in cur.fetchall())
+    assert "Seq Scan on queues_message" not in plan and "mq_msg_group" in plan, plan
+    if slots is not None and len(slots) < 100:
+        assert "mq_msg_slot" in plan, plan
