@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -156,14 +157,22 @@ LONG_CONSUMER = "c" + "_very_long_consumer_name" * 3 + "_" + "y" * 6  # 80 chara
 def inside(cell: Any, ancestor: str) -> None:
     """The cell is drawn whole inside its ancestor (a scroll container, a
     cell) and the viewport: not cut off, not behind a sideways scroll.
-    Measured in one go: the consumer rows are redrawn every second."""
-    box = cell.evaluate(
-        """(e, sel) => {
-            const r = e.getBoundingClientRect(), o = e.closest(sel).getBoundingClientRect();
-            return {left: r.left, right: r.right, outerLeft: o.left, outerRight: o.right, viewport: innerWidth};
-        }""",
-        ancestor,
-    )
+    Measured in one go: the consumer rows are redrawn every second, and a
+    cell found just before a redraw is measured detached (then again)."""
+    for _ in range(20):
+        box = cell.evaluate(
+            """(e, sel) => {
+                const outer = e.isConnected ? e.closest(sel) : null;
+                if (!outer) return null;
+                const r = e.getBoundingClientRect(), o = outer.getBoundingClientRect();
+                return {left: r.left, right: r.right, outerLeft: o.left, outerRight: o.right, viewport: innerWidth};
+            }""",
+            ancestor,
+        )
+        if box is not None:
+            break
+        time.sleep(0.05)
+    assert box is not None, f"{cell} never found inside {ancestor}"
     assert box["outerLeft"] - 1 <= box["left"] and box["right"] <= min(box["outerRight"], box["viewport"]) + 1, (cell, box)
 
 

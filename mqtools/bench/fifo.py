@@ -1,4 +1,4 @@
-"""Row 8 of ``mq bench``: a FIFO queue's receive with one registered consumer
+"""Row 9 of ``mq bench``: a FIFO queue's receive with one registered consumer
 and with a crowd of them, beside a standard queue's receive.
 
 One consumer receives ``FIFO_MAX`` at a time over HTTP (and acks them in a
