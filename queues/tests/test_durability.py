@@ -60,6 +60,7 @@ def every_claim_and_receipt(fifo: bool) -> dict[str, Callable[[], Any]]:
         "nack": lambda: broker.nack(q, take(), now=T0),
         "extend": lambda: broker.extend(q, take(), 60, now=T0),
         "release": lambda: broker.release(q, take(), reason="test", now=T0),
+        "release unanswered": lambda: broker.release_unanswered(q.id, receive(q, 1)),
     }
 
 
