@@ -278,6 +278,10 @@ MQ_MAX_WAIT_SECONDS = 20
 # connection of their own, per process, outside the pool (queues.api.stream);
 # the others claim on their threads over the pool. 0: all of them do.
 MQ_STREAM_DB_CONNECTIONS = env_int("MQ_STREAM_DB_CONNECTIONS", 20, minimum=0)
+# Claims and receipts (ack, nack, extend, release) commit without waiting for
+# the WAL flush, on PostgreSQL; sends always wait. Why that loses no message:
+# queues.broker.durability.
+MQ_ASYNC_COMMIT = env_bool("MQ_ASYNC_COMMIT", False)
 
 LOG_LEVEL = env_choice("MQ_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
 LOGGING = {

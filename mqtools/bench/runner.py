@@ -49,6 +49,8 @@ class Runner:
         self.queues: dict[int, Queue] = {}
         self.token = ""
         self.url = ""
+        # The URLs of mqadmin's other servers, by peer (scenarios.ASYNC).
+        self.urls: dict[str, str] = {}
         self.rabbit_reason: str | None = None
         self.procrastinate_reason: str | None = None
         self.lean_reason: str | None = None

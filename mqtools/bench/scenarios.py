@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from functools import partial
 
@@ -44,6 +45,10 @@ from .table import Row, machine_line, table_rows
 PUBLISH_WINDOW = 8
 # In the latency scenario: mqadmin with its consumer on a consume stream.
 STREAMED = "mqadmin_stream"
+# mqadmin once more, a server of its own where claims and acks commit
+# without waiting for the WAL flush: a column of its own in the drain and
+# round-trip rows; the headline figures stay with the default.
+ASYNC = "mqadmin_async"
 
 
 class Bench(Runner):
@@ -62,8 +67,9 @@ class Bench(Runner):
             with mq_server(self.results_dir / "server.log") as url:
                 self.url = url
                 self.scenario_produce()
-                self.scenario_drain()
-                self.scenario_round_trip()
+                with self.async_server():
+                    self.scenario_drain()
+                    self.scenario_round_trip()
                 self.scenario_latency()
                 self.scenario_big()
                 self.scenario_herd()
@@ -154,15 +160,31 @@ class Bench(Runner):
         self.interleaved("produce_batch", batches)
         self.interleaved("produce_single", singles)
 
-    def mq_drain(self, name: str, consumers: int, total: int, per: int, *, separate_acks: bool = False) -> float:
+    @contextmanager
+    def async_server(self) -> Iterator[None]:
+        """With ASYNC among the peers, a second server for the block, with
+        MQ_ASYNC_COMMIT=on (``self.urls[ASYNC]``)."""
+        if ASYNC not in self.peers:
+            yield
+            return
+        with mq_server(self.results_dir / "server-async.log", {"MQ_ASYNC_COMMIT": "on"}) as url:
+            self.urls[ASYNC] = url
+            try:
+                yield
+            finally:
+                del self.urls[ASYNC]
+
+    def mq_drain(self, name: str, consumers: int, total: int, per: int, *, separate_acks: bool = False, peer: str = "mqadmin") -> float:
         """Consumers lease ``per`` at a time and ack them all. Each receive
         carries the acks of the batch before it (one call a round), or, with
-        ``separate_acks``, each batch is acked by a call of its own."""
+        ``separate_acks``, each batch is acked by a call of its own. ``peer``:
+        mqadmin's server, or ASYNC's."""
         self.prefill(name, total)
         queue = PREFIX + name
+        url = self.urls.get(peer, self.url)
 
         def work(countdown: Countdown) -> None:
-            api = Api(self.url, self.token)
+            api = Api(url, self.token)
             held: list[str] = []
             try:
                 while not countdown.over:
@@ -188,7 +210,7 @@ class Bench(Runner):
         s = self.s
         self.say("3. receive 100 + ack 100")
         for n in (1, 4):
-            measures = [self.mq_drain_measure("drain", n, s.drain, 100)]
+            measures = [self.mq_drain_measure("drain", n, s.drain, 100, peer=peer) for peer in self.mqadmins()]
             if "raw" in self.peers:
                 measures.append(raw.drain_measure(self, n, s.drain, 100, with_statement_costs=n == 1))
             if self.lean_reason is None:
@@ -200,17 +222,21 @@ class Bench(Runner):
                 measures.append(Measure("procrastinate", partial(procrastinate_worker, s.trips, n), f"(worker, concurrency {n})"))
             self.interleaved(f"drain_{n}", measures)
 
-    def mq_drain_measure(self, name: str, consumers: int, total: int, per: int) -> Measure:
+    def mqadmins(self) -> list[str]:
+        """mqadmin, and ASYNC where its server runs."""
+        return ["mqadmin", ASYNC] if ASYNC in self.urls else ["mqadmin"]
+
+    def mq_drain_measure(self, name: str, consumers: int, total: int, per: int, *, peer: str = "mqadmin") -> Measure:
         """The drain with acks riding on receives; as its twins (in the
         note), with an ack call of its own per batch, and on consume streams
         (twice the batch in flight, so the next is on its way while one is
         acked, as RabbitMQ's consumers here)."""
         return Measure(
-            "mqadmin",
-            lambda: self.mq_drain(name, consumers, total, per),
+            peer,
+            lambda: self.mq_drain(name, consumers, total, per, peer=peer),
             twins=(
-                lambda: self.mq_drain(name, consumers, total, per, separate_acks=True),
-                lambda: self.mq_stream(name, consumers, total, prefetch=2 * per, ack_every=per),
+                lambda: self.mq_drain(name, consumers, total, per, separate_acks=True, peer=peer),
+                lambda: self.mq_stream(name, consumers, total, prefetch=2 * per, ack_every=per, peer=peer),
             ),
             twin_note=(
                 "(acks ride on the next receive; with an ack call of their own: {:,.0f}/s; "
@@ -218,14 +244,15 @@ class Bench(Runner):
             ),
         )
 
-    def mq_stream(self, name: str, consumers: int, total: int, *, prefetch: int, ack_every: int = 1) -> float:
+    def mq_stream(self, name: str, consumers: int, total: int, *, prefetch: int, ack_every: int = 1, peer: str = "mqadmin") -> float:
         """Consumers on consume streams (the client's websocket): the server
         pushes up to ``prefetch`` unacked; each acks every ``ack_every``."""
         self.prefill(name, total)
         queue = PREFIX + name
+        url = self.urls.get(peer, self.url)
 
         def work(countdown: Countdown) -> None:
-            with Client(self.url, self.token, timeout=60).consume(queue, prefetch=prefetch) as stream:
+            with Client(url, self.token, timeout=60).consume(queue, prefetch=prefetch) as stream:
                 done: list[str] = []
                 while not countdown.over:
                     for message in stream.receive(timeout=0.05):
@@ -247,17 +274,18 @@ class Bench(Runner):
         self.say("4. one message per round trip")
         measures = [
             Measure(
-                "mqadmin",
-                lambda: self.mq_stream("trip", 1, s.trips, prefetch=1),
+                peer,
+                partial(self.mq_stream, "trip", 1, s.trips, prefetch=1, peer=peer),
                 twins=(
-                    lambda: self.mq_drain("trip", 1, s.trips, 1),
-                    lambda: self.mq_drain("trip", 1, s.trips, 1, separate_acks=True),
+                    partial(self.mq_drain, "trip", 1, s.trips, 1, peer=peer),
+                    partial(self.mq_drain, "trip", 1, s.trips, 1, separate_acks=True, peer=peer),
                 ),
                 twin_note=(
                     "(consume stream, prefetch 1; over HTTP, the ack riding on the next receive: {:,.0f}/s, "
                     "with an ack call of its own: {:,.0f}/s)"
                 ),
             )
+            for peer in self.mqadmins()
         ]
         if "raw" in self.peers:
             measures.append(Measure("raw", lambda: raw.drain(self, "raw", 1, s.trips, 1)))

@@ -4,7 +4,7 @@ database, and mqadmin's own Python client as an application uses it."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,10 @@ from .measure import database_url
 
 
 @contextmanager
-def mq_server(log_path: Path) -> Iterator[str]:
-    """``manage.py mq serve`` on a free port, on this database; yields its URL."""
-    env = dict(os.environ, DATABASE_URL=database_url(), PYTHONUNBUFFERED="1", DEBUG="off")
+def mq_server(log_path: Path, settings: Mapping[str, str] | None = None) -> Iterator[str]:
+    """``manage.py mq serve`` on a free port, on this database, with these
+    ``settings`` (environment variables) over the caller's; yields its URL."""
+    env = dict(os.environ, DATABASE_URL=database_url(), PYTHONUNBUFFERED="1", DEBUG="off", **(settings or {}))
     # Enough for four consumers and a producer on two cores; a shared
     # PostgreSQL (max_connections 100) has other clients too.
     env.setdefault("MQ_DB_POOL_MAX", "10")

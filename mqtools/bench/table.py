@@ -48,8 +48,10 @@ class Row:
         return f"{self.met} ({'; '.join(floors)})" if floors else self.met
 
 
-PEERS = ("mqadmin", "raw", "lean", "rabbitmq", "procrastinate")
-HEADERS = ("mqadmin", "raw SQL", "lean SQL", "RabbitMQ", "Procrastinate")
+# mqadmin_async: mqadmin with MQ_ASYNC_COMMIT=on, in the drain and round-trip
+# rows only; targets are judged on mqadmin's default.
+PEERS = ("mqadmin", "mqadmin_async", "raw", "lean", "rabbitmq", "procrastinate")
+HEADERS = ("mqadmin", "mqadmin, async commit", "raw SQL", "lean SQL", "RabbitMQ", "Procrastinate")
 
 
 def table_rows(stats: dict[str, dict[str, Stat]], sizes: Sizes, reasons: dict[str, str]) -> list[Row]:
@@ -103,6 +105,15 @@ def table_rows(stats: dict[str, dict[str, Stat]], sizes: Sizes, reasons: dict[st
     raw = lambda k: get(k, "raw")  # noqa: E731
     lean = lambda k: get(k, "lean")  # noqa: E731
 
+    def async_ratios(key: str, twin_of_streams: int | None) -> dict[str, float | None]:
+        """mqadmin with MQ_ASYNC_COMMIT=on ÷ mqadmin, in the cell's own terms
+        and, for a drain, on consume streams (its twin ``twin_of_streams``)."""
+        a, m = get(key, "mqadmin_async"), mq(key)
+        out = {"async_vs_default": ratio(a, m)}
+        if twin_of_streams is not None:
+            out["async_streams_vs_default"] = div(twin(a, twin_of_streams), twin(m, twin_of_streams))
+        return out
+
     # mqadmin's cell: on a publish stream; its first twin: over HTTP.
     key = "produce_batch"
     r_lean, r_http = ratio(mq(key), lean(key)), div(twin(mq(key), 0), med(lean(key)))
@@ -140,7 +151,8 @@ def table_rows(stats: dict[str, dict[str, Stat]], sizes: Sizes, reasons: dict[st
         rows.append(Row(key, f"3. receive 100 + ack 100, {n} consumer{'s' if n > 1 else ''}", cells(key), target,
                         verdict(at_least(r_lean, 0.5 * share), beats_rabbitmq(s_rmq)),
                         {"vs_lean": r_lean, "streams_vs_lean": s_lean, "vs_raw": r_raw, "vs_rabbitmq": r_rmq,
-                         "streams_vs_rabbitmq": s_rmq, "raw_vs_lean": raw_lean, "raw_vs_rabbitmq": f_rmq, "lean_vs_rabbitmq": lean_rmq},
+                         "streams_vs_rabbitmq": s_rmq, "raw_vs_lean": raw_lean, "raw_vs_rabbitmq": f_rmq, "lean_vs_rabbitmq": lean_rmq,
+                         **async_ratios(key, 1)},
                         verdict(at_least(raw_lean, 0.5 * share), beats_rabbitmq(f_rmq)), verdict(beats_rabbitmq(lean_rmq)),
                         versus(HTTP=r_lean, streams=s_lean)))
     # mqadmin's cell: a consume stream, prefetch 1; its first twin: over HTTP.
@@ -152,7 +164,8 @@ def table_rows(stats: dict[str, dict[str, Stat]], sizes: Sizes, reasons: dict[st
                     "≥ 3 x Procrastinate worker and ≥ 0.5 x lean SQL (claim 1 + ack 1), on a consume stream",
                     verdict(at_least(r_pro, 3), at_least(r_lean, 0.5)),
                     {"vs_procrastinate": r_pro, "vs_lean": r_lean, "vs_raw": ratio(mq(key), raw(key)),
-                     "raw_vs_procrastinate": raw_pro, "raw_vs_lean": raw_lean, "lean_vs_procrastinate": lean_pro},
+                     "raw_vs_procrastinate": raw_pro, "raw_vs_lean": raw_lean, "lean_vs_procrastinate": lean_pro,
+                     **async_ratios(key, None)},
                     verdict(at_least(raw_pro, 3), at_least(raw_lean, 0.5)), verdict(at_least(lean_pro, 3)),
                     versus(stream=r_lean, HTTP=div(twin(mq(key), 0), med(lean(key))))))
     if "windowed" in st:

@@ -342,9 +342,10 @@ class Statements:
         rows_sql, params = self.receipt_rows(queue_id, pairs, ACKABLE)
         return f"DELETE FROM {MESSAGE_TABLE} WHERE id IN ({rows_sql}) RETURNING id, lease_token, state, origin_queue_id", params
 
-    def extend(self, queue_id: int, pairs: Sequence[tuple[int, str]], expires: float) -> Statement:
+    def extend(self, queue_id: int, pairs: Sequence[tuple[int, str]], expires: float, *, async_commit: bool = False) -> Statement:
         """Push the in-flight leases the receipts hold to ``expires``; rows:
-        id, lease token. One statement: atomic without a transaction."""
+        id, lease token. One statement: atomic without a transaction.
+        ``async_commit``: see ``async_commit()``."""
         rows_sql, params = self.receipt_rows(queue_id, pairs, "'in_flight'")
         return f"UPDATE {MESSAGE_TABLE} SET lease_expires_at = %s WHERE id IN ({rows_sql}) RETURNING id, lease_token", [expires, *params]
 
@@ -443,6 +444,16 @@ class Statements:
             f"dead_at = NULL WHERE id IN ({placeholders(len(ids))})"
         )
         return sql, [queue_id, queue_id, now, *ids]
+
+    # -- durability ------------------------------------------------------------
+
+    def async_commit(self) -> Statement | None:
+        """The first statement of a transaction whose commit need not wait for
+        its WAL to reach the disk (``broker.durability``); the one-statement
+        claims and acks take an ``async_commit`` option instead. None where
+        no commit waits anyway: SQLite in WAL mode with synchronous=NORMAL
+        syncs its WAL at checkpoints, not at commits."""
+        return None
 
     # -- maintenance -----------------------------------------------------------
 

@@ -98,6 +98,18 @@ def counted(statement: str, counters: dict[str, str]) -> str:
 # filters the queue's ready rows on their slot.
 FEW_SLOTS = 256
 
+
+def no_flush_wait(async_commit: bool) -> str:
+    """With ``async_commit``, a WHERE clause, always true, that turns
+    ``synchronous_commit`` off for the statement's own transaction alone
+    (set_config's third argument: local, the session's value is back after
+    the commit): for the final SELECT of a statement that is a transaction
+    of its own. A subquery that names no column of the query is a one-time
+    filter, run once before the first row, whether any row follows or not;
+    the setting counts at commit. Else nothing."""
+    return " WHERE (SELECT set_config('synchronous_commit', 'off', true)) = 'off'" if async_commit else ""
+
+
 DEAD_LETTER_LOCK_KEY = 0x6D71_646C  # "mqdl": the advisory lock of dead-letter queue changes
 
 
@@ -207,6 +219,7 @@ class PostgreSQL(Statements):
         consumer_id: str | None,
         acks: Sequence[tuple[int, str]] | None,
         slots: Sequence[int] | None = None,
+        async_commit: bool = False,
     ) -> Statement:
         """A receive as one statement: the queue's due delayed messages become
         ready, and ready ones are claimed (on a FIFO queue, of ``slots`` when
@@ -216,7 +229,8 @@ class PostgreSQL(Statements):
         claim wait for the acks to be done (ACKS_FIRST), so a round of a
         consumer costs one commit, not two. Rows: see ``split_receive``.
         Delayed messages that came due are not among the claimed: one
-        statement sees one snapshot, where they were still delayed."""
+        statement sees one snapshot, where they were still delayed.
+        ``async_commit``: its commit does not wait for the WAL flush."""
         if queue.fifo and acks is not None:
             raise ValueError("a FIFO claim must see the acks before it: they cannot share its statement")
         claim, params = self.claim(
@@ -230,7 +244,7 @@ class PostgreSQL(Statements):
         promoted_delta = delta_from("promoted", {"delayed": "-count(*)", "ready": "count(*)"})
         sql = (
             f"WITH {ack_part}promoted AS ({promote}), pd AS ({promoted_delta} HAVING count(*) > 0), {counted(claim, CLAIM_COUNTERS)} "
-            f"SELECT *, 0 FROM main UNION ALL "
+            f"SELECT *, 0 FROM main{no_flush_wait(async_commit)} UNION ALL "
             f"SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, count(*) FROM promoted HAVING count(*) > 0"
         )
         if acks is not None:
@@ -254,12 +268,19 @@ class PostgreSQL(Statements):
         return ReceiveRows(claimed, promoted, acked)
 
     def reclaim(
-        self, queue: Queue, *, max_messages: int, expires: float, consumer_id: str | None, slots: Sequence[int] | None = None
+        self,
+        queue: Queue,
+        *,
+        max_messages: int,
+        expires: float,
+        consumer_id: str | None,
+        slots: Sequence[int] | None = None,
+        async_commit: bool = False,
     ) -> Statement:
         """The second claim of a receive whose statement promoted due delayed
         messages (its snapshot did not see them ready), with its delta."""
         claim, params = self.claim(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, slots=slots)
-        return f"WITH {counted(claim, CLAIM_COUNTERS)} SELECT * FROM main", [*params, queue.id]
+        return f"WITH {counted(claim, CLAIM_COUNTERS)} SELECT * FROM main{no_flush_wait(async_commit)}", [*params, queue.id]
 
     def receipt_rows(self, queue_id: int, pairs: Sequence[tuple[int, str]], states: str, columns: str = "id") -> Statement:
         """One primary-key probe per receipt, as a LATERAL subquery the
@@ -293,11 +314,20 @@ class PostgreSQL(Statements):
         )
         return parts, [*params, queue_id]
 
-    def ack(self, queue_id: int, pairs: Sequence[tuple[int, str]]) -> Statement:
+    def ack(self, queue_id: int, pairs: Sequence[tuple[int, str]], *, async_commit: bool = False) -> Statement:
         """An ack as one statement with its counter deltas; rows: (id, lease
         token) of what it deleted."""
         parts, params = self.ack_parts(queue_id, pairs, "main")
-        return f"WITH {parts} SELECT id, lease_token FROM main", params
+        return f"WITH {parts} SELECT id, lease_token FROM main{no_flush_wait(async_commit)}", params
+
+    def extend(self, queue_id: int, pairs: Sequence[tuple[int, str]], expires: float, *, async_commit: bool = False) -> Statement:
+        sql, params = super().extend(queue_id, pairs, expires)
+        if not async_commit:
+            return sql, params
+        return f"WITH main AS ({sql}) SELECT id, lease_token FROM main{no_flush_wait(async_commit)}", params
+
+    def async_commit(self) -> Statement:
+        return "SET LOCAL synchronous_commit = off", []
 
     def unvacuumed(self, tables: Sequence[str]) -> Statement | None:
         return UNVACUUMED, [list(tables)]

@@ -11,6 +11,7 @@ The SQL is in ``queues.backends``, per database.
 - ``publish``: send, deduplicate, hand new messages to waiting receives
 - ``claim``: lease messages to a receive (the one claim path)
 - ``receipts``: ack, nack, extend, release
+- ``durability``: which commits wait for the WAL flush (``MQ_ASYNC_COMMIT``)
 - ``waiting``: the one long-poll loop
 - ``consumers``: register, heartbeat, leave
 - ``operator``: requeue, move, dead-letter, delete, purge, redrive, pause, browse

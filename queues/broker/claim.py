@@ -25,6 +25,7 @@ from ..hashing import live_consumers, owned_slots
 from ..models import Queue, epoch_to_iso
 from ..states import MessageState as S
 from .counters import Tally
+from .durability import async_commit, async_commit_here, atomic
 from .receipts import ReceiptResult, ack, match_receipts, parse_receipts
 
 # Messages one receive may claim.
@@ -138,7 +139,8 @@ async def areceive_on(
     parsed = parse_receipts(receipts)
     # On the loop, outside any transaction: wake this process's receives at once.
     wake = notify.wake
-    steps = _one_statement_steps(queue, max_messages, visibility_timeout, consumer_id, time.time(), parsed or None, wake)
+    # ``db`` is in autocommit: each statement is a transaction of its own.
+    steps = _one_statement_steps(queue, max_messages, visibility_timeout, consumer_id, time.time(), parsed or None, wake, async_commit())
     statement = next(steps)
     while True:
         cur = await db.execute(*statement)
@@ -173,7 +175,9 @@ def _claim(
             def wake(ready: dict[int, int]) -> None:
                 transaction.on_commit(functools.partial(notify.wake, ready))
 
-            steps = _one_statement_steps(queue, max_messages, visibility_timeout, consumer_id, now, acks, wake, slots)
+            steps = _one_statement_steps(
+                queue, max_messages, visibility_timeout, consumer_id, now, acks, wake, async_commit_here(), slots
+            )
             statement = next(steps)
             while True:
                 cur.execute(*statement)
@@ -187,7 +191,7 @@ def _claim(
     if acks is not None:
         raise ValueError("acks ride on a claim only where it is one statement")
     expires = now + (queue.visibility_timeout if visibility_timeout is None else visibility_timeout)
-    with transaction.atomic():
+    with atomic():
         tally = Tally()
         promote_due_in(tally, now, queue_id=queue.id)
         with connection.cursor() as cur:
@@ -210,6 +214,7 @@ def _one_statement_steps(
     now: float,
     acks: list[tuple[int, str, str]] | None,
     wake: Callable[[dict[int, int]], Any],
+    relaxed: bool,
     slots: list[int] | None = None,
 ) -> Generator[Statement, list[tuple[Any, ...]], Received]:
     """The statements of a one-statement receive, whoever runs them (the
@@ -217,18 +222,25 @@ def _one_statement_steps(
     back. Due delayed messages, made ready by the receive itself, are rare:
     its snapshot did not see them ready, so a second claim takes what is
     missing, and the receives waiting on the queue are told (``wake`` for
-    this process's)."""
+    this process's). ``relaxed``: each statement is a transaction of its
+    own that commits without waiting for the WAL flush."""
     sql = dialect()
     assert isinstance(sql, PostgreSQL)
     expires = now + (queue.visibility_timeout if visibility_timeout is None else visibility_timeout)
     pairs = sorted({(mid, token) for mid, token, _ in acks}) if acks is not None else None
     rows, promoted, found = sql.split_receive(
-        (yield sql.receive(queue, now=now, expires=expires, max_messages=max_messages, consumer_id=consumer_id, acks=pairs, slots=slots))
+        (yield sql.receive(
+            queue, now=now, expires=expires, max_messages=max_messages, consumer_id=consumer_id, acks=pairs,
+            slots=slots, async_commit=relaxed,
+        ))
     )
     if promoted:
         reclaimed = []
         if len(rows) < max_messages:
-            reclaimed = yield sql.reclaim(queue, max_messages=max_messages - len(rows), expires=expires, consumer_id=consumer_id, slots=slots)
+            reclaimed = yield sql.reclaim(
+                queue, max_messages=max_messages - len(rows), expires=expires, consumer_id=consumer_id, slots=slots,
+                async_commit=relaxed,
+            )
             rows += reclaimed
         # Those it did not take itself are others' to claim: as many
         # receives as that are woken, not all of them.

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from django.db import connection, transaction
+from django.db import connection
 
 from .. import events
 from ..backends import PostgreSQL, dialect, prepared_cursor
@@ -26,6 +26,7 @@ from ..exceptions import InvalidValue
 from ..models import Queue
 from ..states import MessageState as S
 from .counters import STATE_COUNTER, Tally
+from .durability import async_commit_here, atomic
 
 _RECEIPT = re.compile(r"(\d{1,18})\.([0-9a-f]{32})")
 
@@ -86,9 +87,9 @@ def ack(queue: Queue, receipts: Sequence[str]) -> ReceiptResult:
     if isinstance(sql, PostgreSQL):
         # One statement with its counter deltas: atomic on its own.
         with prepared_cursor() as cur:
-            cur.execute(*sql.ack(queue.id, _pairs(parsed)))
+            cur.execute(*sql.ack(queue.id, _pairs(parsed), async_commit=async_commit_here()))
             return match_receipts(parsed, cur.fetchall())
-    with transaction.atomic():
+    with atomic():
         with connection.cursor() as cur:
             cur.execute(*sql.ack_delete(queue.id, _pairs(parsed)))
             rows = cur.fetchall()
@@ -109,7 +110,7 @@ def extend(queue: Queue, receipts: Sequence[str], visibility_timeout: int, *, no
     now = time.time() if now is None else now
     expires = now + visibility_timeout
     with connection.cursor() as cur:
-        cur.execute(*dialect().extend(queue.id, _pairs(parsed), expires))
+        cur.execute(*dialect().extend(queue.id, _pairs(parsed), expires, async_commit=async_commit_here()))
         found = cur.fetchall()
     return match_receipts(parsed, found), expires
 
@@ -119,7 +120,7 @@ def nack(queue: Queue, receipts: Sequence[str], *, delay: int = 0, reason: str =
     dead-lettered once they reached the queue's ``max_deliveries``."""
     parsed = parse_receipts(receipts)
     now = time.time() if now is None else now
-    with transaction.atomic():
+    with atomic():
         rows, found = _in_flight(queue.id, parsed)
         tally = Tally()
         _release(queue, rows, tally, now=now, delay=delay, reason=reason, redelivery=False)
@@ -137,7 +138,7 @@ def release(queue: Queue, receipts: Sequence[str], *, reason: str, now: float | 
     if not parsed:
         return 0
     now = time.time() if now is None else now
-    with transaction.atomic():
+    with atomic():
         return release_rows(_in_flight(queue.id, parsed)[0], now=now, reason=reason)
 
 

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from django.db import connection, transaction
+from django.db import connection
 
 from .. import notify
 from ..backends import dialect
@@ -36,6 +36,7 @@ from ..states import MessageState as S
 from .claim import Delivery, Received, ack_and_receive, receive
 from .consumers import check_consumer
 from .counters import Tally
+from .durability import atomic
 from .queues import aget_queue
 
 log = logging.getLogger("queues.broker")
@@ -167,7 +168,7 @@ def release_unanswered(queue_id: int, deliveries: Sequence[Delivery]) -> int:
     alone. Returns how many."""
     if not deliveries:
         return 0
-    with transaction.atomic():
+    with atomic():
         with connection.cursor() as cur:
             cur.execute(*dialect().unanswered(queue_id, [(d.id, d.lease_token) for d in deliveries]))
             n = cur.rowcount

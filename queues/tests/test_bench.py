@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 
 import psycopg
@@ -47,7 +48,9 @@ def test_bench_runs_every_scenario_and_writes_one_table(tmp_path, monkeypatch) -
     data = json.loads((tmp_path / "latest.json").read_text())
     assert [row["key"] for row in data["rows"]] == SCENARIOS
     assert (tmp_path / "latest.md").read_text() == md
-    assert md.splitlines()[0].startswith("| scenario | mqadmin | raw SQL | lean SQL | RabbitMQ | Procrastinate | mqadmin ÷ lean SQL | target | met? |")
+    assert md.splitlines()[0].startswith(
+        "| scenario | mqadmin | mqadmin, async commit | raw SQL | lean SQL | RabbitMQ | Procrastinate | mqadmin ÷ lean SQL | target | met? |"
+    )
     for row in data["rows"]:
         mq = row["cells"]["mqadmin"]
         assert mq["skipped"] is None, (row["key"], mq["skipped"])
@@ -71,6 +74,18 @@ def test_bench_runs_every_scenario_and_writes_one_table(tmp_path, monkeypatch) -
     # A fleet of long polls: every message delivered, no poll refused or reset.
     assert "(10 of 10 delivered; polls refused 0, reset 0, failed otherwise 0)" in by_key["herd_delivered"]["cells"]["mqadmin"]["note"]
     assert "nobody waiting" in by_key["herd_send"]["cells"]["mqadmin"]["note"]
+    # mqadmin with MQ_ASYNC_COMMIT=on, a server of its own, in a column of its
+    # own: the drains (over HTTP and on streams) and the round trip, beside
+    # the default's figures, which the targets keep to.
+    for key in ("drain_1", "drain_4", "round_trip"):
+        relaxed = by_key[key]["cells"]["mqadmin_async"]
+        assert relaxed["skipped"] is None and relaxed["median"] > 0, (key, relaxed)
+        assert "consume stream" in relaxed["note"], relaxed["note"]
+        assert by_key[key]["ratios"]["async_vs_default"] > 0, key
+    for key in ("drain_1", "drain_4"):
+        assert by_key[key]["ratios"]["async_streams_vs_default"] > 0, key
+    assert all(by_key[key]["cells"]["mqadmin_async"]["median"] is None for key in ("produce_batch", "latency"))
+    assert (tmp_path / "server-async.log").exists()
     # The streams are measured beside the HTTP calls, in mqadmin's notes.
     assert "publish stream" in by_key["produce_batch"]["cells"]["mqadmin"]["note"]
     assert "consume stream" in by_key["latency"]["cells"]["mqadmin"]["note"]
@@ -207,7 +222,37 @@ def test_the_targets_set_mqadmin_against_the_lean_floor() -> None:
     assert rows["drain_1"].met_cell() == "yes (raw SQL: no; lean SQL: yes)"
     assert (rows["round_trip"].met, rows["round_trip"].floor_met, rows["round_trip"].lean_met) == ("yes", "no", "yes")
     assert rows["round_trip"].vs_lean == "stream 0.50, HTTP 0.25"
+    # mqadmin with async commit has a column of its own; the targets keep to the default.
+    stats["drain_4"]["mqadmin_async"] = _stat(100, 100, 110)
+    stats["drain_1"]["mqadmin_async"] = _stat(10_000, 10_000, 10_000)
+    stats["round_trip"]["mqadmin_async"] = _stat(600, 300, 200)
+    rows = {r.key: r for r in table_rows(stats, Sizes.tiny(), {"procrastinate": "not selected"})}
+    assert (rows["drain_4"].met, rows["drain_1"].met, rows["round_trip"].met) == ("yes", "yes", "yes")
+    assert (rows["drain_4"].ratios["async_vs_default"], rows["drain_4"].ratios["async_streams_vs_default"]) == (0.2, 0.1)
+    assert rows["round_trip"].ratios["async_vs_default"] == 2.0
+    assert rows["drain_1"].cells["mqadmin_async"].median == 10_000
+    assert rows["produce_batch"].cells["mqadmin_async"].cell() == "—"
     # A peer that did not run says why; a target that needs it cannot be judged.
     assert rows["produce_batch"].cells["procrastinate"].skipped == "not selected"
     stats["drain_4"].pop("lean")
     assert next(r for r in table_rows(stats, Sizes.tiny(), {}) if r.key == "drain_4").met == "?"
+
+
+def test_the_async_commit_column_has_a_server_of_its_own(tmp_path, monkeypatch) -> None:
+    from contextlib import contextmanager
+
+    from mqtools.bench import server
+
+    started = []
+
+    @contextmanager
+    def serving(env, log_path=None):
+        started.append((env, log_path))
+        yield "http://127.0.0.1:1"
+
+    monkeypatch.setattr(server.procs, "serving", serving)
+    with server.mq_server(tmp_path / "a.log"), server.mq_server(tmp_path / "b.log", {"MQ_ASYNC_COMMIT": "on"}):
+        pass
+    (default, _), (relaxed, log) = started
+    assert default.get("MQ_ASYNC_COMMIT") == os.environ.get("MQ_ASYNC_COMMIT")
+    assert relaxed["MQ_ASYNC_COMMIT"] == "on" and log == tmp_path / "b.log"

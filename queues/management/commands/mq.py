@@ -104,7 +104,7 @@ class Command(BaseCommand):
         bench.add_argument("--quick", action="store_true", help="A run of a couple of minutes (smaller sizes, fewer rounds).")
         bench.add_argument("--big", type=int, default=None, help="Messages waiting in the claim/dashboard scenarios (default 10,000,000; --quick 300,000).")
         bench.add_argument("--rounds", type=int, default=None, help="Rounds per scenario (default 5; --quick 3).")
-        bench.add_argument("--peers", default="raw,lean,rabbitmq,procrastinate", help="Comma-separated peers to run beside mqadmin.")
+        bench.add_argument("--peers", default="mqadmin_async,raw,lean,rabbitmq,procrastinate", help="Comma-separated peers to run beside mqadmin (mqadmin_async: a second server with MQ_ASYNC_COMMIT=on).")
 
     def handle(self, *args: Any, **options: Any) -> None:
         opts = Namespace(**options)
