@@ -46,7 +46,7 @@ _resolutions: dict[asyncio.AbstractEventLoop, _Resolutions] = {}
 # Waiters a loop resolves per turn (``_Resolutions``): fewer answers the
 # sends sooner, more answers the woken receives sooner (the trade measured:
 # docs/performance.md, "Many waiting consumers").
-RESOLVE_PER_TURN = 4
+RESOLVE_PER_TURN = 2
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,8 @@ class Waiter:
         # send resolves it (a wake-up or the timeout leave it alone).
         self.armed = False
         self.taken = False
+        # In ``wait`` now (not looking at the queue before or between waits).
+        self.waiting = False
 
     async def wait(self, timeout: float) -> bool | list[Any]:
         loop = asyncio.get_running_loop()
@@ -97,10 +99,12 @@ class Waiter:
         # ``shield`` took several, each behind whatever else the loop had
         # queued, such as the sender's response).
         handle = loop.call_later(timeout, _time_out, self)
+        self.waiting = True
         try:
             result: bool | list[Any] = await self.future
             return result
         finally:
+            self.waiting = False
             handle.cancel()
             with _lock:
                 self.armed = False
@@ -238,9 +242,11 @@ def on_change(hook: Callable[[], None]) -> None:
 
 
 def waiting() -> dict[int, int]:
-    """Per queue id, the receives of this process waiting on it now."""
+    """Per queue id, the receives of this process waiting on it now (not
+    those looking at it before they wait)."""
     with _lock:
-        return {qid: len(group) for qid, group in _waiters.items()}
+        counts = {qid: sum(w.waiting for w in group.values()) for qid, group in _waiters.items()}
+    return {qid: n for qid, n in counts.items() if n}
 
 
 def parse_payload(payload: str) -> dict[int, int | None]:

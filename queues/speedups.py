@@ -135,7 +135,7 @@ class RequestThread(ThreadPoolExecutor):
     it, in that job's hand-off; ``used`` tells whether any job was."""
 
     def __init__(self) -> None:
-        super().__init__(1, thread_name_prefix="request")
+        super().__init__(1, thread_name_prefix="request", initializer=_bind, initargs=(self,))
         self.first: Callable[[], Any] | None = None
         self.used = False
 
@@ -145,6 +145,23 @@ class RequestThread(ThreadPoolExecutor):
         if first is None:
             return super().submit(fn, *args, **kwargs)
         return super().submit(_after, first, fn, *args, **kwargs)
+
+
+_request_thread = threading.local()
+
+
+def _bind(executor: RequestThread) -> None:
+    _request_thread.executor = executor
+
+
+def holds_nothing() -> None:
+    """Called on a request's thread once it holds nothing the request's end
+    must release there (a waiting receive gave its database connection
+    back): the end then runs on the loop, a thread hand-off less for each
+    answered long poll. Elsewhere, nothing happens."""
+    executor = getattr(_request_thread, "executor", None)
+    if executor is not None:
+        executor.used = False
 
 
 def _after(first: Callable[[], Any], fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

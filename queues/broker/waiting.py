@@ -32,6 +32,7 @@ from django.db import connection
 from .. import notify
 from ..backends import dialect
 from ..models import Queue
+from ..speedups import holds_nothing
 from ..states import MessageState as S
 from .claim import Delivery, Received, ack_and_receive, receive
 from .consumers import check_consumer
@@ -132,6 +133,7 @@ def _before_wait(deliveries: list[Delivery]) -> list[Delivery]:
     # the connection is the caller's and is left alone.
     if not deliveries and not connection.in_atomic_block:
         connection.close()
+        holds_nothing()
     return deliveries
 
 

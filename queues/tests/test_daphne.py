@@ -147,3 +147,19 @@ def test_what_a_view_defers_runs_once_its_response_is_sent_and_a_late_one_at_onc
     pending.run()  # the response is out
     assert ran == ["handed"]
     assert not context.run(speedups.after_response, lambda: ran.append("late"))
+
+
+def test_a_request_thread_that_holds_nothing_ends_its_request_on_the_loop() -> None:
+    # A waiting receive gave its connection back on its thread: the request's
+    # end needs no hand-off to that thread. A later job there uses it again.
+    executor = speedups.RequestThread()
+    try:
+        executor.submit(lambda: None).result(5)
+        assert executor.used
+        executor.submit(speedups.holds_nothing).result(5)
+        assert not executor.used
+        executor.submit(lambda: None).result(5)
+        assert executor.used
+    finally:
+        executor.shutdown()
+    speedups.holds_nothing()  # not on a request's thread: nothing happens

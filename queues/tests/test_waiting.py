@@ -39,6 +39,8 @@ def test_idle_long_polls_wait_without_claiming_and_a_message_coming_due_wakes_on
 
         polls = [asyncio.ensure_future(poll()) for _ in range(6)]
         await asyncio.sleep(1.0)
+        # What /metrics shows as mq_waiting_receives: the six, in their wait.
+        assert notify.waiting() == {queue.id: 6}
         # Not ready when sent, so no wake-up is sent with it: only the
         # watch's count can find it once it is due.
         await sync_to_async(lambda: broker.publish(broker.get_queue("herd"), [broker.NewMessage(body=b'"late"', delay=1)]))()
