@@ -20,14 +20,11 @@ from mqclient import Client
 from queues import broker
 from queues.models import Queue
 
-from .measure import BODY_BYTES, PREFIX, Stat
+from .measure import BODY_BYTES, FIFO_CROWD, FIFO_GROUPS, FIFO_KEYS, FIFO_MAX, PREFIX, Stat
 
-if TYPE_CHECKING:  # the runner's module imports the table, which imports this one
+if TYPE_CHECKING:
     from .runner import Runner
 
-FIFO_GROUPS = 2000
-FIFO_MAX = 10
-FIFO_CROWD = 200
 # Timed receives per case and round, at most (``fifo_receives``). Each group
 # holds as many messages, so a consumer that owns a 200th of the groups
 # never runs dry.
@@ -35,8 +32,6 @@ FIFO_RECEIVES = 40
 # A registered consumer of the crowd stays live for the whole row.
 IDLE_HEARTBEAT_TIMEOUT_S = 3600
 
-# The row's cell is the crowd's; the other two are its yardsticks.
-FIFO_KEYS = ("fifo_1", "fifo", "fifo_standard")
 
 
 def fifo_receive(bench: Runner) -> None:

@@ -18,6 +18,13 @@ from django.conf import settings
 from django.db import connection
 
 PREFIX = "bench-"
+# Row 9: a FIFO queue of FIFO_GROUPS groups, received FIFO_MAX at a time with
+# 1 and FIFO_CROWD consumers registered; the row's cell is the crowd's, the
+# other two (FIFO_KEYS) its yardsticks.
+FIFO_GROUPS = 2000
+FIFO_MAX = 10
+FIFO_CROWD = 200
+FIFO_KEYS = ("fifo_1", "fifo", "fifo_standard")
 # The window of row 4b: messages a consumer has delivered ahead of the one it handles.
 PREFETCH = 10
 

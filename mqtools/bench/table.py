@@ -16,8 +16,7 @@ from typing import Any
 from django.conf import settings
 
 from . import wal
-from .fifo import FIFO_CROWD, FIFO_GROUPS, FIFO_KEYS, FIFO_MAX
-from .measure import PREFETCH, Sizes, Stat, skipped
+from .measure import FIFO_CROWD, FIFO_GROUPS, FIFO_KEYS, FIFO_MAX, PREFETCH, Sizes, Stat, skipped
 from .rabbitmq import rabbit_version
 from .wal import PeerWal
 
