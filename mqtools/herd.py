@@ -344,9 +344,9 @@ def run(
                 while time.monotonic() < settle and waiting_receives(api, queue) < consumers:
                     time.sleep(0.1)
         for c in children:
-            for key in ("reset", "refused", "error"):
-                setattr(result, "errors" if key == "error" else key,
-                        getattr(result, "errors" if key == "error" else key) + c.counts.get(key, 0))
+            result.reset += c.counts.get("reset", 0)
+            result.refused += c.counts.get("refused", 0)
+            result.errors += c.counts.get("error", 0)
         api.post(f"/api/v1/queues/{queue}/purge")
     return result
 

@@ -29,6 +29,7 @@ from typing import Any
 from django.conf import settings
 
 from .backends import NOTIFY_CHANNEL, dialect
+from .speedups import after_response
 
 log = logging.getLogger(__name__)
 
@@ -141,16 +142,12 @@ def hand(waiter: Waiter, result: list[Any] | bool) -> None:
     deliveries a send leased to it after taking it."""
     loop = waiter.future.get_loop()
     if loop.is_closed():
-        if isinstance(result, list) and result and waiter.on_unanswered is not None:
-            # Nobody will answer: release them, off the sender's thread.
-            threading.Thread(target=waiter.on_unanswered, args=(waiter.queue_id, result), daemon=True).start()
+        _release_unanswered(waiter, result)
         return
     with _lock:
         resolutions = _resolutions.get(loop)
         if resolutions is None:
             resolutions = _resolutions[loop] = _Resolutions(loop)
-    from .speedups import after_response
-
     # In a send served by mq serve's handler: once the sender is answered.
     if not after_response(functools.partial(resolutions.add, waiter, result)):
         resolutions.add(waiter, result)
@@ -194,8 +191,14 @@ class _Resolutions:
         with _lock:
             pending, self.pending = list(self.pending), deque()
         for waiter, result in pending:
-            if isinstance(result, list) and result and waiter.on_unanswered is not None:
-                threading.Thread(target=waiter.on_unanswered, args=(waiter.queue_id, result), daemon=True).start()
+            _release_unanswered(waiter, result)
+
+
+def _release_unanswered(waiter: Waiter, result: Any) -> None:
+    """A waiter's loop is closed: nobody will answer what a send handed it.
+    Release it, on a thread of its own (not the sender's, nor a loop's)."""
+    if isinstance(result, list) and result and waiter.on_unanswered is not None:
+        threading.Thread(target=waiter.on_unanswered, args=(waiter.queue_id, result), daemon=True).start()
 
 
 def wake(queues: Mapping[int, int | None] | Iterable[int]) -> None:
