@@ -130,11 +130,19 @@ class DeadOfFilter(admin.SimpleListFilter):
         return cast(MessageQuerySet, queryset).dead_of(int(value))
 
 
+# The orderings of the list that are plain id order (the default, and a
+# click on the id column).
+ID_ORDERS = {"id", "-id", "pk", "-pk"}
+
+
 class MessageChangeList(ChangeList):
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> QuerySet:
         # Bodies can be 256 KiB each: the list reads only their beginning
         # (one character more than the tooltip shows, to know it goes on).
         rows = super().get_queryset(request, exclude_parameters).defer("body", "headers")
+        if request.GET.get("state__exact") == S.IN_FLIGHT and set(rows.query.order_by) <= ID_ORDERS:
+            newest = all(str(key).startswith("-") for key in rows.query.order_by)
+            rows = cast(MessageQuerySet, rows).in_id_order(newest=newest, leased=True)
         return rows.annotate(body_head=Substr("body", 1, BODY_TITLE_CHARS + 1))
 
 

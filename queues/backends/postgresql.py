@@ -21,9 +21,11 @@ from .common import (
     CLAIMED,
     DELTA_INSERT_INTO,
     FIFO_HEAD,
+    LEASED,
     MESSAGE_TABLE,
     NEW_MESSAGE_COLUMNS,
     NOT_ACKED,
+    QUEUE_TABLE,
     Statement,
     Statements,
 )
@@ -281,6 +283,17 @@ class PostgreSQL(Statements):
         messages (its snapshot did not see them ready), with its delta."""
         claim, params = self.claim(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, slots=slots)
         return f"WITH {counted(claim, CLAIM_COUNTERS)} SELECT * FROM main{no_flush_wait(async_commit)}", [*params, queue.id]
+
+    def expired_leases(self, now: float, limit: int) -> Statement:
+        """Each queue's lapsed leases through mq_msg_lease (queue, expiry):
+        a walk per queue, so the sweep reads what lapsed, not every lease
+        held."""
+        sql = (
+            f"SELECT e.* FROM {QUEUE_TABLE} q CROSS JOIN LATERAL (SELECT {LEASED} FROM {MESSAGE_TABLE} m "
+            f"WHERE m.queue_id = q.id AND m.state = 'in_flight' AND m.lease_expires_at <= %s "
+            f"ORDER BY m.lease_expires_at LIMIT %s{self.skip_locked}) e LIMIT %s"
+        )
+        return sql, [now, limit, limit]
 
     def receipt_rows(self, queue_id: int, pairs: Sequence[tuple[int, str]], states: str, columns: str = "id") -> Statement:
         """One primary-key probe per receipt, as a LATERAL subquery the

@@ -247,10 +247,12 @@ def browse(
     without leasing them. ``after`` is the last id of the previous page
     (keyset pagination: pages stay stable while messages come and go).
     State ``dead`` includes messages dead-lettered out of this queue into its
-    dead-letter queue. Served by the (queue, state, id) index."""
+    dead-letter queue. Served by the (queue, state, id) index, and in-flight
+    messages by mq_msg_lease."""
     qs = Message.objects.dead_of(queue) if state == S.DEAD else Message.objects.filter(queue=queue, state=state)
     if group:
         qs = qs.filter(group_key=group)
     if after is not None:
         qs = qs.filter(id__lt=after) if newest else qs.filter(id__gt=after)
-    return list(qs.select_related("queue", "origin_queue").order_by("-id" if newest else "id")[:limit])
+    ordered = qs.select_related("queue", "origin_queue").in_id_order(newest=newest, leased=state == S.IN_FLIGHT)
+    return list(ordered[:limit])

@@ -11,10 +11,21 @@ import time
 from typing import TypedDict
 
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 from ..states import MessageState
 from .queues import Queue, epoch_to_iso
+
+# The condition of the indexes a claim must not write to. A claim updates a
+# row's state, lease and consumer; on PostgreSQL such an update writes a new
+# row version with an entry in every index whose condition it meets, whether
+# or not the index's columns changed (it is not HOT). In-flight rows are left
+# out of the indexes that do not need them, so a claim writes only the
+# primary key's, mq_msg_queue's and mq_msg_lease's entries. On SQLite, which
+# rewrites only the entries whose columns changed, and whose planner cannot
+# prove "state = 'ready'" implies this condition, migration 0012 keeps these
+# indexes whole.
+NOT_LEASED = ~Q(state=MessageState.IN_FLIGHT)
 
 
 class MessageQuerySet(models.QuerySet["Message"]):
@@ -45,6 +56,17 @@ class MessageQuerySet(models.QuerySet["Message"]):
         return self.filter(queue=queue).filter(
             Q(state=MessageState.DEAD) | Q(origin_queue__isnull=False, state__in=waiting)
         )
+
+    def in_id_order(self, *, newest: bool = False, leased: bool = False) -> MessageQuerySet:
+        """Ordered by id (newest first with ``newest``). ``leased``: the rows
+        are in-flight ones, which no (queue, id) index but mq_msg_queue holds
+        (``NOT_LEASED``). Walking it for the few in flight among a long
+        backlog reads the whole backlog, and the planner, counting on them
+        being spread evenly, would do just that; ordered by an expression
+        it cannot walk, it reads the queue's leases through mq_msg_lease
+        and sorts them."""
+        key = F("id") + 0 if leased else F("id")
+        return self.order_by(key.desc() if newest else key.asc())
 
     def expired(self, now: float | None = None) -> MessageQuerySet:
         """In-flight messages whose lease has run out."""
@@ -115,15 +137,18 @@ class Message(models.Model):
                 condition=Q(state="ready"),
                 name="mq_msg_claim",
             ),
-            # Browsing and exact counts by state, oldest first.
-            models.Index(fields=["queue", "state", "id"], name="mq_msg_state"),
+            # Browsing and exact counts by state, oldest first. Without the
+            # in-flight rows (mq_msg_lease serves those): a claim's new row
+            # version then needs no entry here (``NOT_LEASED``).
+            models.Index(fields=["queue", "state", "id"], condition=NOT_LEASED, name="mq_msg_state"),
             # Delayed rows coming due.
             models.Index(
                 fields=["queue", "visible_at"], condition=Q(state="delayed"), name="mq_msg_due"
             ),
-            # Leases running out (global sweep) and leases held by a consumer.
+            # A queue's leases, by when they run out: the sweep, a receive
+            # taking back its queue's lapsed leases, browsing in-flight rows.
             models.Index(
-                fields=["lease_expires_at"], condition=Q(state="in_flight"), name="mq_msg_lease"
+                fields=["queue", "lease_expires_at"], condition=Q(state="in_flight"), name="mq_msg_lease"
             ),
             # Leases held by a consumer; also serves SET NULL when one is deleted.
             # Partial: a message nobody holds (most, and every new one) costs
@@ -151,7 +176,7 @@ class Message(models.Model):
             models.Index(fields=["id"], condition=Q(state="dead"), name="mq_msg_dead"),
             models.Index(fields=["dedup_id"], condition=Q(dedup_id__isnull=False), name="mq_msg_dedup"),
             models.Index(fields=["group_key", "id"], condition=~Q(group_key=""), name="mq_msg_group_any"),
-            models.Index(fields=["enqueued_at"], name="mq_msg_enqueued"),
+            models.Index(fields=["enqueued_at"], condition=NOT_LEASED, name="mq_msg_enqueued"),
         ]
 
     def __str__(self) -> str:
