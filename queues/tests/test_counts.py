@@ -3,6 +3,9 @@ recount repairs counters that drifted."""
 
 from __future__ import annotations
 
+import pytest
+from django.db import connection
+
 from queues import broker, monitor
 from queues.models import QueueStats
 
@@ -55,4 +58,32 @@ def test_recount_repairs_counters_that_drifted(db):
     QueueStats.objects.filter(queue=q).update(ready=999)
     c = broker.recount(q)
     assert c.ready == 3
+    assert_counts_exact(q)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks are PostgreSQL's")
+@pytest.mark.django_db(transaction=True)
+def test_counter_deltas_do_not_lock_the_queue_row():
+    # Every claim and ack appends a counter delta. Had the delta a foreign
+    # key to its queue, each would lock the queue's row to check it, so all
+    # of a queue's consumers would write one row's lock, and a receive would
+    # wait behind whoever holds that row (here, FOR UPDATE).
+    import psycopg
+
+    from queues.notify import conninfo
+
+    q = make_queue()
+    send(q, "a", "b")
+    holder = psycopg.connect(conninfo())
+    try:
+        holder.execute("SELECT 1 FROM queues_queue WHERE id = %s FOR UPDATE", [q.id])
+        with connection.cursor() as cur:
+            cur.execute("SET lock_timeout = '2s'")
+        got = receive(q, 2)
+        assert len(got) == 2
+        broker.ack(q, [d.receipt for d in got])
+    finally:
+        holder.close()
+        with connection.cursor() as cur:
+            cur.execute("RESET lock_timeout")
     assert_counts_exact(q)
