@@ -296,8 +296,10 @@ class PostgreSQL(Statements):
         return sql, [now, limit, limit]
 
     def receipt_rows(self, queue_id: int, pairs: Sequence[tuple[int, str]], states: str, columns: str = "id") -> Statement:
-        """One primary-key probe per receipt, as a LATERAL subquery the
-        planner cannot turn into a scan of the queue's index: statistics of
+        """For the statements that update what receipts hold (an ack's
+        delete is ``ack_delete``'s): one primary-key probe per receipt, as a
+        LATERAL subquery the planner cannot turn into a scan of the queue's
+        index, locked before the update: statistics of
         a churning table are often stale (and dead index entries many), and
         such a scan was measured at 20 times the probes' cost. The queue is
         checked on the probed row (``queue_id + 0``), not by probing the
@@ -311,6 +313,23 @@ class PostgreSQL(Statements):
             f"AND queue_id + 0 = %s AND state IN ({states}) LIMIT 1 FOR UPDATE) m"
         )
         return sql, [*params, queue_id]
+
+    def ack_delete(self, queue_id: int, pairs: Sequence[tuple[int, str]]) -> Statement:
+        """One pass: mq_ack (migration 0014) deletes the rows the receipts
+        name, through a primary-key probe per receipt in id order, whatever
+        the statistics, without locking them first (a lock is a WAL record
+        per message). The fence holds without the lock: the DELETE checks
+        the token on the row it deletes. The race: a consumer's ack of a
+        message whose lease just expired, while the lease sweep gives it back
+        (and another consumer claims it). The ack's snapshot still shows the
+        consumer's token; the DELETE waits for the sweep's transaction, then
+        PostgreSQL reads the row's newest version and checks it again
+        (EvalPlanQual: every condition on the row, the join's to its receipt
+        included), finds the token cleared or another consumer's, and leaves
+        the message alone. A concurrent extend keeps the token: the ack
+        deletes after it. Rows: as ``Statements.ack_delete``."""
+        # orjson: as json_rows; sorted, so the probes take the rows in id order.
+        return "SELECT * FROM mq_ack(%s::jsonb, %s)", [orjson.dumps(sorted(pairs)).decode(), queue_id]
 
     def ack_parts(self, queue_id: int, pairs: Sequence[tuple[int, str]], name: str) -> Statement:
         """An ack's WITH parts: ``name`` deletes the messages the receipts name

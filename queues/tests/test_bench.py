@@ -9,6 +9,7 @@ import io
 import json
 import os
 import re
+from functools import partial
 
 import psycopg
 import pytest
@@ -18,6 +19,7 @@ from django.db import connection
 from mqtools import bench
 from mqtools.bench import lean, rabbitmq, wal
 from mqtools.bench.measure import BODY_BYTES, Sizes, Stat, conninfo
+from mqtools.bench.raw import RawSQL, fill_ready
 from mqtools.bench.table import table_rows
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -194,6 +196,26 @@ def test_the_wal_of_a_lean_claim_is_read_per_relation(lean_schema) -> None:
     assert result.send.bytes > 200 * len(BODY_BYTES)
     assert "WAL: records=" in result.explain
     assert lean.waiting() == 0
+
+
+def test_the_wal_of_mqadmins_ack_is_a_delete_a_message_without_a_lock(lean_schema) -> None:
+    # The ack used to lock each row before deleting it: a Heap LOCK record a
+    # message beside its Heap DELETE (205 records for an ack of 100).
+    from queues import broker
+    from queues.models import Message
+
+    broker.put_queue("walack", {})
+    queue = broker.get_queue("walack")
+    peer_sql = RawSQL(conninfo(), {queue.id: queue})
+    peer = wal.MqadminStatements(peer_sql, queue.id, partial(fill_ready, queue.id), lambda: Message.objects.filter(queue=queue).delete())
+    try:
+        with psycopg.connect(conninfo(), autocommit=True) as conn:
+            result = wal.measure(peer, wal.WalReader(conn), 100, repeats=1)
+    finally:
+        peer_sql.close()
+    assert result.ack.by_relation.get("Heap DELETE queues_message") == 100
+    assert "Heap LOCK queues_message" not in result.ack.by_relation, result.ack.by_relation
+    assert not Message.objects.filter(queue=queue).exists()
 
 
 def _stat(median: float, *twins: float) -> Stat:

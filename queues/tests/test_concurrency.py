@@ -13,10 +13,11 @@ from typing import Any
 
 import orjson
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 
 from conftest import Api, make_token
 from queues import broker, monitor
+from queues.broker import maintenance
 from queues.models import Message, Queue
 
 DEADLINE_SECONDS = 60  # a hung worker fails the test instead of hanging it
@@ -165,6 +166,87 @@ def test_consumers_racing_the_lease_sweep_never_lose_or_double_ack(transactional
     assert c.totals["received_total"] == n_messages + c.totals["redelivered_total"]
     # The race really ran: some leases were swept from under their holders.
     assert c.totals["redelivered_total"] > 0 and len(stale) == c.totals["redelivered_total"]
+
+
+def ack_while_held(queue: Queue, receipts: list[str], hold: Callable[[], Any], riding: bool) -> broker.ReceiptResult:
+    """Ack ``receipts`` (riding on a receive, or not) while another
+    connection's transaction, which ran ``hold``, has changed their rows and
+    not committed: the ack is seen waiting for that transaction's row locks,
+    then the transaction commits. Returns the ack's verdicts."""
+    holding, release = threading.Event(), threading.Event()
+    verdicts: list[broker.ReceiptResult] = []
+
+    def work(i: int) -> None:
+        if i == 0:
+            with transaction.atomic():
+                hold()
+                holding.set()
+                release.wait(DEADLINE_SECONDS)
+            return
+        holding.wait(DEADLINE_SECONDS)
+        verdicts.append(lease_and_ack(riding)(queue, receipts, 1)[1])
+
+    def ack_waits() -> bool:
+        with connection.cursor() as cur:
+            cur.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock' AND query LIKE '%%mq_ack(%%'"
+            )
+            return bool(cur.fetchone()[0])
+
+    def watch() -> None:
+        deadline = time.monotonic() + DEADLINE_SECONDS
+        while not ack_waits() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        release.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    errors = run_threads(2, work)
+    watcher.join()
+    assert errors == [] and len(verdicts) == 1
+    return verdicts[0]
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks and waits are PostgreSQL's")
+@pytest.mark.parametrize("riding", [False, True], ids=["ack", "ack_riding_on_receive"])
+def test_an_old_receipt_acked_while_its_message_is_leased_again_deletes_nothing(transactional_db, riding):
+    """A consumer's leases ran out; its acks arrive while the sweep gives the
+    messages back and another consumer claims them, all in one transaction
+    not yet committed. The ack's snapshot still shows the old tokens, so its
+    delete waits for that transaction, then checks each row again on its
+    newest version: the new consumer's token, no match, nothing deleted."""
+    broker.put_queue("relet", {"visibility_timeout": 30, "max_deliveries": 0})
+    queue = broker.get_queue("relet")
+    ids = fill(queue, 3)
+    old = broker.receive(queue, max_messages=3)
+    relet: list[broker.Delivery] = []
+
+    def sweep_and_claim() -> None:
+        maintenance.expire_leases(now=time.time() + 60)
+        relet.extend(broker.receive(queue, max_messages=3))
+
+    result = ack_while_held(queue, [d.receipt for d in old], sweep_and_claim, riding)
+    assert result.done == [] and sorted(result.stale) == sorted(d.receipt for d in old)
+    assert sorted(d.id for d in relet) == sorted(ids)
+    assert Message.objects.filter(queue=queue, state="in_flight").count() == 3
+    assert sorted(int(m) for m in broker.ack(queue, [d.receipt for d in relet]).done) == sorted(ids)
+    assert_counters_match(queue, sent_total=3, received_total=6, redelivered_total=3, acked_total=3)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks and waits are PostgreSQL's")
+@pytest.mark.parametrize("riding", [False, True], ids=["ack", "ack_riding_on_receive"])
+def test_an_ack_waiting_for_its_own_extend_deletes_after_it(transactional_db, riding):
+    """The other side of the recheck: an extend changes the rows but keeps
+    their tokens, so the ack that waited for it still deletes them all."""
+    broker.put_queue("kept", {"visibility_timeout": 30})
+    queue = broker.get_queue("kept")
+    ids = fill(queue, 3)
+    held = [d.receipt for d in broker.receive(queue, max_messages=3)]
+    result = ack_while_held(queue, held, lambda: broker.extend(queue, held, 60), riding)
+    assert sorted(int(m) for m in result.done) == sorted(ids) and result.stale == []
+    assert not Message.objects.filter(queue=queue).exists()
+    assert_counters_match(queue, sent_total=3, received_total=3, acked_total=3)
 
 
 def test_concurrent_producers_with_one_dedup_id_enqueue_exactly_one(transactional_db):
