@@ -75,8 +75,8 @@ class RawSQL:
         """Ack ``held`` (none: a plain claim) and claim up to ``n``, in one
         statement as the broker's ``ack_and_receive`` does: (id, token) of
         the claimed, and how many were acked."""
-        rows, _, acked = self.sql.split_receive(self.conn.execute(*self.receive_statement(queue_id, held, n)).fetchall())
-        return [(r[0], r[7]) for r in rows], len(acked)
+        got = self.sql.split_receive(self.conn.execute(*self.receive_statement(queue_id, held, n)).fetchall())
+        return [(r[0], r[7]) for r in got.claimed], len(got.acked)
 
     def receive_statement(self, queue_id: int, held: list[tuple[int, str]], n: int) -> Statement:
         """The broker's receive of up to ``n``, carrying the acks of ``held``."""

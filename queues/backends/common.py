@@ -60,6 +60,10 @@ SLOT_IN_NEW_QUEUE = f"group_slot = COALESCE(group_slot, (SELECT -1 FROM {QUEUE_T
 CLAIMED = "id, body, headers, priority, group_key, delivery_count, enqueued_at, lease_token"
 # A leased row's columns for a release or a dead-letter (broker.receipts.Leased).
 LEASED = "id, queue_id, delivery_count, consumer_id, origin_queue_id"
+# A message of one queue (a parameter) whose lease ran out by a time (the
+# next parameter): in the order mq_msg_lease, on (queue, lease expiry) of
+# in-flight rows, serves with one probe.
+LAPSED = "queue_id = %s AND state = 'in_flight' AND lease_expires_at <= %s"
 
 # A ready message is claimable when it is not in a FIFO group, or when it is
 # its group's head: no other message of the group is in flight and none older
@@ -246,17 +250,23 @@ class Statements:
 
     def claimable(self, queue_ids: Sequence[int], now: float, most: int) -> Statement:
         """Rows: queue id, and how many of its messages a receive could claim
-        now, counting at most ``most`` of each kind: ready ones, and delayed
-        ones that came due (a claim promotes them). Paused queues are left
-        out. Each count stops at ``most`` rows of an index (mq_msg_state,
-        mq_msg_due), so a deep queue costs what a shallow one does."""
+        now, counting at most ``most`` of each kind: ready ones, delayed ones
+        that came due (a claim promotes them) and in-flight ones whose lease
+        ran out (a claim releases them). Paused queues are left out. Each
+        count stops at ``most`` rows of an index (mq_msg_state, mq_msg_due,
+        mq_msg_lease), so a deep queue costs what a shallow one does. The
+        lapsed ones are counted in lease order, so that a plan made without
+        the time (a prepared statement's) walks mq_msg_lease too, rather than
+        reading the table until enough rows pass (``PostgreSQL.receive``)."""
+        lapsed = LAPSED.replace("queue_id = %s", "queue_id = q.id")
         sql = (
             f"SELECT q.id, (SELECT count(*) FROM (SELECT 1 FROM {MESSAGE_TABLE} m WHERE m.queue_id = q.id "
             f"AND m.state = 'ready' LIMIT %s) r) + (SELECT count(*) FROM (SELECT 1 FROM {MESSAGE_TABLE} m "
-            f"WHERE m.queue_id = q.id AND m.state = 'delayed' AND m.visible_at <= %s LIMIT %s) d) "
+            f"WHERE m.queue_id = q.id AND m.state = 'delayed' AND m.visible_at <= %s LIMIT %s) d) + "
+            f"(SELECT count(*) FROM (SELECT 1 FROM {MESSAGE_TABLE} m WHERE m.{lapsed} ORDER BY m.lease_expires_at LIMIT %s) l) "
             f"FROM {QUEUE_TABLE} q WHERE q.id IN ({placeholders(len(queue_ids))}) AND NOT q.paused"
         )
-        return sql, [most, now, most, *queue_ids]
+        return sql, [most, now, most, now, most, *queue_ids]
 
     # -- claim -----------------------------------------------------------------
 
@@ -378,10 +388,15 @@ class Statements:
         )
         return sql, [now, reason[:2000], *ids]
 
-    def expired_leases(self, now: float, limit: int) -> Statement:
-        """Rows (LEASED) of in-flight messages whose lease ran out, locked;
-        SKIP LOCKED, so two monitors, or a monitor and a late ack, never both
-        act on one expiry: the second simply skips it."""
+    def expired_leases(self, now: float, limit: int, queue_id: int | None = None) -> Statement:
+        """Rows (LEASED) of in-flight messages (of one queue, or all) whose
+        lease ran out, locked; SKIP LOCKED, so two monitors, a monitor and a
+        receive, or either and a late ack, never both act on one expiry: the
+        second simply skips it (or, once the first committed, no longer finds
+        it in flight and lapsed)."""
+        if queue_id is not None:
+            sql = f"SELECT {LEASED} FROM {MESSAGE_TABLE} WHERE {LAPSED} ORDER BY lease_expires_at LIMIT %s{self.skip_locked}"
+            return sql, [queue_id, now, limit]
         sql = (
             f"SELECT {LEASED} FROM {MESSAGE_TABLE} "
             f"WHERE state = 'in_flight' AND lease_expires_at <= %s ORDER BY lease_expires_at "

@@ -5,7 +5,9 @@ ReceiveMessage, a consume stream (``receive`` and ``ack_and_receive`` on the
 request's thread; ``areceive_on`` on the event loop over a connection the
 caller holds). A claim leases ready messages, highest priority first, then
 oldest; on a FIFO queue only each group's head, of the groups the consumer
-owns. Due delayed messages become ready on the way.
+owns. Due delayed messages become ready on the way, and leases of the queue
+that ran out return (``release_lapsed``, as the monitor's sweep does them):
+a queue that is received from redelivers without the monitor.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from collections.abc import Callable, Generator, Sequence
 from typing import Any, NamedTuple
 
 import orjson
+from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 
 from .. import notify
@@ -26,10 +29,13 @@ from ..models import Queue, epoch_to_iso
 from ..states import MessageState as S
 from .counters import Tally
 from .durability import async_commit, async_commit_here, atomic
-from .receipts import ReceiptResult, ack, match_receipts, parse_receipts
+from .receipts import ReceiptResult, ack, match_receipts, parse_receipts, release_lapsed
 
 # Messages one receive may claim.
 MAX_RECEIVE = 100
+# Leases that ran out one receive releases at most, longest lapsed first:
+# its answer waits for them. More are left to the next receive, or the sweep.
+LAPSED_PER_RECEIVE = MAX_RECEIVE
 
 
 class Delivery(NamedTuple):
@@ -63,6 +69,15 @@ class Delivery(NamedTuple):
             "receipt": self.receipt,
             "lease_expires_at": epoch_to_iso(self.lease_expires_at),
         }
+
+
+class Lapsed(NamedTuple):
+    """A step of a one-statement receive that is not a statement: release
+    the queue's leases that ran out (``release_lapsed``, in a transaction of
+    its own); its driver sends back how many it released."""
+
+    queue_id: int
+    now: float
 
 
 class Received(NamedTuple):
@@ -141,11 +156,15 @@ async def areceive_on(
     wake = notify.wake
     # ``db`` is in autocommit: each statement is a transaction of its own.
     steps = _one_statement_steps(queue, max_messages, visibility_timeout, consumer_id, time.time(), parsed or None, wake, async_commit())
-    statement = next(steps)
+    step = next(steps)
     while True:
-        cur = await db.execute(*statement)
+        if isinstance(step, Lapsed):
+            result: Any = await _arelease_lapsed_apart(step)
+        else:
+            cur = await db.execute(*step)
+            result = await cur.fetchall()
         try:
-            statement = steps.send(await cur.fetchall())
+            step = steps.send(result)
         except StopIteration as done:
             received: Received = done.value
             return received
@@ -178,11 +197,15 @@ def _claim(
             steps = _one_statement_steps(
                 queue, max_messages, visibility_timeout, consumer_id, now, acks, wake, async_commit_here(), slots
             )
-            statement = next(steps)
+            step = next(steps)
             while True:
-                cur.execute(*statement)
+                if isinstance(step, Lapsed):
+                    result: Any = _release_lapsed(step)
+                else:
+                    cur.execute(*step)
+                    result = cur.fetchall()
                 try:
-                    statement = steps.send(cur.fetchall())
+                    step = steps.send(result)
                 except StopIteration as done:
                     received: Received = done.value
                     if queue.fifo:
@@ -194,6 +217,8 @@ def _claim(
     with atomic():
         tally = Tally()
         promote_due_in(tally, now, queue_id=queue.id)
+        # Under SQLite's write lock: the claim below sees them ready.
+        release_lapsed(now, limit=LAPSED_PER_RECEIVE, queue_id=queue.id)
         with connection.cursor() as cur:
             cur.execute(*sql.claim(queue, max_messages=max_messages, expires=expires, consumer_id=consumer_id, slots=slots))
             rows = cur.fetchall()
@@ -216,25 +241,29 @@ def _one_statement_steps(
     wake: Callable[[dict[int, int]], Any],
     relaxed: bool,
     slots: list[int] | None = None,
-) -> Generator[Statement, list[tuple[Any, ...]], Received]:
+) -> Generator[Statement | Lapsed, Any, Received]:
     """The statements of a one-statement receive, whoever runs them (the
     request's thread or the event loop): each is yielded, and its rows sent
-    back. Due delayed messages, made ready by the receive itself, are rare:
-    its snapshot did not see them ready, so a second claim takes what is
-    missing, and the receives waiting on the queue are told (``wake`` for
-    this process's). ``relaxed``: each statement is a transaction of its
-    own that commits without waiting for the WAL flush."""
+    back; a ``Lapsed`` step too, and how many it released sent back. Due
+    delayed messages, made ready by the receive itself, are rare, and so
+    are leases that ran out, which the statement only finds (and the
+    ``Lapsed`` step releases): its snapshot did not see either ready, so a
+    second claim takes what is missing, and the receives waiting on the
+    queue are told (``wake`` for this process's; a release tells them
+    itself). ``relaxed``: each statement is a transaction of its own that
+    commits without waiting for the WAL flush."""
     sql = dialect()
     assert isinstance(sql, PostgreSQL)
     expires = now + (queue.visibility_timeout if visibility_timeout is None else visibility_timeout)
     pairs = sorted({(mid, token) for mid, token, _ in acks}) if acks is not None else None
-    rows, promoted, found = sql.split_receive(
+    rows, promoted, found, lapsed = sql.split_receive(
         (yield sql.receive(
             queue, now=now, expires=expires, max_messages=max_messages, consumer_id=consumer_id, acks=pairs,
             slots=slots, async_commit=relaxed,
         ))
     )
-    if promoted:
+    released = (yield Lapsed(queue.id, now)) if lapsed else 0
+    if promoted or released:
         reclaimed = []
         if len(rows) < max_messages:
             reclaimed = yield sql.reclaim(
@@ -243,11 +272,31 @@ def _one_statement_steps(
             )
             rows += reclaimed
         # Those it did not take itself are others' to claim: as many
-        # receives as that are woken, not all of them.
+        # receives as that are woken, not all of them. (The released ones'
+        # wake-up went with their release: together at least as many as
+        # are left, whichever of them the second claim took.)
         if (left := promoted - len(reclaimed)) > 0:
             yield sql.announce(queue.id, left)
             wake({queue.id: left})
     return Received(to_deliveries(rows, expires), match_receipts(acks, found) if acks is not None else None)
+
+
+def _release_lapsed(step: Lapsed) -> int:
+    """A ``Lapsed`` step, on Django's connection: a transaction of its own."""
+    with atomic():
+        return release_lapsed(step.now, limit=LAPSED_PER_RECEIVE, queue_id=step.queue_id)
+
+
+def _release_lapsed_apart(step: Lapsed) -> int:
+    """A ``Lapsed`` step of a receive on the event loop, on a worker thread
+    whose connection goes back to the pool after."""
+    try:
+        return _release_lapsed(step)
+    finally:
+        connection.close()
+
+
+_arelease_lapsed_apart = sync_to_async(_release_lapsed_apart, thread_sensitive=False)
 
 
 def to_deliveries(rows: Sequence[Sequence[Any]], expires: float) -> list[Delivery]:

@@ -18,7 +18,7 @@ from ..states import MessageState as S
 from .claim import promote_due_in
 from .counters import Tally
 from .operator import delete_counted
-from .receipts import Leased, release_rows
+from .receipts import release_lapsed
 
 log = logging.getLogger("queues.broker")
 
@@ -41,13 +41,13 @@ def promote_due(*, now: float | None = None) -> int:
 
 def expire_leases(*, now: float | None = None, limit: int = SWEEP_BATCH) -> int:
     """Return messages whose lease ran out to ready (a redelivery each), or
-    dead-letter them when they used up their deliveries. Returns how many."""
+    dead-letter them when they used up their deliveries, in every queue.
+    Returns how many. A receive does the same for its own queue (``claim``):
+    this is for the queues nobody receives from (their dead-letter moves,
+    counters and dashboard events)."""
     now = time.time() if now is None else now
     with transaction.atomic():
-        with connection.cursor() as cur:
-            cur.execute(*dialect().expired_leases(now, limit))
-            rows = [Leased._make(r) for r in cur.fetchall()]
-        return release_rows(rows, now=now, reason="lease expired")
+        return release_lapsed(now, limit=limit)
 
 
 def prune_dedup(*, now: float | None = None) -> int:

@@ -151,6 +151,19 @@ def _in_flight(queue_id: int, parsed: list[tuple[int, str, str]]) -> tuple[list[
     return [Leased._make(r[:-1]) for r in rows], [(r[0], r[-1]) for r in rows]
 
 
+def release_lapsed(now: float, *, limit: int, queue_id: int | None = None) -> int:
+    """Messages (of one queue, or all) whose lease ran out by ``now`` back to
+    ready, each a redelivery, or dead-lettered when they used up their
+    deliveries (``release_rows``); at most ``limit``, longest lapsed first.
+    Returns how many. In the caller's transaction. The monitor's sweep and
+    a receive of the queue both come here: SKIP LOCKED (``expired_leases``)
+    keeps them, and a late ack or extend, from both acting on one expiry."""
+    with connection.cursor() as cur:
+        cur.execute(*dialect().expired_leases(now, limit, queue_id))
+        rows = [Leased._make(r) for r in cur.fetchall()]
+    return release_rows(rows, now=now, reason="lease expired")
+
+
 def release_rows(rows: Sequence[Leased], *, now: float, reason: str) -> int:
     """In-flight rows, locked by the caller, back to ready as redeliveries
     (or dead-lettered when they used up their deliveries). Returns how many."""

@@ -296,6 +296,21 @@ def test_long_poll_receive_wakes_when_a_message_is_sent(sqs: Any, sqs_server: st
     assert "Messages" not in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1)
 
 
+def test_a_long_poll_receives_a_lapsed_message_again_without_the_monitor(sqs: Any) -> None:
+    url = sqs.create_queue(QueueName="lapse")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="once")
+    [first] = sqs.receive_message(QueueUrl=url, VisibilityTimeout=1)["Messages"]
+    started = time.monotonic()
+    # Waiting when the lease runs out: the server's watch wakes it (this
+    # server runs no monitor), and its receive takes the lease back.
+    [again] = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=10, AttributeNames=["ApproximateReceiveCount"])["Messages"]
+    assert time.monotonic() - started < 4
+    assert again["MessageId"] == first["MessageId"] and again["Attributes"]["ApproximateReceiveCount"] == "2"
+    with pytest.raises(ClientError) as exc:
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first["ReceiptHandle"], VisibilityTimeout=10)
+    assert _code(exc) == "AWS.SimpleQueueService.MessageNotInflight"
+
+
 def test_purge_queue_deletes_every_message(sqs: Any) -> None:
     url = sqs.create_queue(QueueName="purge-me")["QueueUrl"]
     sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": str(i)} for i in range(5)])

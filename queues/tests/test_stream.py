@@ -242,6 +242,36 @@ async def test_an_expired_lease_frees_its_slot():
     await comm.disconnect()
 
 
+@pytest.mark.parametrize("cap", [20, 0], ids=["on-the-loop", "on-its-thread"])
+async def test_a_lapsed_lease_comes_back_to_the_stream_without_the_monitor(monkeypatch, cap):
+    # On PostgreSQL, under the cap, the look that finds it runs on the loop
+    # and releases it on a thread; past the cap (and on SQLite) the whole
+    # look runs on the stream's thread.
+    from queues.broker import claim
+
+    released_apart = []
+    real = claim._arelease_lapsed_apart
+
+    async def counted(step: Any) -> int:
+        released_apart.append(step)
+        return await real(step)
+
+    monkeypatch.setattr(claim, "_arelease_lapsed_apart", counted)
+    monkeypatch.setattr(settings, "MQ_STREAM_DB_CONNECTIONS", cap)
+    await sync_to_async(make_queue)("lapse", visibility_timeout=1)
+    [mid] = await sync_to_async(send)("lapse", "once")
+    comm = await opened("lapse", "?prefetch=1")
+    first = (await frame(comm))["messages"][0]
+    again = (await frame(comm, timeout=4))["messages"]
+    assert [(m["id"], m["delivery_count"]) for m in again] == [(str(mid), 2)]
+    assert len(released_apart) == (1 if cap and connection.vendor == "postgresql" else 0)
+    await comm.send_json_to({"type": "ack", "receipts": [first["receipt"]]})
+    assert (await frame(comm))["stale"] == [first["receipt"]]
+    await comm.disconnect()
+    counts = (await sync_to_async(broker.queue_counts)())[(await sync_to_async(broker.get_queue)("lapse")).id]
+    assert counts.totals["redelivered_total"] == 2  # by the receive, then by the stream's close
+
+
 async def test_a_fifo_group_is_delivered_in_order_one_at_a_time():
     await sync_to_async(make_queue)("fifo", fifo=True)
     ids = await sync_to_async(send)("fifo", 1, 2, 3, group="table-7")
