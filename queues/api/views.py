@@ -97,6 +97,9 @@ def send(request: HttpRequest, name: str, payload: Body[s.SendIn]) -> HttpRespon
 
 
 def new_messages(items: list[s.MessageIn]) -> list[broker.NewMessage]:
+    """A send's messages, validated (``s.Plain``: the client's JSON objects) as the broker takes them."""
+    if isinstance(items, s.Plain):
+        return [_from_plain(m) for m in items]
     return [
         broker.NewMessage(
             body=orjson.dumps(m.body),
@@ -108,6 +111,13 @@ def new_messages(items: list[s.MessageIn]) -> list[broker.NewMessage]:
         )
         for m in items
     ]
+
+
+def _from_plain(m: dict[str, Any]) -> broker.NewMessage:
+    body = orjson.dumps(m["body"])
+    if len(m) == 1:
+        return broker.NewMessage(body)
+    return broker.NewMessage(body, m.get("priority", 0), m.get("delay"), m.get("group"), m.get("dedup_id"), m.get("headers") or {})
 
 
 @router.post(

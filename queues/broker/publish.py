@@ -25,7 +25,7 @@ from .counters import Tally, queue_counts
 from .queues import forget_queues
 
 
-@dataclass
+@dataclass(slots=True)
 class NewMessage:
     """One message to publish; ``body`` is already-encoded JSON."""
 
@@ -48,7 +48,8 @@ class Published(NamedTuple):
 
 
 class NewRow(NamedTuple):
-    """A new message's values, in ``backends.common.NEW_MESSAGE_COLUMNS`` order."""
+    """A new message's values, in ``backends.common.NEW_MESSAGE_COLUMNS``
+    order: the names of a ``Row``'s fields."""
 
     queue_id: int
     state: str
@@ -68,22 +69,38 @@ class NewRow(NamedTuple):
     consumer_id: str | None = None
 
 
+# A new message's row: a plain tuple of NewRow's fields. A send of 1,000
+# makes 1,000, and a named tuple took several times as long to make; where
+# a row is read by name (a handed one), it is made a NewRow.
+Row = tuple[Any, ...]
+_STATE, _PRIORITY = NewRow._fields.index("state"), NewRow._fields.index("priority")
+
 _READY, _DELAYED, _IN_FLIGHT = S.READY.value, S.DELAYED.value, S.IN_FLIGHT.value
 
 
-def new_row(queue: Queue, m: NewMessage, now: float) -> NewRow:
-    delay = queue.delay if m.delay is None else m.delay
-    headers = orjson.dumps(m.headers).decode() if m.headers else "{}"
-    state = _DELAYED if delay > 0 else _READY
-    group = m.group or ""
-    slot = slot_of(group) if group else (UNGROUPED if queue.fifo else None)
-    return NewRow(queue.id, state, m.priority, m.body.decode(), headers, group, slot, m.dedup_id, 0, now, now + delay, "")
+def new_row(queue: Queue, m: NewMessage, now: float) -> Row:
+    return new_rows(queue, [m], now)[0]
 
 
-def sent_tally(queue: Queue, rows: Sequence[NewRow]) -> Tally:
+def new_rows(queue: Queue, messages: Sequence[NewMessage], now: float) -> list[Row]:
+    """The rows of new messages (a send of 1,000 makes 1,000: the queue's
+    settings are looked up once)."""
+    queue_id, default_delay, fifo = queue.id, queue.delay, queue.fifo
+    rows = []
+    for m in messages:
+        delay = default_delay if m.delay is None else m.delay
+        headers = orjson.dumps(m.headers).decode() if m.headers else "{}"
+        group = m.group or ""
+        slot = slot_of(group) if group else (UNGROUPED if fifo else None)
+        state = _DELAYED if delay > 0 else _READY
+        rows.append((queue_id, state, m.priority, m.body.decode(), headers, group, slot, m.dedup_id, 0, now, now + delay, "", None, None, None))
+    return rows
+
+
+def sent_tally(queue: Queue, rows: Sequence[Row]) -> Tally:
     """The counter changes of sending these rows."""
     tally = Tally()
-    states = Counter(row.state for row in rows)
+    states = Counter(row[_STATE] for row in rows)
     for state, n in states.items():
         tally.move(queue.id, None, state, n)
     tally.add(queue.id, "sent_total", len(rows))
@@ -109,12 +126,13 @@ def publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None =
 
 
 def _publish(queue: Queue, messages: Sequence[NewMessage], now: float) -> list[Published]:
+    limit = queue.max_message_bytes
+    deduplicated = False
     for i, m in enumerate(messages):
-        if len(m.body) > queue.max_message_bytes:
-            raise MessageTooLarge(
-                f"Message {i} body is {len(m.body)} bytes; queue {queue.name!r} accepts at most "
-                f"{queue.max_message_bytes}."
-            )
+        if len(m.body) > limit:
+            raise MessageTooLarge(f"Message {i} body is {len(m.body)} bytes; queue {queue.name!r} accepts at most {limit}.")
+        if m.dedup_id is not None:
+            deduplicated = True
     if queue.max_depth is not None:
         c = queue_counts([queue.id], now=now).get(queue.id, QueueCounts())
         waiting = c.ready + c.delayed + c.in_flight
@@ -126,15 +144,11 @@ def _publish(queue: Queue, messages: Sequence[NewMessage], now: float) -> list[P
                 f"{what} would exceed it by {over}.",
                 retry_after=1,
             )
-    first_of: dict[str, int] = {}  # dedup id -> index of its first use in this batch
-    for i, m in enumerate(messages):
-        if m.dedup_id is not None and m.dedup_id not in first_of:
-            first_of[m.dedup_id] = i
     sql = dialect()
-    if not first_of and isinstance(sql, PostgreSQL):
+    if not deduplicated and isinstance(sql, PostgreSQL):
         # The common case: no dedup ids. Messages, counters and the NOTIFY
         # in ONE statement, atomic on its own: one round trip, no BEGIN.
-        rows = [new_row(queue, m, now) for m in messages]
+        rows = new_rows(queue, messages, now)
         with Handing(queue, now) as handing:
             rows = handing.lease(rows)
             tally = sent_tally(queue, rows)
@@ -144,6 +158,10 @@ def _publish(queue: Queue, messages: Sequence[NewMessage], now: float) -> list[P
             handing.inserted(ids)
         tally.wake_at_commit()
         return [Published(str(pk), False) for pk in ids]
+    first_of: dict[str, int] = {}  # dedup id -> index of its first use in this batch
+    for i, m in enumerate(messages):
+        if m.dedup_id is not None and m.dedup_id not in first_of:
+            first_of[m.dedup_id] = i
     return _publish_deduplicated(queue, messages, first_of, now)
 
 
@@ -164,16 +182,13 @@ def _publish_deduplicated(queue: Queue, messages: Sequence[NewMessage], first_of
                 seen = dict(cur.fetchall())
                 for key, i in taken.items():
                     results[i] = Published(str(seen.get(key) or ""), True)
-        rows: list[NewRow] = []
-        row_index: list[int] = []
-        for i, m in enumerate(messages):
-            if results[i] is not None:
-                continue
-            if m.dedup_id is not None and first_of[m.dedup_id] != i:
-                continue  # a repeat within the batch: resolved below
-            rows.append(new_row(queue, m, now))
-            row_index.append(i)
-        rows = handing.lease(rows)
+        row_index = [
+            i
+            for i, m in enumerate(messages)
+            # Not a duplicate, nor a repeat within the batch (resolved below).
+            if results[i] is None and (m.dedup_id is None or first_of[m.dedup_id] == i)
+        ]
+        rows = handing.lease(new_rows(queue, [messages[i] for i in row_index], now))
         ids: list[int] = []
         if rows:
             with prepared_cursor() as insert:
@@ -198,7 +213,7 @@ def _publish_deduplicated(queue: Queue, messages: Sequence[NewMessage], first_of
     return [r for r in results if r is not None]
 
 
-def _ids_in_row_order(rows: Sequence[NewRow], ids: Sequence[int]) -> list[int]:
+def _ids_in_row_order(rows: Sequence[Row], ids: Sequence[int]) -> list[int]:
     """Ids come from one sequence inside one statement, so they ascend in row
     order: sorted, they pair with their rows."""
     if len(ids) != len(rows):
@@ -226,27 +241,29 @@ class Handing:
         self.now = now
         self.eligible = not (queue.paused or queue.fifo or connection.in_atomic_block)
         self.given: list[tuple[notify.Waiter, list[int]]] = []  # waiter, indexes into rows
-        self.rows: list[NewRow] = []
+        self.rows: list[Row] = []
         self.ids: list[int] = []
 
-    def lease(self, rows: list[NewRow]) -> list[NewRow]:
+    def lease(self, rows: list[Row]) -> list[Row]:
         """The rows to insert: those handed to a waiting receive leased to it."""
         self.rows = rows
         if not self.eligible:
             return rows
-        ready = [i for i, row in enumerate(rows) if row.state == _READY]
+        ready = [i for i, row in enumerate(rows) if row[_STATE] == _READY]
         if not ready:
             return rows
         waiters = _to_live_consumers(notify.take(self.queue.id, len(ready)))
+        if not waiters:
+            return rows
         # As a claim takes them: highest priority first, then oldest.
-        ready.sort(key=lambda i: (-rows[i].priority, i))
+        ready.sort(key=lambda i: (-rows[i][_PRIORITY], i))
         for w in waiters:
             assert w.offer is not None
             mine, ready = ready[: w.offer.max_messages], ready[w.offer.max_messages :]
             self.given.append((w, mine))
             vt = self.queue.visibility_timeout if w.offer.visibility_timeout is None else w.offer.visibility_timeout
             for i in mine:
-                rows[i] = rows[i]._replace(
+                rows[i] = NewRow._make(rows[i])._replace(
                     state=_IN_FLIGHT,
                     delivery_count=1,
                     lease_token=secrets.token_hex(16),
@@ -268,7 +285,7 @@ class Handing:
                 continue
             out = []
             for i in mine:
-                r = self.rows[i]
+                r = NewRow._make(self.rows[i])
                 assert r.lease_token is not None and r.lease_expires_at is not None
                 out.append(Delivery(self.ids[i], r.body, r.headers, r.priority, r.group_key, 1, r.enqueued_at, r.lease_token, r.lease_expires_at))
             out.sort(key=lambda d: (-d.priority, d.id))

@@ -5,8 +5,12 @@ ids within their window."""
 from __future__ import annotations
 
 import pytest
+from django.db import connection
 
 from queues import broker
+from queues.backends import dialect
+from queues.backends.common import NEW_MESSAGE_COLUMNS
+from queues.broker.publish import new_rows
 from queues.exceptions import MessageTooLarge
 from queues.models import Message
 from queues.states import MessageState as S
@@ -41,6 +45,30 @@ def test_a_batch_keeps_its_order_ids_and_fields(db):
     assert (b.body, b.group_key, b.state) == ('"b"', "g", S.DELAYED)
     assert b.visible_at == pytest.approx(b.enqueued_at + 60)
     assert (c.body, c.dedup_id, c.delivery_count, c.lease_token, c.consumer_id) == ('"c"', "d1", 0, None, None)
+
+
+@pytest.mark.parametrize("dedup", [False, True], ids=["one statement", "with dedup ids"])
+def test_every_column_is_stored_as_made_whether_the_batch_shares_its_value_or_not(db, dedup):
+    """On PostgreSQL a column every row shares goes once, as a parameter of
+    its own (backends.postgresql.json_rows): the rows are the same."""
+    q = make_queue()
+    messages = [broker.NewMessage(b'"same"', dedup_id=f"d{i}" if dedup else None) for i in range(3)]
+    messages.append(broker.NewMessage(b'{"x":1}', priority=5, delay=30, group="g", headers={"h": "v"}))
+    results = broker.publish(q, messages, now=T0)
+    names = [name for name, _ in NEW_MESSAGE_COLUMNS]
+    stored = list(Message.objects.filter(pk__in=[int(r.id) for r in results]).order_by("pk").values_list(*names))
+    assert stored == new_rows(q, messages, T0)
+    (alone,) = broker.publish(q, [broker.NewMessage(b"[]", priority=9)], now=T0 + 1)
+    assert list(Message.objects.filter(pk=int(alone.id)).values_list(*names)) == new_rows(q, [broker.NewMessage(b"[]", priority=9)], T0 + 1)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="the JSON rows are PostgreSQL's")
+def test_on_postgresql_the_columns_a_send_shares_travel_once_and_bodies_always_in_the_rows(db):
+    q = make_queue()
+    rows = new_rows(q, [broker.NewMessage(b'"same"') for _ in range(3)], T0)
+    sql, params = dialect().insert_messages(rows)
+    assert "%s::bigint AS queue_id" in sql and "%s::float8 AS enqueued_at" in sql and "(e->>0)::text AS body" in sql
+    assert params[-1] == '[["\\"same\\""],["\\"same\\""],["\\"same\\""]]'
 
 
 def test_publish_is_all_or_nothing_when_one_body_is_too_large(db):
