@@ -22,6 +22,9 @@ from .receipts import release_lapsed
 
 log = logging.getLogger("queues.broker")
 
+# Messages one tick of retention deletes from a queue at most, so one tick
+# stays short; the rest go at the next.
+RETENTION_BATCH = 10_000
 # Rows one sweep of expired leases takes at most, so one tick stays short.
 SWEEP_BATCH = 1000
 # Every message is inserted, claimed and deleted; counter deltas are
@@ -65,12 +68,30 @@ def enforce_retention(*, now: float | None = None) -> int:
     for queue in Queue.objects.filter(retention__isnull=False):
         assert queue.retention is not None
         with transaction.atomic():
-            qs = Message.objects.filter(queue=queue, state__in=[S.READY, S.DELAYED, S.DEAD], enqueued_at__lte=now - queue.retention)
-            n = delete_counted(queue, qs, "expired_total")
+            n = delete_counted(queue, _too_old(queue, now - queue.retention), "expired_total")
             if n:
                 events.emit("retention", queue.name, count=n)
             removed += n
     return removed
+
+
+def _too_old(queue: Queue, cutoff: float) -> list[int]:
+    """The ids of the queue's waiting messages enqueued at or before
+    ``cutoff``, at most RETENTION_BATCH. Ids are handed out in enqueue order,
+    so the walk goes up the queue's ids (mq_msg_queue) and stops at the
+    first message younger than the cutoff: no index on the enqueue time,
+    which every send and every claim would write."""
+    rows = (
+        Message.objects.filter(queue=queue, state__in=[S.READY, S.DELAYED, S.DEAD])
+        .order_by("id")
+        .values_list("id", "enqueued_at")[:RETENTION_BATCH]
+    )
+    old = []
+    for mid, enqueued_at in rows:
+        if enqueued_at > cutoff:
+            break
+        old.append(mid)
+    return old
 
 
 class Vacuum:

@@ -153,9 +153,10 @@ def delete_messages(message_ids: Iterable[int | str], *, by: str = "") -> int:
 
 
 def delete_counted(queue: Queue, qs: Any, total_counter: str) -> int:
-    """Delete the messages of ``qs`` (all in ``queue``), keeping counters
-    right, and count them in ``total_counter``. In the caller's transaction."""
-    ids = list(qs.values_list("id", flat=True))
+    """Delete the messages of ``qs`` (all in ``queue``; a queryset, or their
+    ids), keeping counters right, and count them in ``total_counter``. In
+    the caller's transaction."""
+    ids = qs if isinstance(qs, list) else list(qs.values_list("id", flat=True))
     if not ids:
         return 0
     # Count the rows as the DELETE found them: between the read above and

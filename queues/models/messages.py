@@ -23,8 +23,8 @@ from .queues import Queue, epoch_to_iso
 # out of the indexes that do not need them, so a claim writes only the
 # primary key's, mq_msg_queue's and mq_msg_lease's entries. On SQLite, which
 # rewrites only the entries whose columns changed, and whose planner cannot
-# prove "state = 'ready'" implies this condition, migration 0012 keeps these
-# indexes whole.
+# prove "state = 'ready'" implies this condition, migration 0012 keeps this
+# index whole.
 NOT_LEASED = ~Q(state=MessageState.IN_FLIGHT)
 
 
@@ -176,7 +176,6 @@ class Message(models.Model):
             models.Index(fields=["id"], condition=Q(state="dead"), name="mq_msg_dead"),
             models.Index(fields=["dedup_id"], condition=Q(dedup_id__isnull=False), name="mq_msg_dedup"),
             models.Index(fields=["group_key", "id"], condition=~Q(group_key=""), name="mq_msg_group_any"),
-            models.Index(fields=["enqueued_at"], condition=NOT_LEASED, name="mq_msg_enqueued"),
         ]
 
     def __str__(self) -> str:

@@ -220,3 +220,20 @@ def test_a_background_job_runs_once_at_a_time_and_outlives_its_failures(db):
     assert runs == [1]
     background.poke()  # the failure did not wedge it
     wait_for(lambda: len(runs) == 2 and not background._running.locked(), timeout=5, interval=0.01)
+
+
+def test_retention_walks_up_the_ids_and_stops_at_the_first_young_message(db, monkeypatch):
+    # No index on the enqueue time: retention reads the queue's messages in
+    # id order, a batch at a time, and deletes those at or past the cutoff.
+    from queues.broker import maintenance
+
+    monkeypatch.setattr(maintenance, "RETENTION_BATCH", 3)
+    q = make_queue("kept", retention=60)
+    old = send(q, *range(5), now=T0)
+    young = send(q, "y1", "y2", now=T0 + 100)
+    assert broker.enforce_retention(now=T0 + 120) == 3  # one batch a tick
+    assert broker.enforce_retention(now=T0 + 120) == 2
+    assert broker.enforce_retention(now=T0 + 120) == 0
+    left = sorted(str(i) for i in Message.objects.filter(queue=q).values_list("id", flat=True))
+    assert left == sorted(young) and not set(old) & set(left)
+    assert_counts_exact(q)
