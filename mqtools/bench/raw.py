@@ -22,7 +22,7 @@ import psycopg
 
 from queues.backends.common import DELTA_INSERT_INTO, Statement
 from queues.backends.postgresql import NOTIFY_CHANNEL, PostgreSQL
-from queues.broker.publish import NewMessage, new_row, sent_tally
+from queues.broker.publish import NewMessage, new_rows, sent_tally
 from queues.models import COUNTER_FIELDS, Message, Queue, QueueStats, QueueStatsDelta
 
 from .measure import BODY, BODY_BYTES, BenchError, Countdown, Measure, conninfo, run_consumers
@@ -63,7 +63,7 @@ class RawSQL:
 
     def publish(self, queue_id: int, n: int, body: bytes = BODY_BYTES) -> list[int]:
         queue = self.queue(queue_id)
-        rows = [new_row(queue, NewMessage(body=body), time.time())] * n
+        rows = new_rows(queue, [NewMessage(body=body)], time.time()) * n
         row = self.conn.execute(*self.sql.send(rows, *sent_tally(queue, rows).statements())).fetchone()
         assert row is not None
         return sorted(row[0])

@@ -25,6 +25,7 @@ log = logging.getLogger("queues.broker")
 # Messages one tick of retention deletes from a queue at most, so one tick
 # stays short; the rest go at the next.
 RETENTION_BATCH = 10_000
+RETENTION_CHUNK = 500
 # Rows one sweep of expired leases takes at most, so one tick stays short.
 SWEEP_BATCH = 1000
 # Every message is inserted, claimed and deleted; counter deltas are
@@ -85,6 +86,8 @@ def _too_old(queue: Queue, cutoff: float) -> list[int]:
         Message.objects.filter(queue=queue, state__in=[S.READY, S.DELAYED, S.DEAD])
         .order_by("id")
         .values_list("id", "enqueued_at")[:RETENTION_BATCH]
+        # Fetched a chunk at a time: a queue of young messages reads one.
+        .iterator(chunk_size=RETENTION_CHUNK)
     )
     old = []
     for mid, enqueued_at in rows:

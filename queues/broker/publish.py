@@ -78,10 +78,6 @@ _STATE, _PRIORITY = NewRow._fields.index("state"), NewRow._fields.index("priorit
 _READY, _DELAYED, _IN_FLIGHT = S.READY.value, S.DELAYED.value, S.IN_FLIGHT.value
 
 
-def new_row(queue: Queue, m: NewMessage, now: float) -> Row:
-    return new_rows(queue, [m], now)[0]
-
-
 def new_rows(queue: Queue, messages: Sequence[NewMessage], now: float) -> list[Row]:
     """The rows of new messages (a send of 1,000 makes 1,000: the queue's
     settings are looked up once)."""
