@@ -93,7 +93,14 @@ class MessageDict(TypedDict):
 
 class Message(models.Model):
     # Indexed by mq_msg_queue (queue, id), which also serves the FK's lookups.
-    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="messages", db_index=False)
+    # No constraint in the database (nor on the consumer and origin below):
+    # PostgreSQL checks a foreign key with a query per row written, at
+    # commit, which took more of a send of 100 than its index entries. Who
+    # writes a queue id checks that queue once a statement instead
+    # (``Statements.hold_queue``), and ``broker.delete_queue`` sweeps up
+    # what arrived while it ran; a claim's consumer is checked alive and
+    # held by the claim itself (``consumer_alive``).
+    queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="messages", db_index=False, db_constraint=False)
     state = models.CharField(max_length=10, choices=MessageState.choices)
     priority = models.SmallIntegerField(default=0)
     # JSON text as the producer sent it: stored and returned without a decode.
@@ -115,13 +122,13 @@ class Message(models.Model):
     lease_expires_at = models.FloatField(null=True, blank=True)
     # Indexed by mq_msg_consumer (a plain btree: no varchar_pattern_ops twin).
     consumer = models.ForeignKey(
-        "Consumer", null=True, blank=True, on_delete=models.SET_NULL, related_name="messages", db_index=False
+        "Consumer", null=True, blank=True, on_delete=models.SET_NULL, related_name="messages", db_index=False, db_constraint=False
     )
     # Set when the message was dead-lettered into another queue; redrive
     # sends it back there.
     # Indexed by the partial mq_msg_origin: almost every row has no origin.
     origin_queue = models.ForeignKey(
-        Queue, null=True, blank=True, on_delete=models.SET_NULL, related_name="dead_lettered", db_index=False
+        Queue, null=True, blank=True, on_delete=models.SET_NULL, related_name="dead_lettered", db_index=False, db_constraint=False
     )
     last_error = models.TextField(default="", blank=True)
     dead_at = models.FloatField(null=True, blank=True)
