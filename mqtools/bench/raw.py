@@ -64,7 +64,7 @@ class RawSQL:
     def publish(self, queue_id: int, n: int, body: bytes = BODY_BYTES) -> list[int]:
         queue = self.queue(queue_id)
         rows = new_rows(queue, [NewMessage(body=body)], time.time()) * n
-        row = self.conn.execute(*self.sql.send(rows, *sent_tally(queue, rows).statements())).fetchone()
+        row = self.conn.execute(*self.sql.send(queue.id, rows, *sent_tally(queue, rows).statements())).fetchone()
         assert row is not None
         return sorted(row[0])
 

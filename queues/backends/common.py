@@ -7,7 +7,7 @@ override what differs; the broker never assembles SQL of its own.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -109,6 +109,8 @@ class Statements:
     for_update = ""
     #: appended to a SELECT whose rows must not change until commit (others may read)
     for_share = ""
+    #: appended to a SELECT whose rows must not be deleted until commit
+    for_key_share = ""
     #: a fresh random 32-character token, computed per row in SQL
     random_token = ""
 
@@ -185,12 +187,35 @@ class Statements:
 
     # -- publish ---------------------------------------------------------------
 
-    def insert_messages(self, rows: Sequence[Sequence[Any]]) -> Statement:
-        """A batch of new messages (NEW_MESSAGE_COLUMNS order); rows: their ids."""
+    def queue_held(self, queue_id: int) -> Statement:
+        """A condition: the queue still exists, and cannot be deleted before
+        this transaction ends. Messages have no foreign-key constraint on
+        their queue (``Message.queue``): whatever writes a queue id into
+        them checks it here, once. On PostgreSQL the lock sees the newest
+        version of the queue's row, whatever the statement's snapshot, so a
+        queue deleted since then is seen gone; ``broker.delete_queue``, in
+        turn, deletes the messages that were sent while it waited for the
+        lock. SQLite runs one writer at a time."""
+        return f"EXISTS (SELECT 1 FROM {QUEUE_TABLE} WHERE id = %s{self.for_key_share})", [queue_id]
+
+    def hold_queues(self, queue_ids: Collection[int]) -> Statement:
+        """Rows: the ids among ``queue_ids`` whose queues still exist, held
+        until commit as ``queue_held`` holds them, in id order."""
+        ids = sorted(queue_ids)
+        sql = f"SELECT id FROM {QUEUE_TABLE} WHERE id IN ({placeholders(len(ids))}) ORDER BY id{self.for_key_share}"
+        return sql, ids
+
+    def insert_messages(self, queue_id: int, rows: Sequence[Sequence[Any]]) -> Statement:
+        """A batch of new messages (NEW_MESSAGE_COLUMNS order) of one queue;
+        rows: their ids, none when the queue is gone (``queue_held``)."""
         names = ", ".join(name for name, _ in NEW_MESSAGE_COLUMNS)
         row_sql = f"({placeholders(len(NEW_MESSAGE_COLUMNS))})"
-        sql = f"INSERT INTO {MESSAGE_TABLE} ({names}) VALUES {', '.join([row_sql] * len(rows))} RETURNING id"
-        return sql, [value for row in rows for value in row]
+        held, held_params = self.queue_held(queue_id)
+        sql = (
+            f"INSERT INTO {MESSAGE_TABLE} ({names}) SELECT * FROM (VALUES {', '.join([row_sql] * len(rows))}) "
+            f"WHERE {held} RETURNING id"
+        )
+        return sql, [*(value for row in rows for value in row), *held_params]
 
     def claim_dedup_keys(self, queue_id: int, keys: Sequence[str], now: float, expires_at: float) -> Statement:
         """Insert dedup keys; rows: those this transaction now owns (new, or

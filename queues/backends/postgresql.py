@@ -148,6 +148,7 @@ class PostgreSQL(Statements):
     skip_locked = " FOR UPDATE SKIP LOCKED"
     for_update = " FOR UPDATE"
     for_share = " FOR SHARE"
+    for_key_share = " FOR KEY SHARE"
     random_token = "replace(gen_random_uuid()::text, '-', '')"
 
     def serialize_dead_letter_links(self) -> Statement | None:
@@ -163,15 +164,17 @@ class PostgreSQL(Statements):
         this queue became ready outside a send."""
         return "SELECT pg_notify(%s, %s)", [NOTIFY_CHANNEL, f"{queue_id}:{ready}"]
 
-    def insert_messages(self, rows: Sequence[Sequence[Any]]) -> Statement:
+    def insert_messages(self, queue_id: int, rows: Sequence[Sequence[Any]]) -> Statement:
         names = ", ".join(name for name, _ in NEW_MESSAGE_COLUMNS)
         rows_sql, params = json_rows(NEW_MESSAGE_COLUMNS, rows, shared=_SHARED_NEW_MESSAGE_COLUMNS)
-        return f"INSERT INTO {MESSAGE_TABLE} ({names}) {rows_sql} RETURNING id", params
+        # Checked once, before the first row (it names no column of the rows).
+        held, held_params = self.queue_held(queue_id)
+        return f"INSERT INTO {MESSAGE_TABLE} ({names}) {rows_sql} WHERE {held} RETURNING id", [*params, *held_params]
 
-    def send(self, rows: Sequence[Sequence[Any]], delta: Statement | None, notify: Statement | None) -> Statement:
+    def send(self, queue_id: int, rows: Sequence[Sequence[Any]], delta: Statement | None, notify: Statement | None) -> Statement:
         """A send as one statement: the messages, their counter delta and the
-        NOTIFY. One row: the array of new ids."""
-        sql, params = self.insert_messages(rows)
+        NOTIFY. One row: the array of new ids (NULL when the queue is gone)."""
+        sql, params = self.insert_messages(queue_id, rows)
         ctes = f"ins AS ({sql})"
         if delta is not None:
             ctes += f", d AS ({delta[0]})"

@@ -18,11 +18,11 @@ from django.db import connection, transaction
 
 from .. import events
 from ..backends import dialect
-from ..exceptions import InvalidValue
+from ..exceptions import InvalidValue, QueueNotFound
 from ..models import Message, Queue
 from ..states import MessageState as S
 from .counters import Tally
-from .queues import put_queue
+from .queues import hold_queues, put_queue
 from .receipts import Leased, dead_letter
 
 # Messages one operator action may touch: a bigger selection is a purge or a
@@ -65,12 +65,14 @@ def requeue(message_ids: Iterable[int | str], *, by: str = "", now: float | None
     now = time.time() if now is None else now
     with transaction.atomic():
         rows = _lock_messages(message_ids)
+        origins = hold_queues(m.origin_queue_id for m in rows if m.origin_queue_id is not None)
         tally = Tally()
         by_target: dict[int, list[int]] = defaultdict(list)
         for m in rows:
             if m.state == S.READY and m.origin_queue_id is None:
                 continue
-            target_queue = m.origin_queue_id if m.origin_queue_id is not None else m.queue_id
+            # An origin deleted meanwhile: home is where it is.
+            target_queue = m.origin_queue_id if m.origin_queue_id in origins else m.queue_id
             by_target[target_queue].append(m.id)
             tally.move(m.queue_id, m.state, None)
             tally.move(target_queue, None, S.READY)
@@ -101,6 +103,8 @@ def move(message_ids: Iterable[int | str], target: Queue, *, by: str = "", now: 
         rows = [m for m in _lock_messages(message_ids) if m.queue_id != target.id]
         if not rows:
             return 0
+        if not hold_queues([target.id]):
+            raise QueueNotFound(f"No queue named {target.name!r}.")
         tally = Tally()
         for m in rows:
             state = S.DELAYED if m.state == S.DELAYED else S.READY
@@ -208,10 +212,11 @@ def redrive(queue: Queue, *, max_messages: int | None = None, now: float | None 
         rows = list(selected.values_list("id", "state", "origin_queue_id"))
         if not rows:
             return 0
+        origins = hold_queues(origin for _mid, _state, origin in rows if origin is not None)
         tally = Tally()
         by_target: dict[int, list[int]] = defaultdict(list)
         for mid, state, origin in rows:
-            target_queue = origin if origin is not None else queue.id
+            target_queue = origin if origin in origins else queue.id
             by_target[target_queue].append(mid)
             tally.move(queue.id, state, None)
             tally.move(target_queue, None, S.READY)

@@ -12,7 +12,7 @@ from typing import Any, NamedTuple
 
 import orjson
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import connection, transaction
 
 from .. import notify
 from ..backends import PostgreSQL, dialect, prepared_cursor
@@ -114,11 +114,9 @@ def publish(queue: Queue, messages: Sequence[NewMessage], *, now: float | None =
     it."""
     try:
         return _publish(queue, messages, time.time() if now is None else now)
-    except IntegrityError:
-        if connection.in_atomic_block or Queue.objects.filter(pk=queue.pk).exists():
-            raise
+    except QueueNotFound:
         forget_queues()
-        raise QueueNotFound(f"No queue named {queue.name!r}.") from None
+        raise
 
 
 def _publish(queue: Queue, messages: Sequence[NewMessage], now: float) -> list[Published]:
@@ -149,8 +147,8 @@ def _publish(queue: Queue, messages: Sequence[NewMessage], now: float) -> list[P
             rows = handing.lease(rows)
             tally = sent_tally(queue, rows)
             with prepared_cursor() as cur:
-                cur.execute(*sql.send(rows, *tally.statements()))
-                ids = _ids_in_row_order(rows, cur.fetchall()[0][0] or [])
+                cur.execute(*sql.send(queue.id, rows, *tally.statements()))
+                ids = _ids_in_row_order(queue, rows, cur.fetchall()[0][0] or [])
             handing.inserted(ids)
         tally.wake_at_commit()
         return [Published(str(pk), False) for pk in ids]
@@ -188,8 +186,8 @@ def _publish_deduplicated(queue: Queue, messages: Sequence[NewMessage], first_of
         ids: list[int] = []
         if rows:
             with prepared_cursor() as insert:
-                insert.execute(*sql.insert_messages(rows))
-                ids = _ids_in_row_order(rows, [r[0] for r in insert.fetchall()])
+                insert.execute(*sql.insert_messages(queue.id, rows))
+                ids = _ids_in_row_order(queue, rows, [r[0] for r in insert.fetchall()])
         handing.inserted(ids)
         for i, pk in zip(row_index, ids, strict=True):
             results[i] = Published(str(pk), False)
@@ -209,9 +207,12 @@ def _publish_deduplicated(queue: Queue, messages: Sequence[NewMessage], first_of
     return [r for r in results if r is not None]
 
 
-def _ids_in_row_order(rows: Sequence[Row], ids: Sequence[int]) -> list[int]:
+def _ids_in_row_order(queue: Queue, rows: Sequence[Row], ids: Sequence[int]) -> list[int]:
     """Ids come from one sequence inside one statement, so they ascend in row
-    order: sorted, they pair with their rows."""
+    order: sorted, they pair with their rows. None at all: the queue is gone
+    (``Statements.queue_held``)."""
+    if rows and not ids:
+        raise QueueNotFound(f"No queue named {queue.name!r}.")
     if len(ids) != len(rows):
         raise AssertionError(f"inserted {len(rows)} messages, got {len(ids)} ids back")
     return sorted(ids)

@@ -180,6 +180,18 @@ def list_queues(names: Iterable[str] | None = None) -> list[tuple[Queue, QueueCo
     return [(q, counts.get(q.id, QueueCounts())) for q in queues]
 
 
+def hold_queues(queue_ids: Iterable[int]) -> set[int]:
+    """Those of these queues that still exist, kept from being deleted until
+    the caller's transaction ends: whoever moves messages into a queue holds
+    it first (``Statements.queue_held`` says why)."""
+    ids = set(queue_ids)
+    if not ids:
+        return set()
+    with connection.cursor() as cur:
+        cur.execute(*dialect().hold_queues(ids))
+        return {row[0] for row in cur.fetchall()}
+
+
 def delete_queue(queue: Queue) -> None:
     """Delete a queue and every message in it. Raises QueueInUse when other
     queues dead-letter into it."""
@@ -196,5 +208,11 @@ def delete_queue(queue: Queue) -> None:
         tally.wake_all(queue.id)
         tally.save()
         Message.objects.filter(queue=queue).delete()
+        queue_id = queue.pk
         queue.delete()
+        # What was sent or moved into it meanwhile: each such statement held
+        # the queue's row (``Statements.queue_held``), so the delete above
+        # waited for it to commit, and from here on none finds the queue.
+        Message.objects.filter(queue_id=queue_id).delete()
+        Message.objects.filter(origin_queue_id=queue_id).update(origin_queue=None)
         events.emit("queue_deleted", queue.name)

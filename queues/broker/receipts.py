@@ -27,6 +27,7 @@ from ..models import Queue
 from ..states import MessageState as S
 from .counters import STATE_COUNTER, Tally
 from .durability import async_commit_here, atomic
+from .queues import hold_queues
 
 _RECEIPT = re.compile(r"(\d{1,18})\.([0-9a-f]{32})")
 
@@ -210,6 +211,9 @@ def dead_letter(queue: Queue, rows: Sequence[Leased], tally: Tally, *, now: floa
     messages, or into state dead in place."""
     ids = [r.id for r in rows]
     dlq = queue.dead_letter_queue
+    # The origin too: a queue deleted meanwhile nulls the origins it finds.
+    if dlq is not None and dlq.id not in hold_queues([dlq.id, queue.id]):
+        dlq = None
     sql = dialect()
     with connection.cursor() as cur:
         if dlq is not None:

@@ -18,6 +18,7 @@ from django.db import connection, transaction
 from conftest import Api, make_token
 from queues import broker, monitor
 from queues.broker import maintenance
+from queues.exceptions import QueueNotFound
 from queues.models import Message, Queue
 
 DEADLINE_SECONDS = 60  # a hung worker fails the test instead of hanging it
@@ -491,3 +492,53 @@ def test_concurrent_nacks_dead_letter_every_poison_message_and_nothing_else(tran
     assert_counters_match(queue, dead_lettered_total=len(poison), acked_total=n_messages - len(poison))
     assert_counters_match(dlq)
     assert broker.queue_counts([queue.id])[queue.id].dead == len(poison)
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="row locks and waits are PostgreSQL's")
+@pytest.mark.parametrize("first", ["send", "delete"])
+def test_a_send_racing_the_delete_of_its_queue_leaves_no_message_behind(transactional_db, first):
+    """Messages have no foreign-key constraint on their queue. A send holds
+    the queue's row until it commits, so the delete waits for it and then
+    deletes what it sent; a send that comes second waits for the delete and
+    finds the queue gone."""
+    broker.put_queue("doomed", {})
+    queue = broker.get_queue("doomed")
+    holding, go = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def send() -> None:
+        try:
+            with transaction.atomic():
+                broker.publish(queue, [broker.NewMessage(body=b"1"), broker.NewMessage(body=b"2")])
+                if first == "send":
+                    holding.set()
+                    go.wait(DEADLINE_SECONDS)
+            outcome["send"] = "sent"
+        except QueueNotFound:
+            outcome["send"] = "queue gone"
+
+    def delete() -> None:
+        with transaction.atomic():
+            broker.delete_queue(Queue.objects.get(pk=queue.pk))
+            if first == "delete":
+                holding.set()
+                go.wait(DEADLINE_SECONDS)
+        outcome["delete"] = "deleted"
+
+    def both(i: int) -> None:
+        if i == 0:
+            (send if first == "send" else delete)()
+            return
+        assert holding.wait(DEADLINE_SECONDS)
+        racer = threading.Thread(target=run_threads, args=(1, lambda _i: (delete if first == "send" else send)()))
+        racer.start()
+        racer.join(0.5)
+        # The second cannot finish while the first holds the queue.
+        outcome["blocked"] = racer.is_alive()
+        go.set()
+        racer.join(DEADLINE_SECONDS)
+
+    assert run_threads(2, both) == []
+    assert outcome == {"send": "sent" if first == "send" else "queue gone", "delete": "deleted", "blocked": True}
+    assert not Queue.objects.filter(name="doomed").exists()
+    assert not Message.objects.filter(queue_id=queue.pk).exists()

@@ -66,9 +66,10 @@ def test_every_column_is_stored_as_made_whether_the_batch_shares_its_value_or_no
 def test_on_postgresql_the_columns_a_send_shares_travel_once_and_bodies_always_in_the_rows(db):
     q = make_queue()
     rows = new_rows(q, [broker.NewMessage(b'"same"') for _ in range(3)], T0)
-    sql, params = dialect().insert_messages(rows)
+    sql, params = dialect().insert_messages(q.id, rows)
     assert "%s::bigint AS queue_id" in sql and "%s::float8 AS enqueued_at" in sql and "(e->>0)::text AS body" in sql
-    assert params[-1] == '[["\\"same\\""],["\\"same\\""],["\\"same\\""]]'
+    # The last parameter is the queue checked (``queue_held``).
+    assert params[-2:] == ['[["\\"same\\""],["\\"same\\""],["\\"same\\""]]', q.id]
 
 
 def test_publish_is_all_or_nothing_when_one_body_is_too_large(db):
