@@ -158,22 +158,37 @@ class Statements:
         )
         return sql, params * 2
 
-    def oldest_ready(self, queue_ids: Sequence[int] | None) -> Statement:
-        """Rows: queue id, enqueue time of its oldest ready message (or NULL).
+    def first_ready_id(self, queue: str) -> str:
+        """A scalar subquery: the id of the oldest ready message of ``queue``
+        (an SQL expression), or NULL. One probe of mq_msg_state (whole on
+        SQLite): the state is matched as a range and the order names it, so
+        only mq_msg_state serves the order, not a walk of the primary key
+        that for an empty queue beside a big one reads the whole table."""
+        return (
+            f"(SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = {queue} "
+            f"AND m.state >= 'ready' AND m.state <= 'ready' ORDER BY m.state, m.id LIMIT 1)"
+        )
 
-        One correlated, index-served lookup per queue (mq_msg_state): the
-        oldest ready row is the lowest id among ready rows. The state is
-        matched as a range and the order names it, so only mq_msg_state
-        serves the order: with "state = 'ready' ORDER BY id" PostgreSQL may
-        walk the primary key instead, which for an empty queue beside a big
-        one reads the whole table."""
+    def oldest_ready(self, queue_ids: Sequence[int] | None) -> Statement:
+        """Rows: queue id, enqueue time of its oldest ready message (or NULL):
+        the lowest id among ready rows, found through an index per queue."""
         sql = (
-            f"SELECT q.id, (SELECT m.enqueued_at FROM {MESSAGE_TABLE} m WHERE m.queue_id = q.id "
-            f"AND m.state >= 'ready' AND m.state <= 'ready' ORDER BY m.state, m.id LIMIT 1) "
+            f"SELECT q.id, (SELECT m.enqueued_at FROM {MESSAGE_TABLE} m WHERE m.id = {self.first_ready_id('q.id')}) "
             f"FROM {QUEUE_TABLE} q"
             + ("" if queue_ids is None else f" WHERE q.id IN ({placeholders(len(queue_ids))})")
         )
         return sql, list(queue_ids or [])
+
+    def ready_ids(self, queue_id: int, *, after: int | None, newest: bool, limit: int) -> Statement:
+        """Rows: the ids of up to ``limit`` ready messages of the queue, by
+        id (newest first with ``newest``), past ``after``. A walk of
+        mq_msg_state (whole on SQLite)."""
+        after_sql, order = (" AND m.id < %s", " DESC") if newest else (" AND m.id > %s", "")
+        sql = (
+            f"SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready'"
+            f"{after_sql if after is not None else ''} ORDER BY m.id{order} LIMIT %s"
+        )
+        return sql, [queue_id, *([] if after is None else [after]), limit]
 
     def take_deltas(self) -> Statement:
         """Delete the pending deltas this statement sees; rows: the deltas.

@@ -62,6 +62,21 @@ ORDER BY s.n_dead_tup DESC
 """
 
 
+def ready_heads(queue: str) -> str:
+    """A recursive WITH part, ``heads``: each priority among the ready
+    messages of ``queue`` (an SQL expression) with its oldest message's id,
+    highest priority first. One probe of mq_msg_claim (queue, -priority, id)
+    per priority present, each the first entry below the last: ready rows
+    are not in mq_msg_state, and a walk of mq_msg_queue (queue, id) for them
+    reads every older message in flight or delayed."""
+    ready = f"SELECT m.priority, m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = {queue} AND m.state = 'ready'"
+    first = "ORDER BY m.priority DESC, m.id LIMIT 1"
+    return (
+        f"RECURSIVE heads(priority, id) AS (({ready} {first}) UNION ALL "
+        f"SELECT n.priority, n.id FROM heads h CROSS JOIN LATERAL ({ready} AND m.priority < h.priority {first}) n)"
+    )
+
+
 # A send's columns that its messages often share (the queue, the time, the
 # defaults), passed once when they do; not the body: bodies differ.
 _SHARED_NEW_MESSAGE_COLUMNS = frozenset(i for i, (name, _) in enumerate(NEW_MESSAGE_COLUMNS) if name != "body")
@@ -185,6 +200,23 @@ class PostgreSQL(Statements):
             params += notify[1]
         # One output row: the ids, and the NOTIFY called once.
         return f"WITH {ctes} SELECT array_agg(id){notify_sql} FROM ins", params
+
+    def first_ready_id(self, queue: str) -> str:
+        # The oldest ready message is the oldest of each priority's oldest.
+        return f"(WITH {ready_heads(queue)} SELECT min(id) FROM heads)"
+
+    def ready_ids(self, queue_id: int, *, after: int | None, newest: bool, limit: int) -> Statement:
+        # Up to ``limit`` of each priority, in id order (mq_msg_claim holds
+        # a priority's ids in order), merged: ``limit`` entries read for each
+        # priority present (10 at most through the API), however the queue's
+        # ready rows lie among its others.
+        after_sql, order = (" AND m.id < %s", " DESC") if newest else (" AND m.id > %s", "")
+        page = (
+            f"SELECT m.id FROM {MESSAGE_TABLE} m WHERE m.queue_id = %s AND m.state = 'ready' AND m.priority = h.priority"
+            f"{after_sql if after is not None else ''} ORDER BY m.id{order} LIMIT %s"
+        )
+        sql = f"WITH {ready_heads('%s')} SELECT p.id FROM heads h CROSS JOIN LATERAL ({page}) p ORDER BY p.id{order} LIMIT %s"
+        return sql, [queue_id, queue_id, queue_id, *([] if after is None else [after]), limit, limit]
 
     def picked(self, select: str) -> str:
         # An array, computed once: as "id IN (subquery)" PostgreSQL may run

@@ -253,12 +253,21 @@ def browse(
     without leasing them. ``after`` is the last id of the previous page
     (keyset pagination: pages stay stable while messages come and go).
     State ``dead`` includes messages dead-lettered out of this queue into its
-    dead-letter queue. Served by the (queue, state, id) index, and in-flight
-    messages by mq_msg_lease."""
-    qs = Message.objects.dead_of(queue) if state == S.DEAD else Message.objects.filter(queue=queue, state=state)
-    if group:
-        qs = qs.filter(group_key=group)
-    if after is not None:
-        qs = qs.filter(id__lt=after) if newest else qs.filter(id__gt=after)
-    ordered = qs.select_related("queue", "origin_queue").in_id_order(newest=newest, leased=state == S.IN_FLIGHT)
+    dead-letter queue. Served by mq_msg_state (delayed and dead), the ready
+    ones by mq_msg_claim (``ready_ids``), in-flight ones by mq_msg_lease and
+    a group's by mq_msg_group."""
+    if state == S.READY and not group:
+        # The page's ids first: as "id IN (subquery)" the planner may
+        # read the whole table to hash-join them.
+        with connection.cursor() as cur:
+            cur.execute(*dialect().ready_ids(queue.id, after=after, newest=newest, limit=limit))
+            qs = Message.objects.filter(id__in=[mid for (mid,) in cur.fetchall()])
+    else:
+        qs = Message.objects.dead_of(queue) if state == S.DEAD else Message.objects.filter(queue=queue, state=state)
+        if group:
+            qs = qs.filter(group_key=group)
+        if after is not None:
+            qs = qs.filter(id__lt=after) if newest else qs.filter(id__gt=after)
+    few = state == S.IN_FLIGHT or (state == S.READY and not group)
+    ordered = qs.select_related("queue", "origin_queue").in_id_order(newest=newest, few=few)
     return list(ordered[:limit])

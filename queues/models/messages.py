@@ -16,16 +16,17 @@ from django.db.models import F, Q
 from ..states import MessageState
 from .queues import Queue, epoch_to_iso
 
-# The condition of the indexes a claim must not write to. A claim updates a
-# row's state, lease and consumer; on PostgreSQL such an update writes a new
-# row version with an entry in every index whose condition it meets, whether
-# or not the index's columns changed (it is not HOT). In-flight rows are left
-# out of the indexes that do not need them, so a claim writes only the
-# primary key's, mq_msg_queue's and mq_msg_lease's entries. On SQLite, which
-# rewrites only the entries whose columns changed, and whose planner cannot
-# prove "state = 'ready'" implies this condition, migration 0012 keeps this
-# index whole.
-NOT_LEASED = ~Q(state=MessageState.IN_FLIGHT)
+# The rows mq_msg_state holds: those no other index finds by state. On
+# PostgreSQL every new row version gets an entry in each index whose
+# condition it meets, whether or not the index's columns changed, so each
+# state left out saves an entry: a claim's (in flight: mq_msg_lease finds
+# those) and a send's (ready: mq_msg_claim finds those, ``ready_ids``). A
+# send of a ready message then writes 3. On SQLite, which rewrites only the
+# entries whose columns changed, and whose planner cannot prove that a
+# query's state implies this condition, the index is whole (migrations 0012
+# and 0017). A migration that remakes the table on SQLite rebuilds it from
+# this definition, and must make it whole again, as 0017 does after 0016.
+BY_STATE = Q(state__in=[MessageState.DELAYED, MessageState.DEAD])
 
 
 class MessageQuerySet(models.QuerySet["Message"]):
@@ -57,15 +58,16 @@ class MessageQuerySet(models.QuerySet["Message"]):
             Q(state=MessageState.DEAD) | Q(origin_queue__isnull=False, state__in=waiting)
         )
 
-    def in_id_order(self, *, newest: bool = False, leased: bool = False) -> MessageQuerySet:
-        """Ordered by id (newest first with ``newest``). ``leased``: the rows
-        are in-flight ones, which no (queue, id) index but mq_msg_queue holds
-        (``NOT_LEASED``). Walking it for the few in flight among a long
-        backlog reads the whole backlog, and the planner, counting on them
-        being spread evenly, would do just that; ordered by an expression
-        it cannot walk, it reads the queue's leases through mq_msg_lease
-        and sorts them."""
-        key = F("id") + 0 if leased else F("id")
+    def in_id_order(self, *, newest: bool = False, few: bool = False) -> MessageQuerySet:
+        """Ordered by id (newest first with ``newest``). ``few``: the rows
+        are a few of the queue's, which no index keeps in id order (in-flight
+        ones, held by mq_msg_lease; a page of ready ones, picked by
+        ``ready_ids``). The one (queue, id) index, mq_msg_queue, holds every
+        row: walking it for the few among a long backlog reads the whole
+        backlog, and the planner, counting on them being spread evenly,
+        would do just that. Ordered by an expression it cannot walk, it
+        reads them through their own index and sorts them."""
+        key = F("id") + 0 if few else F("id")
         return self.order_by(key.desc() if newest else key.asc())
 
     def expired(self, now: float | None = None) -> MessageQuerySet:
@@ -144,10 +146,9 @@ class Message(models.Model):
                 condition=Q(state="ready"),
                 name="mq_msg_claim",
             ),
-            # Browsing and exact counts by state, oldest first. Without the
-            # in-flight rows (mq_msg_lease serves those): a claim's new row
-            # version then needs no entry here (``NOT_LEASED``).
-            models.Index(fields=["queue", "state", "id"], condition=NOT_LEASED, name="mq_msg_state"),
+            # Browsing and exact counts of delayed and dead rows, oldest
+            # first (``BY_STATE``).
+            models.Index(fields=["queue", "state", "id"], condition=BY_STATE, name="mq_msg_state"),
             # Delayed rows coming due.
             models.Index(
                 fields=["queue", "visible_at"], condition=Q(state="delayed"), name="mq_msg_due"

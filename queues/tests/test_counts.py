@@ -22,6 +22,18 @@ def test_oldest_ready_age_is_the_age_of_the_oldest_ready_message(db):
     assert broker.queue_counts([q.id], now=T0 + 12)[q.id].oldest_ready_age == 7
 
 
+def test_oldest_ready_age_looks_past_the_priorities(db):
+    q = make_queue()
+    send(q, "low", priority=0, now=T0)
+    send(q, "high", priority=9, now=T0 + 3)
+    send(q, "mid", priority=4, now=T0 + 5)
+    assert broker.queue_counts([q.id], now=T0 + 12)[q.id].oldest_ready_age == 12
+    receive(q, 2, now=T0 + 12)  # high and mid
+    assert broker.queue_counts([q.id], now=T0 + 12)[q.id].oldest_ready_age == 12
+    receive(q, now=T0 + 12)
+    assert broker.queue_counts([q.id], now=T0 + 12)[q.id].oldest_ready_age is None
+
+
 def test_counts_stay_exact_through_a_mixed_history(db):
     dlq = make_queue("dlq")
     q = make_queue("q", max_deliveries=2, visibility_timeout=10, dead_letter_queue=dlq)

@@ -161,6 +161,24 @@ def test_browse_by_state_with_pagination_does_not_lease(db):
     assert len(broker.browse(q, state="in_flight")) == 2
 
 
+def test_browse_ready_goes_by_id_across_priorities_both_ways(db):
+    q = make_queue()
+    ids = [m for i in range(12) for m in send(q, i, priority=(7 * i) % 10)]
+    send(q, "later", delay=60)
+    receive(q, 2)  # the two of the highest priorities, 9 and 8
+    waiting = [m for i, m in enumerate(ids) if (7 * i) % 10 < 8]
+    pages, after = [], None
+    for _ in range(3):
+        page = broker.browse(q, state="ready", limit=4, after=after)
+        pages += [str(m.pk) for m in page]
+        after = page[-1].pk
+    assert pages == waiting
+    newest = broker.browse(q, state="ready", limit=4, newest=True)
+    older = broker.browse(q, state="ready", limit=20, newest=True, after=newest[-1].pk)
+    assert [str(m.pk) for m in newest + older] == waiting[::-1]
+    assert broker.browse(q, state="ready", after=int(waiting[-1])) == []
+
+
 def test_browse_dead_includes_messages_dead_lettered_out(db):
     dlq = make_queue("dlq")
     q = make_queue("q", max_deliveries=1, dead_letter_queue=dlq)

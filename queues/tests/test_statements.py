@@ -5,6 +5,7 @@ stay on the claim index."""
 from __future__ import annotations
 
 import importlib
+import re
 
 import orjson
 import pytest
@@ -224,11 +225,63 @@ def test_on_postgresql_a_claim_writes_only_the_index_entries_it_needs():
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="index entries per row version are PostgreSQL's")
 @pytest.mark.django_db(transaction=True)
 def test_on_postgresql_a_send_writes_only_the_index_entries_it_needs():
-    # A plain ready message: the primary key, the claim's index, browsing by
-    # state and the queue's ids. No index on the enqueue time.
+    # A plain ready message: the primary key, the claim's index and the
+    # queue's ids. Not mq_msg_state (ready rows are found through the
+    # claim's index) nor an index on the enqueue time.
     q = make_queue()
     entries = _message_index_entries(lambda: send(q, *range(50)))
-    assert set(entries) == {"queues_message_pkey", "mq_msg_claim", "mq_msg_state", "mq_msg_queue"}, entries
+    assert set(entries) == {"queues_message_pkey", "mq_msg_claim", "mq_msg_queue"}, entries
+    # A delayed one: browsed by state, and found by when it comes due.
+    entries = _message_index_entries(lambda: send(q, *range(50), delay=60))
+    assert set(entries) == {"queues_message_pkey", "mq_msg_state", "mq_msg_due", "mq_msg_queue"}, entries
+
+
+def _plan_rows(sql: str, params: list) -> tuple[str, int]:  # type: ignore[type-arg]
+    """The plan ``sql`` ran with, and the most rows one of its nodes
+    produced in all its loops."""
+    with connection.cursor() as cur:
+        cur.execute(f"EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) {sql}", params)
+        plan = "\n".join(r[0] for r in cur.fetchall())
+    most = max(int(rows) * int(loops) for rows, loops in re.findall(r"actual rows=(\d+) loops=(\d+)", plan))
+    return plan, most
+
+
+@pytest.mark.skipif(connection.vendor != "postgresql", reason="mq_msg_state leaves ready rows out on PostgreSQL only")
+def test_on_postgresql_ready_rows_are_found_through_the_claim_index_among_many_in_flight(db):
+    # mq_msg_state holds no ready rows: the oldest ready message and a page
+    # of them by id come from mq_msg_claim, a few entries per priority. A
+    # walk of the queue's ids (mq_msg_queue) would read the 20,000 older
+    # messages in flight first; the planner, counting on ready rows spread
+    # evenly, would take it.
+    from django.test.utils import CaptureQueriesContext
+
+    q = make_queue()
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO queues_message (queue_id, state, priority, body, headers, group_key, delivery_count, "
+            "enqueued_at, visible_at, last_error, lease_token, lease_expires_at) "
+            "SELECT %s, 'in_flight', i %% 10, '1', '{}', '', 1, %s, %s, '', 'x', %s FROM generate_series(1, 20000) i",
+            [q.id, T0, T0, T0 + 3600],
+        )
+    ready = [m for p in range(10) for m in send(q, *range(30), priority=p, now=T0 + 1)]
+    with connection.cursor() as cur:
+        cur.execute("ANALYZE queues_message")
+    statements = {
+        "oldest": dialect().oldest_ready([q.id]),
+        "oldest page": dialect().ready_ids(q.id, after=None, newest=False, limit=100),
+        "newest page": dialect().ready_ids(q.id, after=None, newest=True, limit=100),
+        "next page": dialect().ready_ids(q.id, after=int(ready[150]), newest=False, limit=100),
+    }
+    for name, (sql, params) in statements.items():
+        plan, most = _plan_rows(sql, params)
+        assert "mq_msg_claim" in plan and "mq_msg_queue" not in plan and "Seq Scan" not in plan, (name, plan)
+        assert most <= 1000, (name, plan)  # a page of each priority at most
+    with CaptureQueriesContext(connection) as browsed:
+        page = broker.browse(q, state="ready", limit=100)
+    assert [str(m.pk) for m in page] == sorted(ready, key=int)[:100]
+    plan, most = _plan_rows(browsed.captured_queries[-1]["sql"].replace("%", "%%"), [])
+    assert "mq_msg_queue" not in plan and "Seq Scan on queues_message" not in plan and most <= 1000, plan
+    assert broker.queue_counts([q.id], now=T0 + 11)[q.id].oldest_ready_age == 10
 
 
 @pytest.mark.skipif(connection.vendor != "postgresql", reason="foreign-key triggers are PostgreSQL's")

@@ -259,6 +259,26 @@ def test_message_list_filters_and_searches(admin_client: Any) -> None:
     assert ids(f"?dead_of={other.pk}") == {dead}
 
 
+def test_ready_filter_pages_a_queues_ready_messages_by_id_through_the_claim_index(admin_client: Any) -> None:
+    # Ready messages of mixed priorities behind the oldest, in flight: each
+    # page's ids come from the claim's index, merged across priorities, not
+    # from a walk of the queue's ids.
+    q = make_queue("busy")
+    for i in range(5):
+        send(q, *range(90), priority=(3 * i) % 10)
+    broker.receive(q, max_messages=200)
+    ready = [str(m.pk) for m in Message.objects.filter(queue=q, state=S.READY).order_by("-id")]
+    assert len(ready) == 250
+    url = reverse(CHANGELIST) + f"?state__exact=ready&queue__id__exact={q.pk}"
+    for query, shown in (("", ready[:100]), ("&p=3", ready[200:]), ("&o=1", ready[::-1][:100]), ("&o=1&p=2", ready[::-1][100:200])):
+        with CaptureQueriesContext(connection) as queries:
+            response = admin_client.get(url + query)
+        assert re.findall(r"/admin/queues/message/(\d+)/change/", response.content.decode()) == shown, query
+        listing = [x["sql"] for x in queries.captured_queries if '"queues_message"."priority"' in x["sql"]]
+        assert listing and all('"queues_message"."id" IN (' in sql for sql in listing), listing
+    assert "250 messages" in page_text(response)
+
+
 def test_message_list_previews_bodies_and_errors_escaped_with_the_full_text_in_a_tooltip(admin_client: Any) -> None:
     q = make_queue("q", max_deliveries=1)
     (short,) = send(q, {"note": "<b>bold</b>", "n": 1})
