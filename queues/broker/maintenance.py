@@ -4,6 +4,7 @@ expired leases return, dedup ids are forgotten, retention is enforced, and
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 
@@ -79,22 +80,38 @@ def enforce_retention(*, now: float | None = None) -> int:
 def _too_old(queue: Queue, cutoff: float) -> list[int]:
     """The ids of the queue's waiting messages enqueued at or before
     ``cutoff``, at most RETENTION_BATCH. Ids are handed out in enqueue order,
-    so the walk goes up the queue's ids (mq_msg_queue) and stops at the
-    first message younger than the cutoff: no index on the enqueue time,
-    which every send and every claim would write."""
-    rows = (
-        Message.objects.filter(queue=queue, state__in=[S.READY, S.DELAYED, S.DEAD])
-        .order_by("id")
-        .values_list("id", "enqueued_at")[:RETENTION_BATCH]
-        # Fetched a chunk at a time: a queue of young messages reads one.
-        .iterator(chunk_size=RETENTION_CHUNK)
-    )
-    old = []
-    for mid, enqueued_at in rows:
-        if enqueued_at > cutoff:
-            break
-        old.append(mid)
-    return old
+    so each waiting state is walked up its ids through its own index, a
+    chunk at a time, and the walk stops at the first message younger than
+    the cutoff: no index on the enqueue time, which every send and every
+    claim would write. Not one walk up the queue's ids (mq_msg_queue):
+    that would first read every older message in flight."""
+    old: list[int] = []
+    for state in (S.READY, S.DELAYED, S.DEAD):
+        after: int | None = None
+        while len(old) < RETENTION_BATCH:
+            wanted = min(RETENTION_CHUNK, RETENTION_BATCH - len(old))
+            chunk = _waiting_chunk(queue, state, after, wanted)
+            kept = [mid for mid, enqueued_at in itertools.takewhile(lambda row: row[1] <= cutoff, chunk)]
+            old += kept
+            if len(kept) < wanted:  # a young one, or the state's last
+                break
+            after = kept[-1]
+    return sorted(old)
+
+
+def _waiting_chunk(queue: Queue, state: S, after: int | None, limit: int) -> list[tuple[int, float]]:
+    """Up to ``limit`` (id, enqueue time) of the queue's messages in
+    ``state``, by id, past ``after``: ready ones through the claim's index
+    (``ready_ids``), the others through mq_msg_state."""
+    if state == S.READY:
+        with connection.cursor() as cur:
+            cur.execute(*dialect().ready_ids(queue.id, after=after, newest=False, limit=limit))
+            ids = [mid for (mid,) in cur.fetchall()]
+        return sorted(Message.objects.filter(id__in=ids).values_list("id", "enqueued_at"))
+    rows = Message.objects.filter(queue=queue, state=state)
+    if after is not None:
+        rows = rows.filter(id__gt=after)
+    return list(rows.order_by("id").values_list("id", "enqueued_at")[:limit])
 
 
 class Vacuum:

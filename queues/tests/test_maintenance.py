@@ -237,3 +237,51 @@ def test_retention_walks_up_the_ids_and_stops_at_the_first_young_message(db, mon
     left = sorted(str(i) for i in Message.objects.filter(queue=q).values_list("id", flat=True))
     assert left == sorted(young) and not set(old) & set(left)
     assert_counts_exact(q)
+
+
+@pytest.mark.parametrize("state", ["ready", "delayed", "dead"])
+def test_retention_reads_each_waiting_state_through_its_own_index_not_past_the_leases(db, monkeypatch, state):
+    # Old messages in flight (never subject to retention) lie ahead of the
+    # old waiting ones in id order: retention walks each waiting state's
+    # ids, so it reads none of them, and it takes every priority's.
+    from queues.broker import maintenance
+
+    monkeypatch.setattr(maintenance, "RETENTION_CHUNK", 4)
+    q = make_queue("kept", retention=60)
+    leased = 20_000 if connection.vendor == "postgresql" else 30
+    with connection.cursor() as cur:
+        cur.execute(
+            "INSERT INTO queues_message (queue_id, state, priority, body, headers, group_key, delivery_count, "
+            "enqueued_at, visible_at, last_error, lease_token, lease_expires_at) "
+            "SELECT %s, 'in_flight', 0, '1', '{}', '', 1, %s, %s, '', 'x', %s FROM "
+            + ("generate_series(1, %s)" if connection.vendor == "postgresql" else "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < %s) SELECT i FROM n)"),
+            [q.id, T0, T0, T0 + 3600, leased],
+        )
+    fields = {"delay": 10} if state == "delayed" else {}
+    old = [m for p in (0, 5, 9) for m in send(q, p, p, priority=p, now=T0, **fields)]
+    young = send(q, "y", now=T0 + 100, **fields)
+    if state == "dead":
+        Message.objects.filter(id__in=[*old, *young]).update(state="dead")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cur:
+            cur.execute("ANALYZE queues_message")
+    before = _message_rows_read()
+    assert broker.enforce_retention(now=T0 + 120) == len(old)
+    read = _message_rows_read() - before
+    assert set(Message.objects.filter(queue=q).exclude(state="in_flight").values_list("id", flat=True)) == {int(m) for m in young}
+    assert Message.objects.filter(queue=q, state="in_flight").count() == leased
+    if connection.vendor == "postgresql":
+        assert read < 200, read  # the leases would be 20,000
+
+
+def _message_rows_read() -> int:
+    """Rows of the message table read so far in this transaction, through
+    its indexes or by scanning it (PostgreSQL's own counters; 0 elsewhere)."""
+    if connection.vendor != "postgresql":
+        return 0
+    with connection.cursor() as cur:
+        cur.execute(
+            "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables "
+            "WHERE relname = 'queues_message'"
+        )
+        return int(cur.fetchone()[0])
