@@ -99,7 +99,7 @@ class Message(models.Model):
     # PostgreSQL checks a foreign key with a query per row written, at
     # commit, which took more of a send of 100 than its index entries. Who
     # writes a queue id checks that queue once a statement instead
-    # (``Statements.hold_queue``), and ``broker.delete_queue`` sweeps up
+    # (``Statements.queue_held``), and ``broker.delete_queue`` sweeps up
     # what arrived while it ran; a claim's consumer is checked alive and
     # held by the claim itself (``consumer_alive``).
     queue = models.ForeignKey(Queue, on_delete=models.CASCADE, related_name="messages", db_index=False, db_constraint=False)
