@@ -79,10 +79,10 @@ class Sizes:
     @classmethod
     def for_run(cls, *, quick: bool, big: int | None, rounds: int | None) -> Sizes:
         if quick:
-            s = cls(rounds=3, batches=10, singles=150, drain=1000, trips=150, windowed=1000, latency=60, big=300_000, dash_queues=1000,
+            s = cls(rounds=3, batches=50, singles=150, drain=1000, trips=150, windowed=1000, latency=60, big=300_000, dash_queues=1000,
                     herd=1000)
         else:
-            s = cls(rounds=5, batches=30, singles=300, drain=3000, trips=300, windowed=3000, latency=100, big=10_000_000, dash_queues=1000)
+            s = cls(rounds=5, batches=100, singles=300, drain=3000, trips=300, windowed=3000, latency=100, big=10_000_000, dash_queues=1000)
         if big is not None:
             s.big = big
         if rounds is not None:
