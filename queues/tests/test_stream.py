@@ -523,6 +523,57 @@ async def test_frames_sent_just_before_closing_are_still_written():
     assert await sync_to_async(bodies)("hasty") == list(range(20))
 
 
+async def test_the_next_frames_are_parsed_while_a_commit_runs(monkeypatch):
+    """Frame 1's commit waits until frame 2, sent after that commit began,
+    has been parsed: parsed on the stream's commit thread, after the commit,
+    it never would be."""
+    import threading
+
+    from queues.api import publish_stream
+
+    await sync_to_async(make_queue)("busy")
+    committing, parsed_second = threading.Event(), threading.Event()
+    parse_send, publish = publish_stream.parse_send, broker.publish
+
+    def noting_parse(data: Any) -> Any:
+        sent = parse_send(data)
+        if sent.id == 2:
+            parsed_second.set()
+        return sent
+
+    def waiting_publish(queue: Any, messages: Any, **kw: Any) -> Any:
+        committing.set()
+        if messages[0].body == b"1" and not parsed_second.wait(5):
+            raise AssertionError("frame 2 was not parsed while frame 1's commit ran")
+        return publish(queue, messages, **kw)
+
+    monkeypatch.setattr(publish_stream, "parse_send", noting_parse)
+    monkeypatch.setattr(broker, "publish", waiting_publish)
+    comm = await opened_publisher("busy")
+    await comm.send_json_to({"type": "send", "id": 1, "messages": [{"body": 1}]})
+    assert await asyncio.to_thread(committing.wait, 5)
+    await comm.send_json_to({"type": "send", "id": 2, "messages": [{"body": 2}]})
+    answers = [await frame(comm, timeout=10) for _ in range(2)]
+    assert [(a["type"], a.get("id")) for a in answers] == [("sent", 1), ("sent", 2)]
+    await comm.disconnect()
+    assert await sync_to_async(bodies)("busy") == [1, 2]
+
+
+async def test_a_parse_that_breaks_ends_the_publish_stream_as_internal(monkeypatch):
+    from queues.api import publish_stream
+
+    def broken(data: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    await sync_to_async(make_queue)("fragile")
+    monkeypatch.setattr(publish_stream, "parse_send", broken)
+    comm = await opened_publisher("fragile")
+    await comm.send_json_to({"type": "send", "id": 1, "messages": [{"body": 1}]})
+    assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 1011}
+    await comm.wait(timeout=5)
+    assert await sync_to_async(bodies)("fragile") == []
+
+
 @pytest.mark.parametrize(
     ("queue", "query", "scopes", "close", "code"),
     [
