@@ -18,7 +18,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.core.paginator import Paginator
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.db.models.functions import Substr
 from django.http import HttpRequest, HttpResponse
@@ -28,7 +28,6 @@ from django.utils.functional import cached_property
 from django.utils.html import format_html
 
 from .. import broker
-from ..backends import dialect
 from ..models import Message, MessageQuerySet, Queue
 from ..states import MessageState as S
 from .shared import actor, clipped, confirm_page, confirmed, log_changes, span, when
@@ -170,9 +169,7 @@ class MessageChangeList(ChangeList):
         ):
             return
         newest, start = self.newest(self.queryset), (self.page_num - 1) * self.list_per_page
-        with connection.cursor() as cur:
-            cur.execute(*dialect().ready_ids(int(queue), after=None, newest=newest, limit=start + self.list_per_page))
-            ids = [mid for (mid,) in cur.fetchall()][start:]
+        ids = broker.ready_ids(int(queue), newest=newest, limit=start + self.list_per_page)[start:]
         self.result_list = cast(MessageQuerySet, self.queryset.filter(id__in=ids)).in_id_order(newest=newest, few=True)
 
 

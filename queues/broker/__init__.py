@@ -56,6 +56,7 @@ from .queues import (
     get_queue,
     list_queues,
     put_queue,
+    ready_ids,
 )
 from .receipts import ReceiptResult, ack, extend, match_receipts, nack, parse_receipts, release
 from .waiting import (
@@ -115,6 +116,7 @@ __all__ = [
     "purge",
     "put_queue",
     "queue_counts",
+    "ready_ids",
     "receive",
     "recount",
     "redrive",

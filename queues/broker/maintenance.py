@@ -19,6 +19,7 @@ from ..states import MessageState as S
 from .claim import promote_due_in
 from .counters import Tally
 from .operator import delete_counted
+from .queues import ready_ids
 from .receipts import release_lapsed
 
 log = logging.getLogger("queues.broker")
@@ -104,9 +105,7 @@ def _waiting_chunk(queue: Queue, state: S, after: int | None, limit: int) -> lis
     ``state``, by id, past ``after``: ready ones through the claim's index
     (``ready_ids``), the others through mq_msg_state."""
     if state == S.READY:
-        with connection.cursor() as cur:
-            cur.execute(*dialect().ready_ids(queue.id, after=after, newest=False, limit=limit))
-            ids = [mid for (mid,) in cur.fetchall()]
+        ids = ready_ids(queue.id, after=after, limit=limit)
         return sorted(Message.objects.filter(id__in=ids).values_list("id", "enqueued_at"))
     rows = Message.objects.filter(queue=queue, state=state)
     if after is not None:

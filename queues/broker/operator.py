@@ -22,7 +22,7 @@ from ..exceptions import InvalidValue, QueueNotFound
 from ..models import Message, Queue
 from ..states import MessageState as S
 from .counters import Tally
-from .queues import hold_queues, put_queue
+from .queues import hold_queues, put_queue, ready_ids
 from .receipts import Leased, dead_letter
 
 # Messages one operator action may touch: a bigger selection is a purge or a
@@ -259,9 +259,7 @@ def browse(
     if state == S.READY and not group:
         # The page's ids first: as "id IN (subquery)" the planner may
         # read the whole table to hash-join them.
-        with connection.cursor() as cur:
-            cur.execute(*dialect().ready_ids(queue.id, after=after, newest=newest, limit=limit))
-            qs = Message.objects.filter(id__in=[mid for (mid,) in cur.fetchall()])
+        qs = Message.objects.filter(id__in=ready_ids(queue.id, after=after, newest=newest, limit=limit))
     else:
         qs = Message.objects.dead_of(queue) if state == S.DEAD else Message.objects.filter(queue=queue, state=state)
         if group:

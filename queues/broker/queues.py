@@ -192,6 +192,15 @@ def hold_queues(queue_ids: Iterable[int]) -> set[int]:
         return {row[0] for row in cur.fetchall()}
 
 
+def ready_ids(queue_id: int, *, after: int | None = None, newest: bool = False, limit: int) -> list[int]:
+    """Up to ``limit`` ids of the queue's ready messages, by id (newest first
+    with ``newest``), past ``after``: through the claim's index, which is the
+    only one that holds ready rows on PostgreSQL (``Statements.ready_ids``)."""
+    with connection.cursor() as cur:
+        cur.execute(*dialect().ready_ids(queue_id, after=after, newest=newest, limit=limit))
+        return [mid for (mid,) in cur.fetchall()]
+
+
 def delete_queue(queue: Queue) -> None:
     """Delete a queue and every message in it. Raises QueueInUse when other
     queues dead-letter into it."""
